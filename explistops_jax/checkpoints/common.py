@@ -1,0 +1,270 @@
+"""What every checkpoint format shares: flat parameter dicts, the shapes a config
+expects, the loud check of a loaded tree against them, config inference from
+shapes, config <-> JSON, and output directories that appear whole or not at all.
+
+Parameters travel between formats as a *flat* dict of numpy arrays keyed by the
+T5X path, ``"encoder/layers_0/attention/query/kernel"``. The network's own tree
+(``variables["params"]``) is the unflattened form of the same dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from explistops_jax.errors import UserError
+
+FlatParams = dict[str, np.ndarray]  # T5X path ("a/b/kernel") -> array
+
+
+# ---------------------------------------------------------------- flat trees
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (any Mapping counts as a node)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path + "/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`; returns plain (mutable) dicts."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+def to_numpy(flat: Mapping[str, Any], dtype=np.float32) -> FlatParams:
+    """Host copies of every leaf (jax or numpy), cast to ``dtype``."""
+    return {k: np.asarray(v).astype(dtype, copy=False) for k, v in flat.items()}
+
+
+# ------------------------------------------------------------ shape checking
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes_cached(config) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    import jax
+    import jax.numpy as jnp
+
+    from explistops_jax import network
+
+    model = network.Transformer(config)
+    tokens = jnp.ones((1, 1), jnp.int32)
+
+    def init():
+        return model.init(jax.random.PRNGKey(0), tokens, tokens, enable_dropout=False)
+
+    from flax.core import meta
+
+    variables = meta.unbox(jax.eval_shape(init))  # drop the logical-axis boxes
+    flat = flatten(variables["params"])
+    return tuple(sorted((k, tuple(v.shape)) for k, v in flat.items()))
+
+
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of ``config``'s network, without allocating them."""
+    return dict(_expected_shapes_cached(config))
+
+
+def describe_problems(title: str, groups: Mapping[str, list[str]]) -> str:
+    """A message naming every problem, grouped: ``title`` then one line each."""
+    counts = ", ".join(f"{len(items)} {name}" for name, items in groups.items() if items)
+    lines = [f"{title} ({counts})"]
+    for name, items in groups.items():
+        for item in items:
+            lines.append(f"  {name}: {item}")
+    return "\n".join(lines)
+
+
+def check_params(
+    flat: Mapping[str, Any],
+    config,
+    *,
+    source: str,
+    describe=lambda path: path,
+    extra_problems: Mapping[str, list[str]] | None = None,
+) -> None:
+    """Raises one :class:`UserError` naming every missing, unexpected or misshapen
+    parameter of ``flat`` against what ``config``'s network expects.
+
+    ``describe(path)`` renders a T5X path in the source's own naming (e.g. the
+    Hugging Face key it came from), so the message names what the user has on disk.
+    ``extra_problems`` (e.g. unmapped keys found by the caller) go in the same report.
+    """
+    expected = expected_shapes(config)
+    groups: dict[str, list[str]] = {name: list(items) for name, items in (extra_problems or {}).items()}
+    groups.setdefault("missing", [])
+    groups.setdefault("unexpected", [])
+    groups.setdefault("wrong shape", [])
+    for path in sorted(expected):
+        if path not in flat:
+            groups["missing"].append(describe(path))
+    for path in sorted(flat):
+        if path not in expected:
+            groups["unexpected"].append(describe(path))
+        elif tuple(np.shape(flat[path])) != expected[path]:
+            groups["wrong shape"].append(
+                f"{describe(path)} has shape {list(np.shape(flat[path]))}, "
+                f"the model expects {list(expected[path])}"
+            )
+    if any(groups.values()):
+        raise UserError(describe_problems("checkpoint does not fit the model", groups), where=source)
+
+
+# ----------------------------------------------------------- config handling
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    """JSON-ready dict of a T5Config (tuples become lists)."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        out[field.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str):
+    """T5Config from :func:`config_to_dict`'s output; unknown keys are an error."""
+    from explistops_jax import network
+
+    names = {f.name for f in dataclasses.fields(network.T5Config)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(
+            f"unknown T5Config field(s) {', '.join(unknown)}",
+            where=source,
+            expected=f"fields of T5Config: {', '.join(sorted(names))}",
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return network.T5Config(**values)
+    except TypeError as e:  # a required field is absent
+        raise UserError(f"incomplete T5Config: {e}", where=source) from None
+
+
+def architecture_differences(a, b) -> list[str]:
+    """Fields that change the parameter tree or the function (not dtype/dropout)."""
+    keys = (
+        "vocab_size", "emb_dim", "num_heads", "num_encoder_layers", "num_decoder_layers",
+        "head_dim", "mlp_dim", "mlp_activations", "logits_via_embedding",
+        "relative_attention_num_buckets", "relative_attention_max_distance",
+        "layer_norm_epsilon",
+    )
+    return [f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys if getattr(a, k) != getattr(b, k)]
+
+
+_LAYER = re.compile(r"^(encoder|decoder)/layers_(\d+)/")
+
+
+def infer_config(flat: Mapping[str, Any], *, source: str, **overrides):
+    """A T5Config whose network has exactly the parameter shapes in ``flat``.
+
+    Read from shapes: vocabulary and width (embedding), layer counts, heads and
+    buckets (relative position table ``[heads, buckets]``), head size (query
+    kernel), MLP width and kind (``wi`` = ReLU, ``wi_0``/``wi_1`` = gated GELU),
+    tied head (no ``decoder/logits_dense``). Not visible in shapes and so left at
+    T5Config's defaults unless overridden: max distance, epsilon, dtype, dropout.
+    """
+    from explistops_jax import network
+
+    def need(path: str) -> tuple[int, ...]:
+        if path not in flat:
+            raise UserError(
+                f"cannot infer the model config: no parameter {path}",
+                where=source,
+                expected="a T5 parameter tree with T5X names, or give the config (--model PRESET)",
+            )
+        return tuple(np.shape(flat[path]))
+
+    vocab, emb = need("token_embedder/embedding")
+    layers = {"encoder": set(), "decoder": set()}
+    for path in flat:
+        m = _LAYER.match(path)
+        if m:
+            layers[m.group(1)].add(int(m.group(2)))
+    heads, buckets = need("encoder/relpos_bias/rel_embedding")
+    joined = need("encoder/layers_0/attention/query/kernel")[1]
+    gated = "encoder/layers_0/mlp/wi_0/kernel" in flat
+    mlp = need("encoder/layers_0/mlp/wi_0/kernel" if gated else "encoder/layers_0/mlp/wi/kernel")[1]
+    values = dict(
+        vocab_size=vocab,
+        emb_dim=emb,
+        num_heads=heads,
+        num_encoder_layers=len(layers["encoder"]),
+        num_decoder_layers=len(layers["decoder"]),
+        head_dim=joined // heads,
+        mlp_dim=mlp,
+        mlp_activations=("gelu", "linear") if gated else ("relu",),
+        logits_via_embedding="decoder/logits_dense/kernel" not in flat,
+        relative_attention_num_buckets=buckets,
+    )
+    values.update(overrides)
+    return network.T5Config(**values)
+
+
+# -------------------------------------------------------- atomic directories
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yields a fresh temporary directory next to ``out_dir``; renames it to
+    ``out_dir`` when the block succeeds, deletes it when the block raises.
+
+    ``out_dir`` must not exist yet (an empty directory is accepted and replaced),
+    so a failed or interrupted conversion never leaves a half-written checkpoint
+    where a complete one is expected.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"output {out} already exists", expected="a new path (remove the old one first)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot create output directory {out}: {e.strerror}") from None
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON: {e.msg}", where=f"{path}:{e.lineno}:{e.colno}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", where=str(path))
+    return data

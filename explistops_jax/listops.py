@@ -1,0 +1,604 @@
+"""ListOps trees: parse, format, evaluate, measure, sample, and read the original files.
+
+A ListOps expression is a value or ``[OP arg arg ... ]`` with the operators MAX, MIN,
+MED (median) and SM (sum modulo M). This module is the single place that knows the
+notation and the arithmetic; everything else (explanations, scoring, datasets) works
+on the :data:`Tree` type defined here. Pure Python, no TensorFlow or JAX, so the
+generator and the parser are cheap to test and reuse.
+
+Two notations are read (and written):
+
+* bracket: ``[MAX 2 9 [MIN 4 7 ] 0 ]``
+* parenthesized, as in the original ListOps and the Long Range Arena (LRA) TSV files:
+  ``( ( ( ( ( [MAX 2 ) 9 ) ( ( ( [MIN 4 ) 7 ) ] ) ) 0 ) ] )``. The parentheses only
+  encode LRA's binarization of the tree, which the brackets already determine, so the
+  parser skips them (unbalanced parentheses are tolerated; unbalanced brackets are not).
+
+Operator spellings seen in released data are accepted case-insensitively and mapped
+to the canonical names: MEDIAN -> MED, SUM -> SM.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import random
+import re
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Callable, Iterator, Union
+
+from explistops_jax.errors import ListOpsError, UserError
+
+__all__ = [
+    "OPERATORS",
+    "SPELLINGS",
+    "Node",
+    "Tree",
+    "ListOpsError",
+    "canonical_operator",
+    "parse",
+    "format",
+    "evaluate",
+    "apply",
+    "median",
+    "length",
+    "depth",
+    "SamplerConfig",
+    "sample",
+    "sample_with_attempts",
+    "sample_naive",
+    "read_listops_tsv",
+    "read_lra_tsv",
+]
+
+OPERATORS: tuple[str, ...] = ("MAX", "MIN", "MED", "SM")
+"""Canonical operator names, in the order the sampler draws from."""
+
+SPELLINGS: dict[str, str] = {
+    "MAX": "MAX",
+    "MIN": "MIN",
+    "MED": "MED",
+    "MEDIAN": "MED",
+    "SM": "SM",
+    "SUM": "SM",
+}
+"""Every accepted operator spelling (upper case) -> canonical name."""
+
+MAX_NESTING = 200
+"""Deepest operator nesting :func:`parse` accepts (generated trees stay below 20).
+
+The tree functions recurse, so a bound keeps a hostile input from hitting Python's
+recursion limit; it is reported as a normal :class:`ListOpsError`.
+"""
+
+_MAX_DIGITS = 100  # longer numbers are rejected: int() of huge digit strings is slow
+
+
+@dataclass(frozen=True)
+class Node:
+    """An operator applied to its arguments (values or other nodes), in order."""
+
+    op: str
+    args: tuple["Tree", ...]
+
+
+Tree = Union[int, Node]
+"""A ListOps tree: a non-negative int (a value) or a :class:`Node`."""
+
+
+def canonical_operator(name: str) -> str | None:
+    """The canonical operator for a spelling (``"median"`` -> ``"MED"``), or None."""
+    return SPELLINGS.get(name.upper())
+
+
+# --------------------------------------------------------------------------- parsing
+
+# One token: a parenthesis, an opening bracket with its operator name ("[MAX", also
+# "[ MAX"), a closing bracket, a number, or a run of anything else (an error).
+_TOKEN = re.compile(r"\(|\)|\[[ \t]*[A-Za-z]*|\]|\d+|[^\s()\[\]]+")
+
+
+def parse(text: str, *, line: int | None = None) -> Tree:
+    """Read one expression in bracket or parenthesized notation.
+
+    Args:
+      text: the expression, e.g. ``"[MAX 2 9 [MIN 4 7 ] 0 ]"``; a bare value such as
+        ``"7"`` is a valid (trivial) tree.
+      line: the line number to put into error messages (the caller knows it).
+
+    Raises:
+      ListOpsError: naming the problem, its column (1-based) and what was expected.
+    """
+    stack: list[tuple[str, list[Tree], int]] = []  # (op, args so far, column of "[OP")
+    result: Tree | None = None
+    result_column = 0
+
+    def error(what: str, column: int, expected: str | None = None) -> ListOpsError:
+        return ListOpsError(what, line=line, column=column, expected=expected)
+
+    def attach(item: Tree, column: int) -> None:
+        nonlocal result, result_column
+        if stack:
+            stack[-1][1].append(item)
+        elif result is None:
+            result, result_column = item, column
+        else:
+            raise error(
+                "extra input after the end of the expression",
+                column,
+                f"the expression to end after the one starting at column {result_column}",
+            )
+
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        column = match.start() + 1
+        first = token[0]
+        if first in "()":
+            continue
+        if first == "[":
+            name = token[1:].strip()
+            op = canonical_operator(name) if name else None
+            if op is None:
+                shown = f"'[{name}'" if name else "'[' without an operator"
+                raise error(f"unknown operator {shown}", column, _EXPECTED_OPERATOR)
+            if result is not None and not stack:
+                raise error("extra input after the end of the expression", column,
+                            "a single expression")
+            if len(stack) >= MAX_NESTING:
+                raise error(f"operators nested deeper than {MAX_NESTING}", column)
+            stack.append((op, [], column))
+        elif first == "]":
+            if not stack:
+                raise error("']' without a matching '[OP'", column)
+            op, args, opened = stack.pop()
+            if not args:
+                raise error(f"operator {op} (column {opened}) has no arguments", column,
+                            "at least one value or expression before ']'")
+            attach(Node(op, tuple(args)), opened)
+        elif first.isdigit():
+            if len(token) > _MAX_DIGITS:
+                raise error(f"number with {len(token)} digits", column,
+                            f"at most {_MAX_DIGITS} digits")
+            attach(int(token), column)
+        else:
+            raise error(f"unexpected {token[:20]!r}", column,
+                        "a number, '[OP', ']' or a parenthesis")
+    if stack:
+        op, _, opened = stack[-1]
+        raise error(f"operator {op} opened at column {opened} is not closed",
+                    len(text) + 1, "']'")
+    if result is None:
+        raise error("empty expression", 1, "a number or '[OP ... ]'")
+    return result
+
+
+_EXPECTED_OPERATOR = "one of " + ", ".join(f"[{name}" for name in SPELLINGS)
+
+
+# -------------------------------------------------------------------------- writing
+
+
+def format(tree: Tree, notation: str = "bracket") -> str:  # noqa: A001 (contract name)
+    """Write a tree as text.
+
+    ``notation="bracket"`` gives ``[MAX 2 9 [MIN 4 7 ] 0 ]``; ``"paren"`` gives the
+    parenthesized notation of the LRA files, which binarizes every operator as
+    ``( ( ( [OP a ) b ) ... ] )``. Both are read back by :func:`parse`.
+    """
+    if notation == "bracket":
+        parts: list[str] = []
+        _bracket_tokens(tree, parts)
+        return " ".join(parts)
+    if notation == "paren":
+        return _paren(tree)
+    raise UserError(f"unknown notation {notation!r}", expected="'bracket' or 'paren'")
+
+
+def _bracket_tokens(tree: Tree, out: list[str]) -> None:
+    if isinstance(tree, Node):
+        out.append("[" + tree.op)
+        for arg in tree.args:
+            _bracket_tokens(arg, out)
+        out.append("]")
+    else:
+        out.append(str(tree))
+
+
+def _paren(tree: Tree) -> str:
+    """LRA's ``to_string`` of the binarized tree ((op, a0), a1), ..., ']')."""
+    if not isinstance(tree, Node):
+        return str(tree)
+    text = f"( [{tree.op} {_paren(tree.args[0])} )"
+    for arg in tree.args[1:]:
+        text = f"( {text} {_paren(arg)} )"
+    return f"( {text} ] )"
+
+
+# ----------------------------------------------------------------------- arithmetic
+
+
+def median(values: tuple[int, ...] | list[int]) -> int:
+    """Median as the ListOps generators compute it: numpy's median, truncated.
+
+    For an even count that is the integer part of the mean of the two middle values:
+    ``[4, 9] -> 6``, ``[0, 9] -> 4``, ``[1, 5, 8, 8] -> 6``.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median of an empty list")
+    if n % 2:
+        return ordered[n // 2]
+    total = ordered[n // 2 - 1] + ordered[n // 2]
+    return total // 2 if total >= 0 else -((-total) // 2)  # int(total / 2), exactly
+
+
+def apply(op: str, values: tuple[int, ...] | list[int], modulus: int = 30) -> int:
+    """One operator on a list of values (the arithmetic of a single step)."""
+    if op == "MAX":
+        return max(values)
+    if op == "MIN":
+        return min(values)
+    if op == "MED":
+        return median(values)
+    if op == "SM":
+        return sum(values) % modulus
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def evaluate(tree: Tree, modulus: int = 30) -> int:
+    """The value of a tree; SM sums modulo ``modulus`` (10 in the original ListOps)."""
+    if isinstance(tree, Node):
+        return apply(tree.op, [evaluate(arg, modulus) for arg in tree.args], modulus)
+    return tree
+
+
+def length(tree: Tree) -> int:
+    """LRA's length: 1 per value, 2 per operator (its token and its closing bracket)."""
+    if isinstance(tree, Node):
+        return 2 + sum(length(arg) for arg in tree.args)
+    return 1
+
+
+def depth(tree: Tree) -> int:
+    """Nesting depth: a value has depth 0, ``[MAX 1 2 ]`` depth 1."""
+    if isinstance(tree, Node):
+        return 1 + max(depth(arg) for arg in tree.args)
+    return 0
+
+
+# ------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The distribution of sampled trees: LRA's generator, made configurable.
+
+    The parameters mean exactly what they mean in LRA's released generator code, so
+    "max_depth 10, max_args 10" here is the distribution of the LRA ListOps data:
+
+    * The root has depth 1 and is always an operator. A node at depth
+      ``d < max_depth`` is an operator with probability ``value_p`` and a value
+      otherwise; a node at depth ``max_depth`` is always a value. Hence
+      ``depth(tree) <= max_depth - 1``.
+    * An operator is drawn uniformly from ``operators`` and has ``min_args..max_args``
+      arguments (uniform); values are uniform in ``min_value..max_value``.
+    * A tree is kept only when ``min_length < length(tree) < max_length`` (strict).
+
+    About ``value_p``: LRA's code emits a value when ``random() > VALUE_P``, so its
+    ``VALUE_P = 0.25`` is the probability of an *operator*; reference.md words it the
+    other way round. This config follows the code (the name is LRA's). With the
+    reversed reading trees almost never end: lengths 20-50 at max_depth 10 take more
+    than ten million attempts per tree, while LRA's released data has them.
+    """
+
+    min_length: int
+    max_length: int
+    max_depth: int = 10
+    max_args: int = 10
+    value_p: float = 0.25
+    min_value: int = 0
+    max_value: int = 29
+    operators: tuple[str, ...] = OPERATORS
+    min_args: int = 2
+
+    def __post_init__(self) -> None:
+        ops = tuple(self.operators)
+        canonical = tuple(canonical_operator(op) for op in ops)
+        if not ops or None in canonical:
+            raise UserError(f"bad operators {ops!r}", expected=f"a non-empty subset of {OPERATORS}")
+        object.__setattr__(self, "operators", canonical)
+        checks = [
+            (self.max_depth >= 2, "max_depth must be at least 2 (the root has depth 1)"),
+            (1 <= self.min_args <= self.max_args, "need 1 <= min_args <= max_args"),
+            (0.0 <= self.value_p <= 1.0, "value_p must be a probability"),
+            (0 <= self.min_value <= self.max_value, "need 0 <= min_value <= max_value"),
+            (0 <= self.min_length and self.min_length + 1 < self.max_length,
+             "the window min_length < length < max_length is empty"),
+            (2 + self.min_args < self.max_length,
+             f"the smallest tree (length {2 + self.min_args}) is not shorter than max_length"),
+            (self.longest() > self.min_length,
+             f"the longest tree (length {self.longest()}) is not longer than min_length"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"bad sampler config: {message}", where=repr(self))
+
+    def longest(self) -> int:
+        """Length of the largest possible tree (operators with max_args everywhere)."""
+        size = 1
+        for _ in range(self.max_depth - 1):
+            size = 2 + self.max_args * size
+        return size
+
+
+MAX_ATTEMPTS = 10_000_000
+"""Attempts :func:`sample` makes before it declares the length window unreachable."""
+
+
+def example_rng(seed: int, index: int) -> random.Random:
+    """The private random stream of example ``index`` under ``seed``.
+
+    Seeded from a BLAKE2b hash of ``(seed, index)``, so each example can be generated
+    on its own (shards, several processes) and the same pair always gives the same
+    tree, on any machine and Python version (never Python's salted ``hash()``).
+    """
+    digest = hashlib.blake2b(f"explistops/{seed}/{index}".encode(), digest_size=16).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def sample(config: SamplerConfig, seed: int, index: int) -> Tree:
+    """Example ``index`` of the stream ``seed``: a tree drawn from ``config``.
+
+    Deterministic per ``(seed, index)``, with the distribution of
+    :func:`sample_naive` but a small fraction of its cost (see
+    :func:`sample_with_attempts`).
+    """
+    return sample_with_attempts(config, seed, index)[0]
+
+
+def sample_with_attempts(config: SamplerConfig, seed: int, index: int) -> tuple[Tree, int]:
+    """Like :func:`sample`, also returning how many trees were started (>= 1).
+
+    Exact rejection sampling, made cheap in two ways:
+
+    * Shape first, labels later. Only the shape decides the length, so an attempt
+      draws just the shape: for each operator its argument count ``k`` and how many
+      ``m`` of them are operators (one draw from the joint table of ``k`` uniform and
+      ``m ~ Binomial(k, value_p)``). Operator names, values and which of the ``k``
+      slots hold the ``m`` operators are drawn only for the accepted shape. Given the
+      shape they are independent of it, so the tree has the naive distribution.
+    * Early abort. While the shape grows (level by level), a lower bound on its final
+      length is kept: tokens fixed so far plus the shortest possible operator for each
+      operator not yet grown. Once the bound reaches ``max_length`` the tree can only
+      be rejected, so it is dropped and a fresh one started from the same stream.
+      Dropped trees are exactly those the naive procedure rejects.
+
+    Because rejections match the naive procedure one for one, ``attempts`` also
+    estimates the naive acceptance rate (the benchmark uses it).
+
+    Raises:
+      UserError: after :data:`MAX_ATTEMPTS` attempts without an accepted tree.
+    """
+    rng = example_rng(seed, index)
+    draw_shape = _shape_sampler(config, rng.random)
+    min_length = config.min_length
+    for attempts in range(1, MAX_ATTEMPTS + 1):
+        grown = draw_shape()
+        if grown is not None and grown[1] > min_length:
+            return _label_shape(config, grown[0], rng.random), attempts
+    raise UserError(f"no tree accepted after {MAX_ATTEMPTS} attempts", where=repr(config),
+                    expected="a length window the config can reach")
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_table(config: SamplerConfig) -> tuple[list[float], list[tuple[int, int]]]:
+    """Cumulative probabilities and outcomes ``(k, m)`` of one operator's shape.
+
+    ``k`` (argument count) is uniform in ``min_args..max_args``; each argument is an
+    operator with probability ``value_p``, so ``m ~ Binomial(k, value_p)``. The
+    outcomes ``(k, 0)`` come first for each ``k``, so index ``_leaf_outcome(k)`` is
+    the shape of an operator whose arguments are all values.
+    """
+    counts = range(config.min_args, config.max_args + 1)
+    p = config.value_p
+    cumulative: list[float] = []
+    outcomes: list[tuple[int, int]] = []
+    total = 0.0
+    for k in counts:
+        for m in range(k + 1):
+            total += math.comb(k, m) * p**m * (1 - p) ** (k - m) / len(counts)
+            cumulative.append(total)
+            outcomes.append((k, m))
+    # Absorb rounding so every draw in [0, 1) lands on an outcome: the last outcome of
+    # positive probability ends at exactly 1 (bisect never picks the zero-probability
+    # outcomes after it, e.g. m > 0 when value_p = 0).
+    last = max(i for i in range(len(cumulative)) if i == 0 or cumulative[i] > cumulative[i - 1])
+    cumulative[last:] = [1.0] * (len(cumulative) - last)
+    return cumulative, outcomes
+
+
+def _shape_sampler(config: SamplerConfig, rand: Callable[[], float]):
+    """The closure that draws one tree shape, or None once it is certain to be too long.
+
+    A shape is the list of outcome indices (into :func:`_shape_table`) of its
+    operators in breadth-first order: the root, then its ``m`` operator arguments,
+    then theirs, level by level, each operator's in order. Returns
+    ``(shape, length)``.
+    """
+    cumulative, outcomes = _shape_table(config)
+    min_args = config.min_args
+    shortest_op = 2 + min_args  # the length of the smallest operator
+    # How much the length bound grows when an operator's shape is drawn: its k - m
+    # values and m operators of at least shortest_op tokens replace its own
+    # shortest_op.
+    growth = [k - m + m * shortest_op - min_args for k, m in outcomes]
+    operator_args = [m for _, m in outcomes]
+    leaf_outcomes = [outcomes.index((k, 0)) for k in range(min_args, config.max_args + 1)]
+    n_arg_counts = len(leaf_outcomes)
+    max_length = config.max_length
+    last_free_depth = config.max_depth - 2  # deepest level whose arguments may be operators
+
+    def draw_shape() -> tuple[list[int], int] | None:
+        bound = shortest_op  # the root: an operator not yet grown
+        shape: list[int] = []
+        append = shape.append
+        pending = 1
+        node_depth = 1
+        while pending:
+            next_pending = 0
+            if node_depth <= last_free_depth:
+                for _ in range(pending):
+                    i = bisect_right(cumulative, rand())
+                    bound += growth[i]
+                    if bound >= max_length:
+                        return None
+                    append(i)
+                    next_pending += operator_args[i]
+            else:  # the arguments sit at max_depth: values only
+                for _ in range(pending):
+                    i = leaf_outcomes[int(rand() * n_arg_counts)]
+                    bound += growth[i]
+                    if bound >= max_length:
+                        return None
+                    append(i)
+            pending = next_pending
+            node_depth += 1
+        return shape, bound
+
+    return draw_shape
+
+
+def _label_shape(config: SamplerConfig, shape: list[int], rand: Callable[[], float]) -> Node:
+    """Turn an accepted shape into a tree: place operator arguments, draw names and values.
+
+    Built bottom-up (reverse breadth-first order). The ``m`` operator arguments of an
+    operator take a uniformly random subset of its ``k`` slots (slot ``i`` is an
+    operator with probability remaining operators / remaining slots), which is their
+    law given ``m`` in the naive process.
+    """
+    _, outcomes = _shape_table(config)
+    ops = config.operators
+    n_ops = len(ops)
+    min_value = config.min_value
+    n_values = config.max_value - min_value + 1
+    first_child: list[int] = []
+    start = 1
+    for i in shape:
+        first_child.append(start)
+        start += outcomes[i][1]
+    built: list[Node | None] = [None] * len(shape)
+    for j in range(len(shape) - 1, -1, -1):
+        k, m = outcomes[shape[j]]
+        child = first_child[j]
+        args: list[Tree] = []
+        for slot in range(k):
+            if m and rand() * (k - slot) < m:
+                args.append(built[child])  # type: ignore[arg-type]
+                child += 1
+                m -= 1
+            else:
+                args.append(min_value + int(rand() * n_values))
+        built[j] = Node(ops[int(rand() * n_ops)], tuple(args))
+    return built[0]  # type: ignore[return-value]
+
+
+def sample_naive(config: SamplerConfig, rng: random.Random, *,
+                 deadline: float | None = None) -> Tree:
+    """The LRA procedure: grow a whole tree node by node, keep it only if its length fits.
+
+    The reference that :func:`sample` is tested and benchmarked against; it draws
+    every node in order, as LRA's generator does (with the same fast random
+    primitives as :func:`sample`, so a benchmark compares algorithms, not
+    primitives). ``deadline`` (a ``time.monotonic()`` value) lets a benchmark stop it
+    inside a huge tree: ``TimeoutError`` is raised once it has passed.
+    """
+    rand = rng.random
+    ops = config.operators
+    n_ops = len(ops)
+    min_args = config.min_args
+    n_arg_counts = config.max_args - min_args + 1
+    min_value = config.min_value
+    n_values = config.max_value - min_value + 1
+    value_p = config.value_p
+    max_depth = config.max_depth
+    grown = 0
+
+    def operator(node_depth: int) -> tuple[Node, int]:
+        nonlocal grown
+        grown += 1
+        if deadline is not None and grown % 1024 == 0 and time.monotonic() > deadline:
+            raise TimeoutError("sample_naive passed its deadline")
+        count = min_args + int(rand() * n_arg_counts)
+        args: list[Tree] = []
+        size = 2
+        child_depth = node_depth + 1
+        for _ in range(count):
+            if child_depth < max_depth and rand() <= value_p:
+                child, child_size = operator(child_depth)
+                args.append(child)
+                size += child_size
+            else:
+                args.append(min_value + int(rand() * n_values))
+                size += 1
+        return Node(ops[int(rand() * n_ops)], tuple(args)), size
+
+    while True:
+        tree, size = operator(1)
+        if config.min_length < size < config.max_length:
+            return tree
+
+
+# -------------------------------------------------------------------------- readers
+
+
+def read_listops_tsv(path: str | os.PathLike) -> Iterator[tuple[Tree, int]]:
+    """Read an original ListOps file: ``label<TAB>expression`` per line.
+
+    Yields ``(tree, label)``. Blank lines are skipped. Errors name the file, line and
+    column (counted in the file's line, label included).
+    """
+    yield from _read_tsv(path, expression_field=1, header=None)
+
+
+def read_lra_tsv(path: str | os.PathLike) -> Iterator[tuple[Tree, int]]:
+    """Read an LRA ListOps file: header ``Source<TAB>Target``, then ``expression<TAB>label``.
+
+    Yields ``(tree, label)``. The header is skipped when present.
+    """
+    yield from _read_tsv(path, expression_field=0, header="Source")
+
+
+def _read_tsv(path: str | os.PathLike, *, expression_field: int,
+              header: str | None) -> Iterator[tuple[Tree, int]]:
+    source = os.fspath(path)
+    with open(source, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.rstrip("\r\n")
+            if not text.strip():
+                continue
+            fields = text.split("\t")
+            if number == 1 and header is not None and fields[0].strip() == header:
+                continue
+            if len(fields) != 2:
+                raise ListOpsError(f"{len(fields)} tab-separated fields", line=number,
+                                   column=1, source=source,
+                                   expected="2: " + ("expression<TAB>label" if expression_field == 0
+                                                     else "label<TAB>expression"))
+            label_field = 1 - expression_field
+            label_text = fields[label_field].strip()
+            offset = 0 if expression_field == 0 else len(fields[0]) + 1
+            if not label_text.isdigit() or len(label_text) > _MAX_DIGITS:
+                column = 1 if label_field == 0 else len(fields[0]) + 2
+                raise ListOpsError(f"label {label_text[:20]!r} is not a number", line=number,
+                                   column=column, source=source, expected="a non-negative integer")
+            try:
+                tree = parse(fields[expression_field])
+            except ListOpsError as err:
+                raise ListOpsError(err.what, line=number, column=(err.column or 1) + offset,
+                                   expected=err.expected, source=source) from None
+            yield tree, int(label_text)

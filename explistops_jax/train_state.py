@@ -1,0 +1,173 @@
+"""The state of a training run and its checkpoints (orbax-checkpoint).
+
+A :class:`TrainState` is everything that changes during training: the step, the
+parameters, the optimizer state and the base random key (each step's dropout key
+is ``fold_in(rng, step)``, so the key never has to advance). Together with the
+input position (``input_pipeline.Position``) it is all a resumed run needs to
+continue the same loss curve.
+
+:class:`RunCheckpoints` saves them with an Orbax ``CheckpointManager`` in T5X's
+layout, so T5X tools and ``checkpoints.load_any`` read the parameters::
+
+    MODEL_DIR/checkpoint_<step>/
+        state/    Orbax PyTree (OCDBT): {"target": params,
+                                         "state": {"step", "opt_state", "rng"}}
+        data/     JSON: the input position {"epoch", "batch"}
+        run/      JSON: the run's description (model config, task, lengths, ...)
+
+Saving is asynchronous (training continues while the files are written) and
+atomic: Orbax writes into a temporary directory and renames it when complete,
+so a run killed mid-save leaves the previous checkpoint intact and the partial
+one is ignored (and cleaned up) on restart. The newest ``keep`` checkpoints are
+kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps"]
+
+STEP_PREFIX = "checkpoint"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """``step`` (int32 scalar), ``params``, ``opt_state``, ``rng`` (raw uint32 key)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+    def to_tree(self) -> dict:
+        """The saved form (T5X's ``target`` / ``state`` split)."""
+        return {"target": self.params,
+                "state": {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}}
+
+    @classmethod
+    def from_tree(cls, tree: Mapping) -> "TrainState":
+        state = tree["state"]
+        return cls(step=state["step"], params=tree["target"],
+                   opt_state=state["opt_state"], rng=state["rng"])
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When and how to checkpoint (gin: ``CheckpointConfig.*``).
+
+    Attributes:
+      period: save every ``period`` steps (and always at the last step); None or
+        0 saves only at the end.
+      keep: how many of the newest checkpoints to keep (None = all).
+      async_save: write in the background while training goes on.
+    """
+
+    period: int | None = 1000
+    keep: int | None = 3
+    async_save: bool = True
+
+
+def checkpoint_steps(model_dir: str | Path) -> list[int]:
+    """Steps of the finished checkpoints in ``model_dir``, ascending."""
+    steps = []
+    for child in Path(model_dir).glob(f"{STEP_PREFIX}_*"):
+        suffix = child.name[len(STEP_PREFIX) + 1:]
+        if suffix.isdigit() and (child / "state").is_dir():
+            steps.append(int(suffix))
+    return sorted(steps)
+
+
+class RunCheckpoints:
+    """Save and restore ``(TrainState, position, run description)``."""
+
+    def __init__(self, model_dir: str | Path, config: CheckpointConfig = CheckpointConfig(),
+                 *, read_only: bool = False):
+        self.config = config
+        self.directory = Path(model_dir).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep, step_prefix=STEP_PREFIX, create=not read_only,
+            cleanup_tmp_directories=not read_only, read_only=read_only,
+            enable_async_checkpointing=config.async_save)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "run"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def is_due(self, step: int) -> bool:
+        """Whether ``step`` is a periodic save step."""
+        period = self.config.period
+        return bool(period) and step % period == 0
+
+    def save(self, state: TrainState, position: Mapping | None = None,
+             run: Mapping | None = None) -> None:
+        """Starts saving ``state`` as checkpoint ``state.step`` (returns before
+        the files are written when async; call :meth:`wait` to be sure)."""
+        step = int(jax.device_get(state.step))
+        if step in self._manager.all_steps():
+            return
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state.to_tree()),
+            data=ocp.args.JsonSave(dict(position or {})),
+            run=ocp.args.JsonSave(dict(run or {})))
+        self._manager.save(step, args=args, force=True)
+        logging.info("saving checkpoint %d in %s", step, self.directory)
+
+    def restore(self, abstract_state: TrainState, step: int | None = None
+                ) -> tuple[TrainState, dict]:
+        """The state (laid out like ``abstract_state``: a tree of
+        ``jax.ShapeDtypeStruct`` with shardings) and input position of checkpoint
+        ``step`` (default: the latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state.to_tree()),
+            data=ocp.args.JsonRestore()))
+        return TrainState.from_tree(restored["state"]), dict(restored["data"] or {})
+
+    def run_info(self, step: int | None = None) -> dict:
+        """The run description saved with checkpoint ``step`` (default latest)."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            run=ocp.args.JsonRestore()))
+        return dict(restored["run"] or {})
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        """Only the parameters (``target``) of checkpoint ``step``."""
+        step = self.latest_step() if step is None else step
+        item = {"target": abstract_params}
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=jax.tree.map(_restore_args, item),
+                partial_restore=True)))
+        return restored["state"]["target"]
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _restore_args(leaf: Any) -> ocp.RestoreArgs:
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is not None:
+        return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=leaf.shape,
+                                    dtype=leaf.dtype)
+    return ocp.RestoreArgs(restore_type=np.ndarray)

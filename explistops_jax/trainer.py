@@ -1,0 +1,522 @@
+"""Training: state initialisation, the sharded train step and the loop.
+
+:func:`train` is the library entry point (``explistops_jax.train`` and
+``explistops train`` are thin wrappers around it; ``reproduce`` calls it
+directly). It reads as the sequence of what a run does::
+
+    model      = the network for the task's vocabulary (ModelSpec.build)
+    stream     = resumable batches (input_pipeline.BatchStream)
+    state      = latest checkpoint in model_dir, else INITIAL_CHECKPOINT_PATH,
+                 else a fresh initialisation (sharded over the mesh)
+    step_fn    = jit(train_step) with explicit shardings, state donated
+    loop       : step, log (JSONL, TensorBoard, progress bar), stop on NaN,
+                 evaluate every EVAL_PERIOD steps, checkpoint every period
+
+A run killed at any point resumes from its last checkpoint and produces the same
+losses as an uninterrupted run: the batches are a deterministic function of the
+input position saved with the checkpoint, and each step's dropout key is derived
+from the step number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.core import meta
+
+from explistops_jax import input_pipeline, optimizers, partitioning, summaries
+from explistops_jax.errors import UserError
+from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
+
+__all__ = [
+    "ModelSpec",
+    "EvalConfig",
+    "TrainResult",
+    "NonFiniteLossError",
+    "train",
+    "make_train_step",
+    "initial_state",
+]
+
+RUN_FILE = "run.json"
+
+
+# ----------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A T5 preset plus overrides; built once the task's vocabulary is known.
+
+    Attributes:
+      preset: a ``network.PRESETS`` name (``t5_1_1_small``, ...).
+      overrides: ``T5Config`` fields to change (``num_encoder_layers``, ...).
+      dropout_rate: ``DROPOUT_RATE`` (overrides the preset's).
+      vocab_size: embedding rows; None = the task's output vocabulary size
+        rounded up to a multiple of 128 (32,128 for T5's SentencePiece, 128 for
+        the compact domain vocabulary).
+    """
+
+    preset: str
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dropout_rate: float | None = None
+    vocab_size: int | None = None
+
+    def config(self, vocabulary=None):
+        from explistops_jax import network
+
+        overrides = dict(self.overrides)
+        if self.dropout_rate is not None:
+            overrides["dropout_rate"] = self.dropout_rate
+        if self.vocab_size is not None:
+            overrides["vocab_size"] = self.vocab_size
+        elif vocabulary is not None:
+            overrides["vocab_size"] = 128 * math.ceil(vocabulary.vocab_size / 128)
+        return network.get_config(self.preset, **overrides)
+
+    def build(self, vocabulary=None):
+        """The ``model.EncoderDecoderModel`` for ``vocabulary``."""
+        from explistops_jax import model as model_lib
+
+        return model_lib.EncoderDecoderModel(self.config(vocabulary), vocabulary)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Periodic evaluation during training (decode + the task's metrics).
+
+    Attributes:
+      period: evaluate every ``period`` steps (``EVAL_PERIOD``) and at the end;
+        None or 0: only at the end.
+      mixture_or_task_name: what to evaluate (default: the training task).
+      split: the split to decode.
+      batch_size: rows per decoding batch.
+      max_examples: decode only the first N examples (None: the whole split).
+      task_feature_lengths: default: the training lengths.
+    """
+
+    period: int | None = 1000
+    mixture_or_task_name: str | None = None
+    split: str = "validation"
+    batch_size: int = 32
+    max_examples: int | None = None
+    task_feature_lengths: Mapping[str, int] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    model_dir: str
+    step: int
+    metrics: dict[str, float]
+    eval_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving it."""
+
+
+# ----------------------------------------------------------------- the train step
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    num_microbatches: int = 1) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``.
+
+    With ``num_microbatches > 1`` the batch is split into that many microbatches
+    (rows ``i, i+k, i+2k, ...``, so each device keeps a share of every one) whose
+    losses and gradients are summed in a ``lax.scan`` before one optimizer update;
+    memory is that of one microbatch. Summing is exact for T5X-style losses (sums
+    over tokens, or divided by a constant).
+    """
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+
+    def loss_and_grads(params, batch, rng):
+        if num_microbatches == 1:
+            (loss, aux), grads = grad_fn(params, batch, rng)
+            return loss, aux, grads
+        micro = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
+
+        def accumulate(total, inputs):
+            mb, index = inputs
+            (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(lambda: grad_fn(params, first, rng))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             (shapes[0][0], shapes[0][1], shapes[1]))
+        (loss, aux, grads), _ = jax.lax.scan(
+            accumulate, zeros, (micro, jnp.arange(num_microbatches)))
+        return loss, aux, grads
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, aux, grads = loss_and_grads(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": schedule(state.step)}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
+    """[batch, ...] -> [k, batch // k, ...], microbatch i = rows i, i+k, ..."""
+    if x.shape[0] % k:
+        raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+                         f"num_microbatches={k}")
+    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+
+# ----------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class StateLayout:
+    """The abstract train state (shapes) with its shardings."""
+
+    abstract: TrainState  # leaves: jax.ShapeDtypeStruct with .sharding
+    shardings: TrainState
+
+
+def state_layout(model, tx, partitioner: partitioning.Partitioner,
+                 input_shapes: Mapping[str, tuple[int, ...]]) -> StateLayout:
+    """Shapes and shardings of the train state, without allocating it."""
+    boxed = jax.eval_shape(
+        lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes))["params"]
+    params_logical = partitioning.logical_axes(boxed)
+    params_shardings = partitioner.logical_to_sharding(params_logical)
+    params = meta.unbox(boxed)
+    opt_state = jax.eval_shape(tx.init, params)
+    opt_shardings = partitioner.state_like_params_shardings(opt_state, params, params_logical)
+    replicated = partitioner.sharding()
+    shardings = TrainState(step=replicated, params=params_shardings,
+                           opt_state=opt_shardings, rng=replicated)
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return StateLayout(abstract, shardings)
+
+
+def initial_state(model, tx, partitioner: partitioning.Partitioner, layout: StateLayout,
+                  input_shapes: Mapping[str, tuple[int, ...]], seed: int,
+                  initial_params: Any | None = None) -> TrainState:
+    """A fresh state, created directly in its shardings; with ``initial_params``
+    (a host tree, e.g. from a pretrained checkpoint) instead of random ones."""
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))  # raw uint32 keys
+
+    if initial_params is None:
+        def init_params(rng):
+            return meta.unbox(model.get_initial_variables(rng, input_shapes)["params"])
+
+        params = partitioner.jit(init_params, in_shardings=None,
+                                 out_shardings=layout.shardings.params)(init_rng)
+    else:
+        params = _place(initial_params, layout.abstract.params)
+    opt_state = partitioner.jit(tx.init, in_shardings=(layout.shardings.params,),
+                                out_shardings=layout.shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
+    rng = jax.device_put(train_rng, layout.shardings.rng)
+    return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
+
+
+def _place(host_tree: Any, abstract: Any) -> Any:
+    """Host arrays -> device arrays laid out like ``abstract``; a clear error if
+    the trees or shapes differ."""
+    want = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    have = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_flatten_with_path(host_tree)[0]}
+    problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+    problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+    problems += [f"{k}: shape {tuple(np.shape(have[k]))}, expected {want[k].shape}"
+                 for k in sorted(set(want) & set(have))
+                 if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+    if problems:
+        raise UserError("initial checkpoint does not fit the model: " + "; ".join(problems[:10]))
+    return jax.tree.map(
+        lambda a, s: jax.device_put(np.asarray(a, s.dtype), s.sharding), host_tree, abstract)
+
+
+# ----------------------------------------------------------------- the loop
+
+
+class _Loop:
+    """Runs steps, keeps one step in flight, logs, checks, evaluates, saves."""
+
+    def __init__(self, *, step_fn, stream, checkpoints, writer, progress, evaluator,
+                 eval_period, total_steps, run_info, partitioner):
+        self.step_fn = step_fn
+        self.stream = stream
+        self.checkpoints = checkpoints
+        self.writer = writer
+        self.progress = progress
+        self.evaluator = evaluator
+        self.eval_period = eval_period
+        self.total_steps = total_steps
+        self.run_info = run_info
+        self.partitioner = partitioner
+        self.last_metrics: dict[str, float] = {}
+        self.eval_metrics: dict[str, Any] = {}
+        self._pending: list[tuple[int, Any, float]] = []  # (step, device metrics, tokens)
+        self._last_time = time.perf_counter()
+
+    def run(self, state: TrainState, position: input_pipeline.Position) -> TrainState:
+        step = int(jax.device_get(state.step))
+        batches = self.stream.iterate(position)
+        while step < self.total_steps:
+            item = next(batches, None)
+            if item is None:
+                break  # the data ended (EPOCHS) before total_steps
+            position, batch = item
+            tokens = float(batch["decoder_loss_weights"].sum())
+            state, metrics = self.step_fn(state, self.partitioner.shard_batch(batch))
+            step += 1
+            self._flush(keep_last=True)  # the previous step's metrics
+            self._pending.append((step, metrics, tokens))
+            last = step == self.total_steps
+            if self.checkpoints.is_due(step) or last:
+                self._flush()
+                self.checkpoints.save(state, position.to_json(), self.run_info)
+            if self.evaluator is not None and (last or _due(step, self.eval_period)):
+                self._flush()
+                self._evaluate(state, step)
+        self._flush()
+        if int(jax.device_get(state.step)) not in self.checkpoints.all_steps():
+            self.checkpoints.save(state, position.to_json(), self.run_info)
+        return state
+
+    def _flush(self, keep_last: bool = False) -> None:
+        """Fetches, checks and logs the metrics of finished steps (all, or all
+        but the newest one, which may still be running)."""
+        while len(self._pending) > (1 if keep_last else 0):
+            step, metrics, tokens = self._pending.pop(0)
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            step_time, self._last_time = now - self._last_time, now
+            record = _summarize(host, tokens, step_time)
+            if not math.isfinite(host["loss"]):
+                self._pending.clear()
+                raise NonFiniteLossError(
+                    f"loss is {host['loss']} at step {step}; stopping without saving. "
+                    f"The last good checkpoint is step "
+                    f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}")
+            self.last_metrics = record
+            self.writer.write_train(step, record)
+            self.progress.update(1, loss=record["loss"])
+
+    def _evaluate(self, state: TrainState, step: int) -> None:
+        self.progress.write(f"evaluating at step {step} ...")
+        results = self.evaluator.evaluate(state.params, step)
+        for (task, split), metrics in results.items():
+            self.writer.write_eval(step, task, split, metrics)
+            self.eval_metrics[f"{task}/{split}"] = metrics
+            self.progress.write(f"step {step} {task}/{split}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
+        self._last_time = time.perf_counter()  # eval time is not step time
+
+
+def _due(step: int, period: int | None) -> bool:
+    return bool(period) and step % period == 0
+
+
+def _summarize(host: Mapping[str, float], tokens: float, step_time: float) -> dict:
+    """Per-step log record: the loss per target token, token accuracy, rates."""
+    weights = host.get("weights") or tokens or 1.0
+    record = {"loss": host["loss"] / weights if "weights" in host else host["loss"]}
+    if "correct" in host:
+        record["accuracy"] = host["correct"] / weights
+    for name, value in host.items():
+        if name not in ("loss", "correct", "weights"):
+            record[name] = value
+    record["tokens"] = tokens
+    record["step_time_s"] = step_time
+    record["tokens_per_s"] = tokens / step_time if step_time > 0 else 0.0
+    return record
+
+
+# ----------------------------------------------------------------- train()
+
+
+def train(
+    model,
+    data: input_pipeline.DataConfig,
+    model_dir: str | Path,
+    *,
+    optimizer: optimizers.Optimizer | None = None,
+    train_steps: int | None = None,
+    initial_checkpoint_path: str | None = None,
+    checkpoint: CheckpointConfig = CheckpointConfig(),
+    partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+    evaluation: EvalConfig | None = None,
+    num_microbatches: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    run_info: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Trains (or resumes training) and returns the final metrics.
+
+    Args:
+      model: a :class:`ModelSpec` (built for the task's vocabulary) or a model
+        object (``get_initial_variables``, ``loss_fn``, ``predict_batch``).
+      data: the training stream; ``data.num_epochs`` (``EPOCHS``) bounds it.
+      model_dir: the run directory (``MODEL_DIR``); a run already in it resumes.
+      optimizer: default: Adafactor with T5's fine-tuning defaults.
+      train_steps: total optimizer steps (``TRAIN_STEPS``), counted from 0 in
+        this run (an initial checkpoint's step is not carried over); None: as
+        many as ``data.num_epochs`` epochs give. With both, the smaller.
+      initial_checkpoint_path: parameters to start from (``INITIAL_CHECKPOINT_PATH``:
+        Hugging Face, T5X or explistops; read by ``checkpoints.load_any``);
+        ignored when ``model_dir`` already has a checkpoint.
+      checkpoint: save period, how many to keep, async.
+      partition: the mesh (model-parallel ways) and logical axis rules.
+      evaluation: periodic decoding + metrics (None: no evaluation).
+      num_microbatches: gradient accumulation (the batch must divide).
+      seed: initialisation and dropout; the data order has its own (``data.seed``).
+      progress: show a progress bar.
+      run_info: extra facts to record in ``run.json`` and every checkpoint.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (the run dir keeps the last
+        good checkpoint).
+    """
+    model_dir = Path(model_dir).absolute()
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    partitioner = partitioning.Partitioner(partition)
+    partitioner.local_batch_size(data.batch_size)  # validates the batch size
+    shard_index, num_shards = partitioner.data_shard
+    stream = input_pipeline.BatchStream(data, shard_index=shard_index, num_shards=num_shards)
+    model = _build_model(model, stream.provider)
+    total_steps = _total_steps(train_steps, stream)
+    tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
+
+    input_shapes = _input_shapes(data)
+    layout = state_layout(model, tx, partitioner, input_shapes)
+    checkpoints = RunCheckpoints(model_dir, checkpoint)
+    info = _run_info(model, data, total_steps, run_info)
+    state, position = _start(checkpoints, layout, model, tx, partitioner, input_shapes,
+                             seed, initial_checkpoint_path)
+    start_step = int(jax.device_get(state.step))
+    if is_chief:
+        summaries.truncate_log(model_dir / summaries.TRAIN_LOG, start_step)
+        summaries.truncate_log(model_dir / summaries.EVAL_LOG, start_step)
+        _write_json(model_dir / RUN_FILE, info)
+
+    step_fn = partitioner.jit(
+        make_train_step(model, tx, schedule, num_microbatches),
+        in_shardings=(layout.shardings, partitioner.batch_sharding()),
+        out_shardings=(layout.shardings, partitioner.sharding()),
+        donate_argnums=0)
+    evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
+    writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
+    bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
+    loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
+                 progress=bar, evaluator=evaluator,
+                 eval_period=evaluation.period if evaluation else None,
+                 total_steps=total_steps, run_info=info, partitioner=partitioner)
+    try:
+        state = loop.run(state, position)
+    finally:
+        bar.close()
+        writer.close()
+        checkpoints.close()
+    return TrainResult(str(model_dir), int(jax.device_get(state.step)),
+                       loop.last_metrics, loop.eval_metrics)
+
+
+def _build_model(model, provider):
+    if isinstance(model, ModelSpec):
+        return model.build(provider.output_features["targets"].vocabulary)
+    return model
+
+
+def _total_steps(train_steps: int | None, stream: input_pipeline.BatchStream) -> int:
+    from_epochs = stream.total_steps()
+    if train_steps is None and from_epochs is None:
+        raise UserError("the run has no length", expected="TRAIN_STEPS or EPOCHS")
+    candidates = [s for s in (train_steps, from_epochs) if s is not None]
+    return min(candidates)
+
+
+def _input_shapes(data: input_pipeline.DataConfig) -> dict[str, tuple[int, int]]:
+    lengths = data.task_feature_lengths
+    return {"encoder_input_tokens": (1, lengths["inputs"]),
+            "decoder_input_tokens": (1, lengths["targets"])}
+
+
+def _start(checkpoints, layout, model, tx, partitioner, input_shapes, seed,
+           initial_checkpoint_path) -> tuple[TrainState, input_pipeline.Position]:
+    """The latest checkpoint of this run, else a new state."""
+    if checkpoints.latest_step() is not None:
+        state, data = checkpoints.restore(layout.abstract)
+        logging.info("resuming from step %d", int(jax.device_get(state.step)))
+        return state, input_pipeline.Position.from_json(data)
+    initial_params = None
+    if initial_checkpoint_path:
+        from explistops_jax import checkpoints as interop
+
+        _, initial_params = interop.load_any(initial_checkpoint_path,
+                                             getattr(model, "config", None))
+    state = initial_state(model, tx, partitioner, layout, input_shapes, seed, initial_params)
+    return state, input_pipeline.Position()
+
+
+def _make_evaluator(evaluation: EvalConfig | None, model, partitioner, data, model_dir):
+    if evaluation is None:
+        return None
+    from explistops_jax import evaluator as evaluator_lib
+
+    return evaluator_lib.Evaluator(
+        model, evaluation.mixture_or_task_name or data.mixture_or_task_name,
+        evaluation.split,
+        task_feature_lengths=evaluation.task_feature_lengths or data.task_feature_lengths,
+        batch_size=evaluation.batch_size, max_examples=evaluation.max_examples,
+        model_dir=model_dir, partitioner=partitioner, use_cached=data.use_cached)
+
+
+def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,
+              extra: Mapping[str, Any] | None) -> dict:
+    """What ``run.json`` and each checkpoint record about the run."""
+    config = getattr(model, "config", None)
+    info = {
+        "model_config": _config_dict(config),
+        "mixture_or_task_name": data.mixture_or_task_name,
+        "task_feature_lengths": dict(data.task_feature_lengths),
+        "batch_size": data.batch_size,
+        "pack": data.pack,
+        "num_epochs": data.num_epochs,
+        "total_steps": total_steps,
+    }
+    info.update(extra or {})
+    return info
+
+
+def _config_dict(config) -> dict | None:
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config):
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(config).items()
+                if isinstance(v, (int, float, str, bool, tuple, list, type(None)))}
+    return None
+
+
+def _write_json(path: Path, data: Mapping) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,413 @@
+"""Vocabularies for the SeqIO tasks: the compact domain vocabulary and T5's SentencePiece.
+
+Explained-ListOps text is made of a few dozen words, brackets, punctuation and
+numbers. :class:`DomainVocabulary` gives each of them one id, so a target costs
+about one token per word and a tiny model spends no capacity on sub-word
+spelling. The public T5 checkpoints need T5's own SentencePiece model instead;
+:func:`sentencepiece_vocabulary` builds it from a configurable path (the public
+``cc_all.32000`` file is not bundled: set ``EXPLISTOPS_SPM_PATH`` or the gin
+parameter ``sentencepiece_model_path.path``).
+
+The id table of :class:`DomainVocabulary` (deterministic, documented):
+
+* ``0 <pad>``, ``1 </s>`` (EOS), ``2 <unk>``;
+* the fixed symbols :data:`SYMBOLS`: brackets (``"]"`` twice: spaced, as in the
+  input notation ``[MAX 2 9 ]``, and ``"##]"`` glued to the word before it, as in
+  the lists ``[3, 2]`` of the explanations), punctuation, the ten digit
+  continuations ``"##0"`` .. ``"##9"``, every operator spelling and the style names;
+* the numbers ``"0"`` .. ``str(max_value)``;
+* the explanation words (``explain.WORDS``, split into pieces the same way text is,
+  in their order, each once, leaving out pieces already in the table).
+
+Ids of the first three blocks depend on ``max_value`` only; the word block is
+appended last so a change of wording never moves a number. Extra ids (T5
+sentinels ``<extra_id_N>``) follow, numbered down from the top as in SeqIO.
+
+Tokenization. Whitespace separates words; inside a word the punctuation
+characters ``[ ] , : . ;`` are split off as pieces of their own, and the rest of
+the word stays one piece. A piece that is not in the table is ``<unk>``, except a
+run of digits, which falls back to digit pieces (``"1234"`` -> ``"1" "##2" "##3"
+"##4"`` when 1234 > max_value), so no number is ever lost.
+
+Decoding joins pieces with single spaces, except that no space is written after
+``[`` nor before ``, : . ;``, a glued ``"##]"`` or a digit continuation. Hence
+``decode(encode(text)) == text`` for text in this canonical spacing, which is how
+every renderer writes; any other text comes back normalized: runs of whitespace
+(newlines included) become one space, leading and trailing whitespace goes, and
+spaces around punctuation follow the rule above (``"a , b"`` -> ``"a, b"``,
+``"[ 3"`` -> ``"[3"``). ``<pad>`` and ``</s>`` decode to nothing, ``<unk>`` to
+``"<unk>"``.
+
+The Python (``_encode``/``_decode``) and TensorFlow (``_encode_tf``/
+``_decode_tf``) paths run the same regular expressions and give the same ids; the
+TensorFlow path is pure graph ops (regex, split, hash-table lookup), so it runs
+inside ``tf.data`` pipelines without Python callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from explistops_jax.errors import UserError
+
+__all__ = [
+    "DEFAULT_MAX_VALUE",
+    "DomainVocabulary",
+    "SPM_PATH_ENV",
+    "SYMBOLS",
+    "T5_EXTRA_IDS",
+    "T5_PUBLIC_SPM_PATH",
+    "sentencepiece_model_path",
+    "sentencepiece_vocabulary",
+    "train_sentencepiece_model",
+]
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
+
+# Every number up to this value is one token. 299 covers every value and every
+# sum before the modulus of the 0-29 configs (at most 10 arguments of at most 29),
+# and every value of a larger-numbers test up to 299; larger numbers (the sums
+# of such tests) fall back to digits.
+DEFAULT_MAX_VALUE = 299
+
+OPERATOR_SPELLINGS = ("MAX", "MIN", "MED", "SM", "MEDIAN", "SUM")
+STYLE_NAMES = ("none", "short", "medium", "long")
+DIGIT_CONTINUATIONS = tuple(f"##{d}" for d in range(10))
+SYMBOLS = (
+    ("[", "]", "##]", ",", ":", ".", ";", "(", ")")
+    + DIGIT_CONTINUATIONS
+    + OPERATOR_SPELLINGS
+    + STYLE_NAMES
+)
+
+_GLUE_RIGHT = frozenset({"["})  # no space after
+_GLUE_LEFT = frozenset({",", ":", ".", ";", "##]"} | set(DIGIT_CONTINUATIONS))  # no space before
+
+# Internal marker characters; stripped from input text first.
+_GLUED = "\x01"  # prefix of a piece written right after the previous one
+_WRAP = "\x02"  # transient: wraps punctuation while splitting words
+_CONT = "\x03"  # prefix of a digit continuation (encode) / "drop the space before" (decode)
+_NOSPACE_AFTER = "\x04"  # decode: drop the space after
+_VANISH = "\x05"  # decode: pad/eos, drops itself and the space before
+
+_PUNCT_CLASS = r"[\[\],:.;]"
+_WS = r"[ \t\n\r\f\v]+"
+
+# (pattern, replacement) pairs, in order; the replacement syntax (\1) is the same
+# for Python's re and TensorFlow's RE2.
+_PRETOKENIZE = (
+    (r"[\x01-\x05]", ""),
+    (_WS, " "),
+    (r"^ | $", ""),
+    (f"({_PUNCT_CLASS})", _WRAP + r"\1" + _WRAP),
+    (f"(^| ){_WRAP}+", r"\1"),
+    (f"{_WRAP}+( |$)", r"\1"),
+    (f"{_WRAP}+", " " + _GLUED),
+)
+_DIGITS = f"^{_GLUED}?[0-9]+$"
+_SPELL_DIGITS = (
+    ("([0-9])", " " + _CONT + r"\1"),
+    (f"^({_GLUED}?) {_CONT}", r"\1"),
+)
+_POSTDECODE = (
+    (f" ?{_VANISH}", ""),
+    (f"{_NOSPACE_AFTER} ?", ""),
+    (f" ?{_CONT}", ""),
+    (r"^ +| +$", ""),
+)
+
+
+def split_pieces(text: str) -> list[str]:
+    """The pieces of ``text`` as the vocabulary sees them (no lookup, no markers)."""
+    return [t.lstrip(_GLUED) for t in _pretokenize(text)]
+
+
+def _pretokenize(text: str) -> list[str]:
+    for pattern, repl in _PRETOKENIZE:
+        text = re.sub(pattern, repl, text)
+    return [t for t in text.split(" ") if t]
+
+
+def _display(piece: str) -> str:
+    """How a piece is written by the decoder, with its spacing markers."""
+    if piece in (SPECIAL_PIECES[PAD_ID], SPECIAL_PIECES[EOS_ID]):
+        return _VANISH
+    text = piece[2:] if piece.startswith("##") else piece
+    if piece in _GLUE_LEFT:
+        text = _CONT + text
+    if piece in _GLUE_RIGHT:
+        text = text + _NOSPACE_AFTER
+    return text
+
+
+class DomainVocabulary(seqio.Vocabulary):
+    """One id per ListOps symbol, number and explanation word (see the module doc)."""
+
+    def __init__(
+        self,
+        max_value: int = DEFAULT_MAX_VALUE,
+        extra_ids: int = 0,
+        words: Sequence[str] | None = None,
+    ):
+        """Args:
+        max_value: numbers 0..max_value are single tokens; larger ones are spelled
+          with digit pieces.
+        extra_ids: sentinel ids appended at the top (T5's ``<extra_id_N>``).
+        words: the explanation words; default ``explain.WORDS``. Pass a fixed list
+          to freeze the id table against later changes of wording.
+        """
+        if max_value < 9:
+            raise UserError(
+                f"DomainVocabulary max_value={max_value} is too small",
+                expected="at least 9, so that every digit is a piece",
+            )
+        if words is None:
+            from explistops_jax import explain
+
+            words = explain.WORDS
+        self._max_value = int(max_value)
+        pieces = list(SPECIAL_PIECES) + list(SYMBOLS) + [str(n) for n in range(max_value + 1)]
+        seen = set(pieces)
+        for word in words:
+            for piece in split_pieces(word):
+                if piece not in seen:
+                    seen.add(piece)
+                    pieces.append(piece)
+        self._pieces = tuple(pieces)
+        self._ids = {p: i for i, p in enumerate(self._pieces)}
+        super().__init__(extra_ids=extra_ids)
+        self._keys = self._lookup_keys()
+        self._displays = tuple(_display(p) for p in self._pieces)
+        self._tf_tables = None
+
+    # -- the table -----------------------------------------------------------
+
+    def _lookup_keys(self) -> dict[str, int]:
+        """Pre-tokenized strings (with markers) -> ids."""
+        keys: dict[str, int] = {}
+        for i, piece in enumerate(self._pieces):
+            if piece in (SPECIAL_PIECES[PAD_ID], SPECIAL_PIECES[EOS_ID]):
+                continue
+            if piece.startswith("##"):
+                # "##]" is a "]" glued to the previous word; "##d" a digit continuation.
+                keys[(_GLUED if piece == "##]" else _CONT) + piece[2:]] = i
+                continue
+            keys[piece] = i
+            keys.setdefault(_GLUED + piece, i)
+        base = self._base_vocab_size
+        for k in range(self.extra_ids):
+            keys[f"<extra_id_{k}>"] = base + self.extra_ids - 1 - k
+        return keys
+
+    @property
+    def max_value(self) -> int:
+        return self._max_value
+
+    @property
+    def pieces(self) -> tuple[str, ...]:
+        """The id table: ``pieces[i]`` is the piece with id ``i`` (extra ids excluded)."""
+        return self._pieces
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._ids.get(piece, UNK_ID)
+
+    def id_to_piece(self, i: int) -> str:
+        if 0 <= i < len(self._pieces):
+            return self._pieces[i]
+        if i < self.vocab_size:
+            return f"<extra_id_{self.vocab_size - 1 - i}>"
+        return SPECIAL_PIECES[UNK_ID]
+
+    def tokenize(self, text: str) -> list[str]:
+        """The pieces ``text`` encodes to (for inspection and counting)."""
+        return [self.id_to_piece(i) for i in self._encode(text)]
+
+    # -- seqio.Vocabulary ------------------------------------------------------
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def _encode(self, s: str | bytes) -> list[int]:
+        if isinstance(s, bytes):
+            s = s.decode("utf-8")
+        ids = []
+        for token in _pretokenize(s):
+            i = self._keys.get(token)
+            if i is not None:
+                ids.append(i)
+            elif re.match(_DIGITS, token):
+                for pattern, repl in _SPELL_DIGITS:
+                    token = re.sub(pattern, repl, token)
+                ids.extend(self._keys.get(t, UNK_ID) for t in token.split(" "))
+            else:
+                ids.append(UNK_ID)
+        return ids
+
+    def _decode(self, ids: Iterable[int]) -> str:
+        n = len(self._displays)
+        text = " ".join(self._displays[i] if 0 <= i < n else SPECIAL_PIECES[UNK_ID] for i in map(int, ids))
+        for pattern, repl in _POSTDECODE:
+            text = re.sub(pattern, repl, text)
+        return text
+
+    def _tables(self):
+        """The TF lookup tables, built once, eagerly, and captured by graphs."""
+        if self._tf_tables is None:
+            with tf.init_scope():
+                keys = tf.constant(list(self._keys), dtype=tf.string)
+                values = tf.constant(list(self._keys.values()), dtype=tf.int32)
+                table = tf.lookup.StaticHashTable(
+                    tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1
+                )
+                displays = tf.constant(list(self._displays), dtype=tf.string)
+            self._tf_tables = (table, displays)
+        return self._tf_tables
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        """Scalar string -> 1-D int32 ids (same ids as :meth:`_encode`)."""
+        table, _ = self._tables()
+        for pattern, repl in _PRETOKENIZE:
+            s = tf.strings.regex_replace(s, pattern, repl)
+        tokens = _split_spaces(s)
+        ids = table.lookup(tokens)
+        spell = tf.logical_and(ids < 0, tf.strings.regex_full_match(tokens, _DIGITS))
+        spelled = tokens
+        for pattern, repl in _SPELL_DIGITS:
+            spelled = tf.strings.regex_replace(spelled, pattern, repl)
+        tokens = _split_spaces(
+            tf.strings.reduce_join(tf.where(spell, spelled, tokens), separator=" ")
+        )
+        ids = table.lookup(tokens)
+        return tf.where(ids < 0, tf.constant(UNK_ID, tf.int32), ids)
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        """int ids [..., length] -> strings [...] (same text as :meth:`_decode`)."""
+        _, displays = self._tables()
+        ids = tf.cast(ids, tf.int32)
+        n = len(self._displays)
+        ids = tf.where((ids >= 0) & (ids < n), ids, tf.constant(UNK_ID, tf.int32))
+        text = tf.strings.reduce_join(tf.gather(displays, ids), axis=-1, separator=" ")
+        for pattern, repl in _POSTDECODE:
+            text = tf.strings.regex_replace(text, pattern, repl)
+        return text
+
+    # -- identity --------------------------------------------------------------
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, DomainVocabulary)
+            and self._pieces == other._pieces
+            and self.extra_ids == other.extra_ids
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._pieces, self.extra_ids))
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_tf_tables"] = None  # TF resources are rebuilt on demand
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"DomainVocabulary(max_value={self._max_value}, extra_ids={self.extra_ids}, "
+            f"vocab_size={self.vocab_size})"
+        )
+
+
+def _split_spaces(s: tf.Tensor) -> tf.Tensor:
+    tokens = tf.strings.split(s, sep=" ")
+    return tf.boolean_mask(tokens, tf.strings.length(tokens) > 0)
+
+
+# -- T5's SentencePiece vocabulary -------------------------------------------
+
+SPM_PATH_ENV = "EXPLISTOPS_SPM_PATH"
+# Where T5's public vocabulary lives (needs network access to Google Cloud Storage).
+T5_PUBLIC_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+# The public checkpoints use 100 sentinels: 32,000 pieces + 100 = 32,100 ids.
+T5_EXTRA_IDS = 100
+
+
+@gin.configurable
+def sentencepiece_model_path(path: str | None = None) -> str | None:
+    """The configured SentencePiece model: the gin parameter, else $EXPLISTOPS_SPM_PATH.
+
+    None when neither is set. ``T5_PUBLIC_SPM_PATH`` is never assumed: machines
+    here are offline, and reaching for Cloud Storage would hang rather than fail.
+    """
+    return path or os.environ.get(SPM_PATH_ENV) or None
+
+
+@gin.configurable
+def sentencepiece_vocabulary(
+    path: str | None = None, extra_ids: int = T5_EXTRA_IDS
+) -> seqio.SentencePieceVocabulary:
+    """T5's vocabulary (or a stand-in) as a ``seqio.SentencePieceVocabulary``.
+
+    Compares equal to the vocabulary of a T5X model gin file that names the same
+    file and ``extra_ids`` (SeqIO compares the two by path and options).
+    """
+    path = path or sentencepiece_model_path()
+    if not path:
+        raise UserError(
+            "no SentencePiece model configured",
+            expected=(
+                f"${SPM_PATH_ENV} or the gin parameter sentencepiece_model_path.path set to "
+                f"T5's sentencepiece.model (public copy: {T5_PUBLIC_SPM_PATH})"
+            ),
+        )
+    if "://" not in path and not os.path.isfile(path):
+        raise UserError(f"SentencePiece model {path!r} does not exist", expected="a .model file")
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def train_sentencepiece_model(
+    texts: Iterable[str], model_prefix: str, vocab_size: int = 1000, **options
+) -> str:
+    """Train a SentencePiece model with T5's special ids; returns the .model path.
+
+    A stand-in for T5's ``cc_all.32000`` model where that file is out of reach
+    (tests, offline benchmarks): unigram, pad 0, eos 1, unk 2, no bos, as T5.
+    ``vocab_size`` is an upper bound when the text is too small for it.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    settings = dict(
+        model_type="unigram",
+        vocab_size=vocab_size,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    settings.update(options)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_writer=(model := io.BytesIO()), **settings
+    )
+    path = f"{model_prefix}.model"
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    return path

@@ -1,0 +1,381 @@
+"""SeqIO tasks and mixtures for Explained-ListOps.
+
+Task names: ``{dataset}_{style}[_tagged][_n{N}][_tfds][_sp]``
+
+* ``{dataset}_{style}``: every dataset config of :mod:`explistops_jax.data` times
+  every style of ``explain.STYLES`` (``explistops30_medium``,
+  ``explistops30_len50_100_long``, ...), with all the config's splits (train,
+  validation, test and generalization splits such as ``len100_200``). The compact
+  :class:`~explistops_jax.vocab.DomainVocabulary` (one instance shared by every
+  task, so a model trained on one config is evaluated on another with the same ids).
+* ``_sp``: the same with T5's SentencePiece vocabulary; registered only when a
+  model file is configured ($EXPLISTOPS_SPM_PATH or the gin parameter
+  ``explistops_jax.vocab.sentencepiece_model_path.path``, read when this module is
+  imported), or later by :func:`register_sentencepiece_tasks`. (Registering them
+  with the public ``gs://`` path by default would make them hang on offline
+  machines; a missing task is a clearer failure.)
+* ``_n2000``, ``_n10000``, ``_n98000`` (:data:`SUBSET_SIZES`): data-efficiency
+  subsets; the train split is the first N training examples (a prefix, so the
+  subsets are nested), the other splits are the full ones. Registered for the
+  sizes not above the config's training set.
+* ``_tagged``: inputs start with the style (``"medium: [MAX 2 9 ]"``); the members
+  of the all-styles mixture, where one input has four targets and the model must
+  be told which one to write. The plain tasks keep the study's bare inputs.
+* ``_tfds``: read from the ``explained_listops`` TFDS dataset
+  (:mod:`explistops_jax.tfds_builder`, prepared beforehand with ``tfds build``)
+  instead of generating; registered when $EXPLISTOPS_TFDS_DATA_DIR or the gin
+  parameter ``tfds_data_dir.path`` is set at import, or by
+  ``register_dataset_tasks(name, source="tfds", data_dir=...)``.
+
+Mixtures: ``{dataset}_all_styles[_tfds][_sp]``: the four ``_tagged`` tasks, equal
+rates. There is no mixture over the subset sizes: a mixture samples from all its
+members at once, while the data-efficiency ablation is one run per size, so
+the subset tasks are used directly (``explistops30_medium_n2000``).
+
+Pipeline of every task: one raw source (a ``seqio.FunctionDataSource`` over
+``data.examples``, or the TFDS records) with the fields ``id``, ``index``,
+``expression``, ``answer``, ``length``, ``depth``, ``modulus``; a preprocessor
+that renders (or, from TFDS, selects) the explanation of the task's style into
+``targets`` and the expression into ``inputs``; ``seqio.preprocessors.tokenize``;
+``seqio.preprocessors.append_eos_after_trim``. The raw fields stay in the examples
+so ``scoring.postprocess`` sees them when SeqIO postprocesses targets.
+``postprocess_fn`` and ``metric_fns`` come from :mod:`explistops_jax.scoring`.
+
+Shuffling: the generator source is one deterministic stream (the examples are
+fixed by the config's seeds), so ``shuffle_files`` and ``seed`` do not change it;
+SeqIO's example-level shuffle buffer (``get_dataset(shuffle=True)``) and the
+trainer's per-epoch shuffle do the shuffling. The TFDS source honours
+``shuffle_files`` (file order) and ``seed`` as TFDS does.
+
+Registration is idempotent: a name already registered is left alone (or
+replaced when ``replace=True``), so re-importing is safe and cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Iterable, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from explistops_jax import data, explain, listops, scoring, vocab
+
+__all__ = [
+    "SUBSET_SIZES",
+    "TFDS_DATA_DIR_ENV",
+    "domain_vocabulary",
+    "mixture_name",
+    "mixture_names",
+    "register_all",
+    "register_dataset_tasks",
+    "register_sentencepiece_tasks",
+    "task_name",
+    "task_names",
+    "tfds_data_dir",
+]
+
+SUBSET_SIZES = (2_000, 10_000, 98_000)
+TFDS_DATA_DIR_ENV = "EXPLISTOPS_TFDS_DATA_DIR"
+SOURCES = ("function", "tfds")
+
+RAW_SIGNATURE = {
+    "id": tf.TensorSpec([], tf.string),
+    "index": tf.TensorSpec([], tf.int64),
+    "expression": tf.TensorSpec([], tf.string),
+    "answer": tf.TensorSpec([], tf.int32),
+    "length": tf.TensorSpec([], tf.int32),
+    "depth": tf.TensorSpec([], tf.int32),
+    "modulus": tf.TensorSpec([], tf.int32),
+}
+
+METRIC_FNS = (scoring.answer_accuracy, scoring.step_metrics, scoring.breakdowns)
+
+# (dataset, source, "domain" | "sp") -> the task and mixture names registered for it,
+# so the SentencePiece variants can be (re)registered for every dataset later.
+_REGISTERED: dict[tuple[str, str, str], list[str]] = {}
+# dataset -> the TFDS data directory its "_tfds" tasks read.
+_TFDS_DIRS: dict[str, str | None] = {}
+
+
+@gin.configurable
+def tfds_data_dir(path: str | None = None) -> str | None:
+    """Where the prepared ``explained_listops`` TFDS data lives (gin, else $EXPLISTOPS_TFDS_DATA_DIR)."""
+    return path or os.environ.get(TFDS_DATA_DIR_ENV) or None
+
+
+@functools.lru_cache(maxsize=None)
+def domain_vocabulary() -> vocab.DomainVocabulary:
+    """The domain vocabulary every non-``_sp`` task uses (one shared instance)."""
+    return vocab.DomainVocabulary()
+
+
+def task_name(
+    dataset: str,
+    style: str,
+    *,
+    tagged: bool = False,
+    subset: int | None = None,
+    source: str = "function",
+    sentencepiece: bool = False,
+) -> str:
+    """The registered name of one task variant."""
+    name = f"{dataset}_{style}"
+    if tagged:
+        name += "_tagged"
+    if subset is not None:
+        name += f"_n{subset}"
+    if source == "tfds":
+        name += "_tfds"
+    if sentencepiece:
+        name += "_sp"
+    return name
+
+
+def mixture_name(dataset: str, *, source: str = "function", sentencepiece: bool = False) -> str:
+    name = f"{dataset}_all_styles"
+    if source == "tfds":
+        name += "_tfds"
+    if sentencepiece:
+        name += "_sp"
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _sentencepiece_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+    return vocab.sentencepiece_vocabulary(path)
+
+
+# -- sources -------------------------------------------------------------------
+
+
+def generate_raw(
+    split: str, shuffle_files: bool = False, seed: int | None = None, *, dataset: str,
+    stop: int | None = None,
+) -> tf.data.Dataset:
+    """The raw examples of one split, from ``data.examples`` (see the module doc on shuffling)."""
+    del shuffle_files, seed  # one deterministic stream; see the module docstring
+    config = data.get_config(dataset)
+
+    def rows():
+        for ex in data.examples(config, split, 0, stop):
+            yield {
+                "id": ex["id"],
+                "index": ex["index"],
+                "expression": ex["expression"],
+                "answer": ex["answer"],
+                "length": ex["length"],
+                "depth": ex["depth"],
+                "modulus": config.modulus,
+            }
+
+    return tf.data.Dataset.from_generator(rows, output_signature=RAW_SIGNATURE)
+
+
+def _split_sizes(config: data.DatasetConfig, subset: int | None) -> dict[str, int]:
+    sizes = {split: c.num_examples for split, c in config.splits.items()}
+    if subset is not None:
+        sizes["train"] = subset
+    return sizes
+
+
+def _source(dataset: str, source: str, subset: int | None, data_dir: str | None) -> seqio.DataSource:
+    config = data.get_config(dataset)
+    sizes = _split_sizes(config, subset)
+    if source == "function":
+        return seqio.FunctionDataSource(
+            functools.partial(generate_raw, dataset=dataset, stop=subset),
+            splits=list(config.splits),
+            num_input_examples=sizes,
+        )
+    from explistops_jax import tfds_builder  # registers the builder with TFDS
+
+    splits = {split: split for split in config.splits}
+    if subset is not None:
+        splits["train"] = f"train[:{subset}]"
+    return seqio.TfdsDataSource(
+        tfds_name=tfds_builder.tfds_name(dataset), tfds_data_dir=data_dir, splits=splits
+    )
+
+
+# -- preprocessors ---------------------------------------------------------------
+
+
+def _inputs(expression: tf.Tensor, style: str, tagged: bool) -> tf.Tensor:
+    return tf.strings.join([f"{style}: ", expression]) if tagged else expression
+
+
+def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False) -> tf.data.Dataset:
+    """inputs = the expression (with ``"style: "`` when tagged); targets = explain.explain(...)."""
+
+    def render(expression: bytes, modulus) -> bytes:
+        tree = listops.parse(expression.decode("utf-8"))
+        return explain.explain(tree, style, modulus=int(modulus)).encode("utf-8")
+
+    def fn(ex):
+        targets = tf.numpy_function(
+            render, [ex["expression"], ex["modulus"]], tf.string, stateful=False
+        )
+        targets.set_shape([])
+        return {**ex, "inputs": _inputs(ex["expression"], style, tagged), "targets": targets}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def select_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False) -> tf.data.Dataset:
+    """The TFDS records' counterpart of :func:`render_explanations`: no Python, stored text."""
+
+    def fn(ex):
+        ex = dict(ex)
+        targets = ex.pop("explanations")[style]
+        return {**ex, "inputs": _inputs(ex["expression"], style, tagged), "targets": targets}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# -- registration ----------------------------------------------------------------
+
+
+def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
+              text_preprocessor, replace: bool) -> None:
+    if name in seqio.TaskRegistry.names():
+        if not replace:
+            return
+        seqio.TaskRegistry.remove(name)
+    features = {
+        "inputs": seqio.Feature(vocabulary, add_eos=True),
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+    }
+    seqio.TaskRegistry.add(
+        name,
+        source=source,
+        output_features=features,
+        preprocessors=[
+            text_preprocessor,
+            seqio.preprocessors.tokenize,
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        postprocess_fn=scoring.postprocess,
+        metric_fns=list(METRIC_FNS),
+    )
+
+
+def _add_mixture(name: str, tasks: Sequence[str], replace: bool) -> None:
+    if name in seqio.MixtureRegistry.names():
+        if not replace:
+            return
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
+
+
+def register_dataset_tasks(
+    config_name: str,
+    *,
+    source: str = "function",
+    data_dir: str | None = None,
+    sentencepiece_path: str | None = None,
+    domain: bool = True,
+    styles: Iterable[str] | None = None,
+    replace: bool = False,
+) -> list[str]:
+    """Register the tasks and the all-styles mixture of one dataset config.
+
+    Args:
+      config_name: a name ``data.get_config`` knows (built in, or added with
+        ``data.register_config``, e.g. the CPU demo preset).
+      source: ``"function"`` (generate on the fly) or ``"tfds"`` (read the
+        prepared ``explained_listops/<config_name>`` records from ``data_dir``).
+      data_dir: the TFDS data directory; default :func:`tfds_data_dir`.
+      sentencepiece_path: also register the ``_sp`` variants with this
+        SentencePiece model.
+      domain: register the domain-vocabulary variants.
+      styles: default every style of ``explain.STYLES``.
+      replace: re-register names that exist (otherwise they are kept as they are).
+
+    Returns:
+      The task and mixture names of this call (registered now or before).
+    """
+    config = data.get_config(config_name)
+    if source not in SOURCES:
+        raise ValueError(f"unknown task source {source!r} (expected one of {', '.join(SOURCES)})")
+    if source == "tfds":
+        data_dir = data_dir or tfds_data_dir()
+    styles = tuple(styles or explain.STYLES)
+    train_size = config.splits["train"].num_examples if "train" in config.splits else 0
+    subsets = [None] + [n for n in SUBSET_SIZES if n <= train_size]
+
+    vocabularies = []
+    if domain:
+        vocabularies.append((False, domain_vocabulary()))
+    if sentencepiece_path:
+        vocabularies.append((True, _sentencepiece_vocabulary(sentencepiece_path)))
+
+    prepare = render_explanations if source == "function" else select_explanations
+    names = []
+    for sentencepiece, vocabulary in vocabularies:
+        group = []
+        for subset in subsets:
+            src = _source(config.name, source, subset, data_dir)
+            for style in styles:
+                for tagged in (False, True) if subset is None else (False,):
+                    name = task_name(config.name, style, tagged=tagged, subset=subset,
+                                     source=source, sentencepiece=sentencepiece)
+                    pre = functools.partial(prepare, style=style, tagged=tagged)
+                    _add_task(name, src, vocabulary, pre, replace)
+                    group.append(name)
+        mixture = mixture_name(config.name, source=source, sentencepiece=sentencepiece)
+        _add_mixture(
+            mixture,
+            [task_name(config.name, s, tagged=True, source=source, sentencepiece=sentencepiece)
+             for s in styles],
+            replace,
+        )
+        group.append(mixture)
+        _REGISTERED[(config.name, source, "sp" if sentencepiece else "domain")] = group
+        names.extend(group)
+    if source == "tfds":
+        _TFDS_DIRS[config.name] = data_dir
+    return names
+
+
+def register_sentencepiece_tasks(path: str | None = None) -> list[str]:
+    """(Re)register the ``_sp`` variants of every registered dataset with this model.
+
+    ``path`` defaults to the configured one (``vocab.sentencepiece_model_path()``).
+    Existing ``_sp`` tasks are replaced, so a later call switches models.
+    """
+    path = path or vocab.sentencepiece_model_path()
+    _sentencepiece_vocabulary(path)  # fail here, with a clear message, if unusable
+    names = []
+    for dataset, source in sorted({(d, s) for d, s, kind in _REGISTERED if kind == "domain"}):
+        names += register_dataset_tasks(
+            dataset, source=source, data_dir=_TFDS_DIRS.get(dataset), sentencepiece_path=path,
+            domain=False, replace=True,
+        )
+    return names
+
+
+def register_all() -> list[str]:
+    """Register every dataset config of ``data.DATASETS`` (what ``import seqio_tasks`` does)."""
+    spm_path = vocab.sentencepiece_model_path()
+    data_dir = tfds_data_dir()
+    names = []
+    for dataset in list(data.DATASETS):
+        names += register_dataset_tasks(dataset, sentencepiece_path=spm_path)
+        if data_dir:
+            names += register_dataset_tasks(
+                dataset, source="tfds", data_dir=data_dir, sentencepiece_path=spm_path
+            )
+    return names
+
+
+def task_names() -> list[str]:
+    """Every task this module registered (all datasets, sources, vocabularies)."""
+    return [n for group in _REGISTERED.values() for n in group if n in seqio.TaskRegistry.names()]
+
+
+def mixture_names() -> list[str]:
+    """Every mixture this module registered."""
+    return [n for group in _REGISTERED.values() for n in group if n in seqio.MixtureRegistry.names()]
