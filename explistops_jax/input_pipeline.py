@@ -240,13 +240,13 @@ class BatchStream:
                                             f"{self.config.mixture_or_task_name!r} is empty")
                         break  # the natural end of this epoch (or of a mixture)
                     batch = empty  # this epoch packed into fewer batches
-                yield Position(epoch, index), _fill_rows(batch, self.local_batch_size)
+                yield Position(epoch, index), fill_rows(batch, self.local_batch_size)
             if self._is_mixture:
                 return
             epoch, skip = epoch + 1, 0
 
 
-def _fill_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+def fill_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """Pads a short (last) batch with all-zero rows, which carry no loss."""
     out = {}
     for name, array in batch.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -319,24 +320,36 @@ class SamplerConfig:
             (0 <= self.min_value <= self.max_value, "need 0 <= min_value <= max_value"),
             (0 <= self.min_length and self.min_length + 1 < self.max_length,
              "the window min_length < length < max_length is empty"),
-            (2 + self.min_args < self.max_length,
-             f"the smallest tree (length {2 + self.min_args}) is not shorter than max_length"),
+            (self.shortest() < self.max_length,
+             f"the smallest tree (length {self.shortest()}) is not shorter than max_length"),
             (self.longest() > self.min_length,
-             f"the longest tree (length {self.longest()}) is not longer than min_length"),
+             f"the largest tree (length {self.longest()}) is not longer than min_length"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"bad sampler config: {message}", where=repr(self))
 
+    def shortest(self) -> int:
+        """Length of the smallest possible tree."""
+        if self.value_p < 1.0:
+            return 2 + self.min_args
+        return self._full_tree(self.min_args)
+
     def longest(self) -> int:
-        """Length of the largest possible tree (operators with max_args everywhere)."""
+        """Length of the largest possible tree."""
+        if self.value_p > 0.0:
+            return self._full_tree(self.max_args)
+        return 2 + self.max_args
+
+    def _full_tree(self, args: int) -> int:
+        """Length of the tree with operators of ``args`` arguments down to max_depth."""
         size = 1
         for _ in range(self.max_depth - 1):
-            size = 2 + self.max_args * size
+            size = 2 + args * size
         return size
 
 
-MAX_ATTEMPTS = 10_000_000
+MAX_ATTEMPTS = 1_000_000
 """Attempts :func:`sample` makes before it declares the length window unreachable."""
 
 
@@ -395,15 +408,37 @@ def sample_with_attempts(config: SamplerConfig, seed: int, index: int) -> tuple[
                     expected="a length window the config can reach")
 
 
-@functools.lru_cache(maxsize=64)
-def _shape_table(config: SamplerConfig) -> tuple[list[float], list[tuple[int, int]]]:
-    """Cumulative probabilities and outcomes ``(k, m)`` of one operator's shape.
+_GUIDE_SIZE = 4096
 
-    ``k`` (argument count) is uniform in ``min_args..max_args``; each argument is an
-    operator with probability ``value_p``, so ``m ~ Binomial(k, value_p)``. The
-    outcomes ``(k, 0)`` come first for each ``k``, so index ``_leaf_outcome(k)`` is
-    the shape of an operator whose arguments are all values.
+
+@dataclass(frozen=True)
+class _ShapeTables:
+    """Precomputed tables of one config's operator shapes (see :func:`_shape_tables`).
+
+    ``outcomes[i] = (k, m)``: k arguments of which m are operators.
+    ``cumulative``: their cumulative probabilities; ``guide[g]`` is the first outcome
+    whose cumulative probability exceeds ``g / _GUIDE_SIZE`` (a bucket index that makes
+    the inverse-CDF lookup one step in most cases; results equal ``bisect_right``).
+    ``growth[i]``: how much the length bound grows when outcome i is drawn: its k - m
+    values and m operators of at least ``2 + min_args`` tokens replace its own
+    ``2 + min_args``. ``leaf[j]``: the outcome index of ``(min_args + j, 0)``.
+    ``arrangements[i]``: every way to place m operators among k slots, each as the
+    order in which ``values + operators`` fill the slots.
     """
+
+    outcomes: tuple[tuple[int, int], ...]
+    cumulative: tuple[float, ...]
+    guide: tuple[int, ...]
+    growth: tuple[int, ...]
+    operator_args: tuple[int, ...]
+    leaf: tuple[int, ...]
+    arrangements: tuple[tuple[tuple[int, ...], ...], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_tables(config: SamplerConfig) -> _ShapeTables:
+    """Tables of one operator's shape: k uniform in min_args..max_args, each argument an
+    operator with probability value_p, so ``m ~ Binomial(k, value_p)``."""
     counts = range(config.min_args, config.max_args + 1)
     p = config.value_p
     cumulative: list[float] = []
@@ -419,27 +454,50 @@ def _shape_table(config: SamplerConfig) -> tuple[list[float], list[tuple[int, in
     # outcomes after it, e.g. m > 0 when value_p = 0).
     last = max(i for i in range(len(cumulative)) if i == 0 or cumulative[i] > cumulative[i - 1])
     cumulative[last:] = [1.0] * (len(cumulative) - last)
-    return cumulative, outcomes
+    shortest_op = 2 + config.min_args
+    return _ShapeTables(
+        outcomes=tuple(outcomes),
+        cumulative=tuple(cumulative),
+        guide=tuple(bisect_right(cumulative, g / _GUIDE_SIZE) for g in range(_GUIDE_SIZE)),
+        growth=tuple(k - m + m * shortest_op - config.min_args for k, m in outcomes),
+        operator_args=tuple(m for _, m in outcomes),
+        leaf=tuple(outcomes.index((k, 0)) for k in counts),
+        arrangements=tuple(_arrangements(k, m) for k, m in outcomes),
+    )
+
+
+def _arrangements(k: int, m: int) -> tuple[tuple[int, ...], ...]:
+    """All placements of m operators among k slots, as fill orders of values + operators.
+
+    For the slots chosen for operators the order points past the k - m values.
+    """
+    result = []
+    for chosen in itertools.combinations(range(k), m):
+        value, operator, order = 0, k - m, []
+        for slot in range(k):
+            if slot in chosen:
+                order.append(operator)
+                operator += 1
+            else:
+                order.append(value)
+                value += 1
+        result.append(tuple(order))
+    return tuple(result)
 
 
 def _shape_sampler(config: SamplerConfig, rand: Callable[[], float]):
     """The closure that draws one tree shape, or None once it is certain to be too long.
 
-    A shape is the list of outcome indices (into :func:`_shape_table`) of its
+    A shape is the list of outcome indices (into :func:`_shape_tables`) of its
     operators in breadth-first order: the root, then its ``m`` operator arguments,
     then theirs, level by level, each operator's in order. Returns
     ``(shape, length)``.
     """
-    cumulative, outcomes = _shape_table(config)
-    min_args = config.min_args
-    shortest_op = 2 + min_args  # the length of the smallest operator
-    # How much the length bound grows when an operator's shape is drawn: its k - m
-    # values and m operators of at least shortest_op tokens replace its own
-    # shortest_op.
-    growth = [k - m + m * shortest_op - min_args for k, m in outcomes]
-    operator_args = [m for _, m in outcomes]
-    leaf_outcomes = [outcomes.index((k, 0)) for k in range(min_args, config.max_args + 1)]
-    n_arg_counts = len(leaf_outcomes)
+    tables = _shape_tables(config)
+    cumulative, guide, growth = tables.cumulative, tables.guide, tables.growth
+    operator_args, leaf = tables.operator_args, tables.leaf
+    n_leaf = len(leaf)
+    shortest_op = 2 + config.min_args
     max_length = config.max_length
     last_free_depth = config.max_depth - 2  # deepest level whose arguments may be operators
 
@@ -450,23 +508,25 @@ def _shape_sampler(config: SamplerConfig, rand: Callable[[], float]):
         pending = 1
         node_depth = 1
         while pending:
-            next_pending = 0
+            start = len(shape)
             if node_depth <= last_free_depth:
                 for _ in range(pending):
-                    i = bisect_right(cumulative, rand())
+                    x = rand()
+                    i = guide[int(x * _GUIDE_SIZE)]
+                    if cumulative[i] <= x:
+                        i = bisect_right(cumulative, x, i + 1)
+                    append(i)
                     bound += growth[i]
                     if bound >= max_length:
                         return None
-                    append(i)
-                    next_pending += operator_args[i]
+                pending = sum(map(operator_args.__getitem__, shape[start:]))
             else:  # the arguments sit at max_depth: values only
                 for _ in range(pending):
-                    i = leaf_outcomes[int(rand() * n_arg_counts)]
+                    append(i := leaf[int(rand() * n_leaf)])
                     bound += growth[i]
                     if bound >= max_length:
                         return None
-                    append(i)
-            pending = next_pending
+                pending = 0
             node_depth += 1
         return shape, bound
 
@@ -477,11 +537,11 @@ def _label_shape(config: SamplerConfig, shape: list[int], rand: Callable[[], flo
     """Turn an accepted shape into a tree: place operator arguments, draw names and values.
 
     Built bottom-up (reverse breadth-first order). The ``m`` operator arguments of an
-    operator take a uniformly random subset of its ``k`` slots (slot ``i`` is an
-    operator with probability remaining operators / remaining slots), which is their
-    law given ``m`` in the naive process.
+    operator take a uniformly random one of the ``C(k, m)`` placements among its ``k``
+    slots, which is their law given ``m`` in the naive process.
     """
-    _, outcomes = _shape_table(config)
+    tables = _shape_tables(config)
+    outcomes, arrangements = tables.outcomes, tables.arrangements
     ops = config.operators
     n_ops = len(ops)
     min_value = config.min_value
@@ -491,20 +551,17 @@ def _label_shape(config: SamplerConfig, shape: list[int], rand: Callable[[], flo
     for i in shape:
         first_child.append(start)
         start += outcomes[i][1]
-    built: list[Node | None] = [None] * len(shape)
+    built: list[Node] = [None] * len(shape)  # type: ignore[list-item]
     for j in range(len(shape) - 1, -1, -1):
-        k, m = outcomes[shape[j]]
-        child = first_child[j]
-        args: list[Tree] = []
-        for slot in range(k):
-            if m and rand() * (k - slot) < m:
-                args.append(built[child])  # type: ignore[arg-type]
-                child += 1
-                m -= 1
-            else:
-                args.append(min_value + int(rand() * n_values))
+        i = shape[j]
+        k, m = outcomes[i]
+        args = [min_value + int(rand() * n_values) for _ in range(k - m)]
+        if m:
+            placements = arrangements[i]
+            args += built[first_child[j]:first_child[j] + m]
+            args = list(map(args.__getitem__, placements[int(rand() * len(placements))]))
         built[j] = Node(ops[int(rand() * n_ops)], tuple(args))
-    return built[0]  # type: ignore[return-value]
+    return built[0]
 
 
 def sample_naive(config: SamplerConfig, rng: random.Random, *,

@@ -74,6 +74,8 @@ class MetricsWriter:
         self.enabled = enabled
         self._tb: dict[str, Any] = {}
         self._use_tb = tensorboard and enabled
+        if self._use_tb:  # now, so that the import is not timed as a step
+            self._writer("train")
 
     def _writer(self, kind: str):
         if kind not in self._tb:

@@ -56,23 +56,30 @@ RUN_FILE = "run.json"
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A T5 preset plus overrides; built once the task's vocabulary is known.
+    """A T5 preset plus overrides and loss options; built once the task's
+    vocabulary is known.
 
     Attributes:
       preset: a ``network.PRESETS`` name (``t5_1_1_small``, ...).
-      overrides: ``T5Config`` fields to change (``num_encoder_layers``, ...).
-      dropout_rate: ``DROPOUT_RATE`` (overrides the preset's).
+      overrides: ``T5Config`` fields to change (``num_encoder_layers``, ``dtype``...).
+      dropout_rate: ``DROPOUT_RATE`` (None keeps the preset's).
       vocab_size: embedding rows; None = the task's output vocabulary size
         rounded up to a multiple of 128 (32,128 for T5's SentencePiece, 128 for
         the compact domain vocabulary).
+      z_loss, label_smoothing, loss_normalizing_factor: the loss
+        (``model.EncoderDecoderModel``'s arguments).
     """
 
     preset: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dropout_rate: float | None = None
     vocab_size: int | None = None
+    z_loss: float = 0.0
+    label_smoothing: float = 0.0
+    loss_normalizing_factor: str | float = "tokens"
 
     def config(self, vocabulary=None):
+        """The network's ``T5Config``."""
         from explistops_jax import network
 
         overrides = dict(self.overrides)
@@ -88,7 +95,10 @@ class ModelSpec:
         """The ``model.EncoderDecoderModel`` for ``vocabulary``."""
         from explistops_jax import model as model_lib
 
-        return model_lib.EncoderDecoderModel(self.config(vocabulary), vocabulary)
+        return model_lib.EncoderDecoderModel(
+            self.config(vocabulary), z_loss=self.z_loss,
+            label_smoothing=self.label_smoothing,
+            loss_normalizing_factor=self.loss_normalizing_factor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +145,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     """``train_step(state, batch) -> (state, metrics)``.
 
     With ``num_microbatches > 1`` the batch is split into that many microbatches
-    (rows ``i, i+k, i+2k, ...``, so each device keeps a share of every one) whose
-    losses and gradients are summed in a ``lax.scan`` before one optimizer update;
-    memory is that of one microbatch. Summing is exact for T5X-style losses (sums
-    over tokens, or divided by a constant).
+    (rows ``i, i+k, i+2k, ...``, so each device keeps a share of every one),
+    whose gradients are combined in a ``lax.scan`` before one optimizer update;
+    memory is that of one microbatch. The combination reproduces the full
+    batch's loss exactly: for a per-token mean (``loss_normalizing_factor ==
+    "tokens"``) microbatches are weighted by their target tokens, otherwise
+    (sums, or division by a constant) they are summed.
     """
     grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    per_token = getattr(model, "loss_normalizing_factor", "sum") == "tokens"
 
     def loss_and_grads(params, batch, rng):
         if num_microbatches == 1:
@@ -151,14 +164,22 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         def accumulate(total, inputs):
             mb, index = inputs
             (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
-            return jax.tree.map(jnp.add, total, (loss, aux, grads)), None
+            weight = aux["num_tokens"] if per_token else 1.0
+            scaled = jax.tree.map(lambda x: x * weight, (loss, grads))
+            metrics = {k: v if k in _COUNTS else v * aux["num_tokens"] for k, v in aux.items()}
+            return jax.tree.map(jnp.add, total, (*scaled, metrics)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(lambda: grad_fn(params, first, rng))
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             (shapes[0][0], shapes[0][1], shapes[1]))
-        (loss, aux, grads), _ = jax.lax.scan(
+        (loss_s, aux_s), grads_s = jax.eval_shape(lambda: grad_fn(params, first, rng))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, grads_s, aux_s))
+        (loss, grads, aux), _ = jax.lax.scan(
             accumulate, zeros, (micro, jnp.arange(num_microbatches)))
+        tokens = jnp.maximum(aux["num_tokens"], 1e-8)
+        if per_token:
+            loss, grads = jax.tree.map(lambda x: x / tokens, (loss, grads))
+        aux = {k: v if k in _COUNTS else v / tokens for k, v in aux.items()}
+        if "loss" in aux:
+            aux["loss"] = loss
         return loss, aux, grads
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -172,6 +193,11 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         return new_state, metrics
 
     return train_step
+
+
+# Metrics of loss_fn that are counts (summed over microbatches); the others are
+# per-token means (averaged, weighted by each microbatch's tokens).
+_COUNTS = ("num_tokens", "num_examples")
 
 
 def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
@@ -272,6 +298,8 @@ class _Loop:
         self.last_metrics: dict[str, float] = {}
         self.eval_metrics: dict[str, Any] = {}
         self._pending: list[tuple[int, Any, float]] = []  # (step, device metrics, tokens)
+        self._compiled = None
+        self.compile_time_s = 0.0
         self._last_time = time.perf_counter()
 
     def run(self, state: TrainState, position: input_pipeline.Position) -> TrainState:
@@ -282,8 +310,11 @@ class _Loop:
             if item is None:
                 break  # the data ended (EPOCHS) before total_steps
             position, batch = item
-            tokens = float(batch["decoder_loss_weights"].sum())
-            state, metrics = self.step_fn(state, self.partitioner.shard_batch(batch))
+            tokens = float(batch["decoder_loss_weights"].sum())  # this process's
+            batch = self.partitioner.shard_batch(batch)
+            if self._compiled is None:
+                self._compile(state, batch)
+            state, metrics = self._compiled(state, batch)
             step += 1
             self._flush(keep_last=True)  # the previous step's metrics
             self._pending.append((step, metrics, tokens))
@@ -298,6 +329,15 @@ class _Loop:
         if int(jax.device_get(state.step)) not in self.checkpoints.all_steps():
             self.checkpoints.save(state, position.to_json(), self.run_info)
         return state
+
+    def _compile(self, state: TrainState, batch: Mapping[str, jax.Array]) -> None:
+        """Compiles the step ahead of time, so that compilation is not timed as
+        a training step."""
+        start = time.perf_counter()
+        self._compiled = self.step_fn.lower(state, batch).compile()
+        self.compile_time_s = time.perf_counter() - start
+        logging.info("train step compiled in %.1f s", self.compile_time_s)
+        self._last_time = time.perf_counter()
 
     def _flush(self, keep_last: bool = False) -> None:
         """Fetches, checks and logs the metrics of finished steps (all, or all
@@ -334,17 +374,12 @@ def _due(step: int, period: int | None) -> bool:
 
 
 def _summarize(host: Mapping[str, float], tokens: float, step_time: float) -> dict:
-    """Per-step log record: the loss per target token, token accuracy, rates."""
-    weights = host.get("weights") or tokens or 1.0
-    record = {"loss": host["loss"] / weights if "weights" in host else host["loss"]}
-    if "correct" in host:
-        record["accuracy"] = host["correct"] / weights
-    for name, value in host.items():
-        if name not in ("loss", "correct", "weights"):
-            record[name] = value
-    record["tokens"] = tokens
+    """Per-step log record: the model's metrics (loss, token accuracy, ...),
+    learning rate, gradient norm, target tokens, step time and tokens/s."""
+    record = dict(host)
+    record["num_tokens"] = host.get("num_tokens", tokens)
     record["step_time_s"] = step_time
-    record["tokens_per_s"] = tokens / step_time if step_time > 0 else 0.0
+    record["tokens_per_s"] = record["num_tokens"] / step_time if step_time > 0 else 0.0
     return record
 
 

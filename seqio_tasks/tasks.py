@@ -153,11 +153,15 @@ def _sentencepiece_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
 
 def generate_raw(
     split: str, shuffle_files: bool = False, seed: int | None = None, *, dataset: str,
-    stop: int | None = None,
+    train_size: int | None = None,
 ) -> tf.data.Dataset:
-    """The raw examples of one split, from ``data.examples`` (see the module doc on shuffling)."""
+    """The raw examples of one split, from ``data.examples`` (see the module doc on shuffling).
+
+    ``train_size`` keeps the first examples of the train split only (the subsets).
+    """
     del shuffle_files, seed  # one deterministic stream; see the module docstring
     config = data.get_config(dataset)
+    stop = train_size if split == "train" else None
 
     def rows():
         for ex in data.examples(config, split, 0, stop):
@@ -186,7 +190,7 @@ def _source(dataset: str, source: str, subset: int | None, data_dir: str | None)
     sizes = _split_sizes(config, subset)
     if source == "function":
         return seqio.FunctionDataSource(
-            functools.partial(generate_raw, dataset=dataset, stop=subset),
+            functools.partial(generate_raw, dataset=dataset, train_size=subset),
             splits=list(config.splits),
             num_input_examples=sizes,
         )

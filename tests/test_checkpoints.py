@@ -14,7 +14,7 @@ import pytest
 from flax.core import meta
 
 from explistops_jax import checkpoints, network
-from explistops_jax.checkpoints import common, hf as hf_format, t5x as t5x_format
+from explistops_jax.checkpoints import common, hf as hf_format
 from explistops_jax.errors import UserError
 
 SMALL = dict(vocab_size=64, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=48)
@@ -307,3 +307,102 @@ def test_rule_table_covers_every_parameter():
         for path in common.expected_shapes(network.get_config(name, num_decoder_layers=3)):
             key, _ = hf_format.t5x_to_hf(path)
             assert hf_format.hf_to_t5x(key)[0] == path
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def _convert(*argv: str) -> int:
+    import argparse
+
+    from explistops_jax.commands import convert
+
+    parser = argparse.ArgumentParser(prog="explistops convert")
+    convert.add_arguments(parser)
+    return convert.run(parser.parse_args(argv))
+
+
+def test_convert_chain_is_lossless(model, tmp_path, capsys, monkeypatch):
+    config, params = model
+    checkpoints.export_hf(config, params, tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)  # relative paths (orbax itself wants absolute ones)
+    assert _convert("--from", "hf", "hf", "--to", "t5x", "t5x", "--step", "5") == 0
+    assert "wrote t5x checkpoint" in capsys.readouterr().out
+    assert _convert("--from", "t5x", "t5x/checkpoint_5", "--to", "explistops", "ours") == 0
+    assert _convert("--from", "explistops", "ours", "--to", "hf", "hf2") == 0
+    a = hf_format.read_safetensors(tmp_path / "hf" / "model.safetensors")
+    b = hf_format.read_safetensors(tmp_path / "hf2" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text()) == json.loads(
+        (tmp_path / "hf2" / "config.json").read_text())
+
+
+def test_convert_with_preset(tmp_path):
+    config = network.get_config("t5_1_1_tiny", vocab_size=64)
+    checkpoints.export_t5x(config, _params(config), tmp_path / "t5x")
+    with pytest.raises(UserError, match="token_embedder/embedding has shape \\[64, 64\\], the model expects \\[32128, 64\\]"):
+        _convert("--from", "t5x", str(tmp_path / "t5x"), "--to", "hf", str(tmp_path / "a"),
+                 "--model", "t5_1_1_tiny")
+    with pytest.raises(UserError, match="unknown model preset 't5_9'"):
+        _convert("--from", "t5x", str(tmp_path / "t5x"), "--to", "hf", str(tmp_path / "a"), "--model", "t5_9")
+    assert not (tmp_path / "a").exists()
+
+
+def test_convert_bad_input_writes_nothing(tmp_path):
+    with pytest.raises(UserError, match="absent"):
+        _convert("--from", "hf", str(tmp_path / "absent"), "--to", "t5x", str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _edit_config(directory: Path, **changes):
+    cfg = json.loads((directory / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
+def test_hf_head_variants(tmp_path, caplog):
+    """How the output head is read: transformers 4 configs (tie_word_embeddings
+    only), transformers 5 ones (scale_decoder_outputs), a missing lm_head."""
+    c11 = _config("t5_1_1_tiny")
+    p11 = _params(c11)
+    flat11 = common.flatten(p11)
+    # transformers 4 style: no scale_decoder_outputs, tie_word_embeddings false.
+    d = tmp_path / "v4"
+    checkpoints.export_hf(c11, p11, d)
+    _edit_config(d, scale_decoder_outputs=None)
+    assert checkpoints.import_hf(d)[0] == c11
+    # Unscaled head without lm_head: transformers ties it to the embedding.
+    _rewrite(d, lambda t: t.pop("lm_head.weight"))
+    config, got = checkpoints.import_hf(d)
+    assert not config.logits_via_embedding
+    np.testing.assert_array_equal(common.flatten(got)["decoder/logits_dense/kernel"],
+                                  flat11["token_embedder/embedding"].T)
+    # Scaled head (T5 1.0 config) with its own lm_head: the scale is folded in.
+    c10 = _config("t5_1_0_tiny")
+    d = tmp_path / "scaled"
+    checkpoints.export_hf(c10, _params(c10), d)
+    head = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    _rewrite(d, lambda t: t.update({"lm_head.weight": head}))
+    with caplog.at_level("WARNING"):
+        config, got = checkpoints.import_hf(d)
+    assert "folding" in caplog.text
+    assert not config.logits_via_embedding
+    np.testing.assert_allclose(common.flatten(got)["decoder/logits_dense/kernel"], head.T * 32 ** -0.5)
+
+
+def test_cli_reports_errors_without_traceback(model, tmp_path, capsys):
+    from explistops_jax import cli
+
+    config, params = model
+    checkpoints.export_hf(config, params, tmp_path / "hf")
+    _rewrite(tmp_path / "hf", lambda t: t.update({"encoder.block.9.layer.0.SelfAttention.q.weight": t["shared.weight"]}))
+    status = cli.main(["convert", "--from", "hf", str(tmp_path / "hf"), "--to", "explistops", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("explistops: error: ") and "Traceback" not in err
+    assert "unexpected: encoder.block.9.layer.0.SelfAttention.q.weight" in err
+    assert not (tmp_path / "out").exists()

@@ -126,6 +126,18 @@ def test_import_export_round_trip_is_bitwise(hf_checkpoint, tmp_path):
     assert again == config
 
 
+def test_pytorch_bin_reads_like_safetensors(hf_checkpoint, tmp_path):
+    """A full torch state dict (embedding aliases, and lm_head even when tied)."""
+    _, model, path, config, params = hf_checkpoint
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    state = model.state_dict()
+    assert "encoder.embed_tokens.weight" in state and "lm_head.weight" in state
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    got_config, got = checkpoints.import_hf(tmp_path)
+    assert got_config == config
+    jax.tree.map(np.testing.assert_array_equal, got, params)
+
+
 def test_export_loads_in_transformers_with_same_logits(hf_checkpoint, tmp_path):
     """Our params -> export_hf -> from_pretrained: no missing/unexpected keys and
     the PyTorch model computes our logits. Params are perturbed first so the
@@ -160,22 +172,13 @@ def _hf_greedy(model, enc):
     return np.pad(tokens, ((0, 0), (0, GEN_LEN - tokens.shape[1])))
 
 
-def _cached_greedy(config, params, enc):
-    """decoding.greedy over the network's decode cache."""
-    from explistops_jax import decoding
+def _our_greedy(config, params, enc):
+    """model.predict_batch: decoding.greedy over the network's decode cache."""
+    from explistops_jax.model import EncoderDecoderModel
 
-    model = network.Transformer(config)
-    enc = jnp.asarray(enc)
-    encoded = model.apply({"params": params}, enc, method=model.encode)
-    start = jnp.zeros((enc.shape[0], GEN_LEN), jnp.int32)
-    kwargs = dict(decode=True, max_decode_length=GEN_LEN, method=model.decode, mutable=["cache"])
-    _, state = model.apply({"params": params}, encoded, enc, start, **kwargs)
-
-    def tokens_to_logits(ids, cache):
-        logits, state = model.apply({"params": params, "cache": cache}, encoded, enc, ids, **kwargs)
-        return logits, state["cache"]
-
-    return np.asarray(decoding.greedy(start, state["cache"], tokens_to_logits, eos_id=1).sequences)
+    batch = {"encoder_input_tokens": jnp.asarray(enc),
+             "decoder_input_tokens": jnp.zeros((enc.shape[0], GEN_LEN), jnp.int32)}
+    return np.asarray(EncoderDecoderModel(config).predict_batch(params, batch, method="greedy"))
 
 
 def test_greedy_decoding_matches_transformers_generate(hf_checkpoint):
@@ -184,4 +187,4 @@ def test_greedy_decoding_matches_transformers_generate(hf_checkpoint):
     expected = _hf_greedy(model, enc)
     stopped = (expected == 1).any(axis=1)
     assert stopped.any() and not stopped.all()  # early EOS and full length both covered
-    np.testing.assert_array_equal(_cached_greedy(config, params, enc), expected)
+    np.testing.assert_array_equal(_our_greedy(config, params, enc), expected)

@@ -106,7 +106,10 @@ class TinyModel:
         dec = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
         return self.module.init(rng, enc, dec)
 
+    loss_normalizing_factor = "tokens"
+
     def loss_fn(self, params, batch, dropout_rng) -> tuple[jax.Array, dict]:
+        """Per-token mean cross entropy; the metrics of model.EncoderDecoderModel."""
         logits = self.module.apply(
             {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
             deterministic=dropout_rng is None,
@@ -114,9 +117,12 @@ class TinyModel:
         targets = batch["decoder_target_tokens"]
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        loss = (losses * weights).sum()
+        num_tokens = weights.sum()
+        loss = (losses * weights).sum() / jnp.maximum(num_tokens, 1e-8)
         correct = ((logits.argmax(-1) == targets) * weights).sum()
-        return loss, {"loss": loss, "correct": correct, "weights": weights.sum()}
+        return loss, {"loss": loss, "accuracy": correct / jnp.maximum(num_tokens, 1e-8),
+                      "num_tokens": num_tokens,
+                      "num_examples": jnp.asarray(targets.shape[0], jnp.float32)}
 
     def predict_batch(self, params, batch, *, max_decode_length: int | None = None,
                       rng=None, **unused) -> jax.Array:

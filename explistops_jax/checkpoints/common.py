@@ -64,21 +64,9 @@ def to_numpy(flat: Mapping[str, Any], dtype=np.float32) -> FlatParams:
 
 @functools.lru_cache(maxsize=32)
 def _expected_shapes_cached(config) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    import jax
-    import jax.numpy as jnp
+    from explistops_jax.model import EncoderDecoderModel
 
-    from explistops_jax import network
-
-    model = network.Transformer(config)
-    tokens = jnp.ones((1, 1), jnp.int32)
-
-    def init():
-        return model.init(jax.random.PRNGKey(0), tokens, tokens, enable_dropout=False)
-
-    from flax.core import meta
-
-    variables = meta.unbox(jax.eval_shape(init))  # drop the logical-axis boxes
-    flat = flatten(variables["params"])
+    flat = flatten(EncoderDecoderModel(config).param_shapes())  # eval_shape: no allocation
     return tuple(sorted((k, tuple(v.shape)) for k, v in flat.items()))
 
 

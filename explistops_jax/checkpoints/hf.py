@@ -319,6 +319,7 @@ def import_hf(path: str | Path):
 
 
 def _import_tensors(hf: Mapping[str, Any], tensors: dict[str, np.ndarray], source: str):
+    config = config_from_hf(hf, tied=True, source=f"{source}/config.json")  # head decided below
     tensors = dict(tensors)
     problems: dict[str, list[str]] = {"unmapped": [], "inconsistent": []}
     for alias, target in HF_ALIASES.items():
@@ -343,7 +344,7 @@ def _import_tensors(hf: Mapping[str, Any], tensors: dict[str, np.ndarray], sourc
             log.warning(
                 "%s: lm_head differs from the embedding but the config scales the decoder "
                 "output; folding the d_model**-0.5 scale into an untied logits_dense", source)
-            lm_head = (lm_head.astype(np.float32) * np.float32(float(hf["d_model"]) ** -0.5))
+            lm_head = lm_head.astype(np.float32) * np.float32(config.emb_dim**-0.5)
     else:
         tied = False
         if lm_head is None:
@@ -366,7 +367,7 @@ def _import_tensors(hf: Mapping[str, Any], tensors: dict[str, np.ndarray], sourc
             value = value.T
         flat[t5x_path] = np.ascontiguousarray(value, dtype=np.float32)
 
-    config = config_from_hf(hf, tied=tied, source=f"{source}/config.json")
+    config = config.replace(logits_via_embedding=tied)
 
     def describe(p: str) -> str:
         mapped = t5x_to_hf(p)

@@ -25,7 +25,6 @@ when told to build the missing optimizer state from scratch
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
@@ -35,8 +34,6 @@ import numpy as np
 
 from explistops_jax.errors import UserError
 from explistops_jax.checkpoints import common
-
-log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 _ORBAX_METADATA = "_METADATA"
@@ -60,10 +57,10 @@ def locate(path: str | Path) -> tuple[str, Path]:
         raise UserError("no such file or directory", where=str(p), expected="a T5X checkpoint directory")
     if (p / _ORBAX_METADATA).is_file():
         return "orbax", p
-    if (p / _STATE_ITEM / _ORBAX_METADATA).is_file():
-        return "orbax", p / _STATE_ITEM
     if (p / _LEGACY_FILE).is_file():
         return "msgpack", p / _LEGACY_FILE
+    if (p / _STATE_ITEM).is_dir():  # Orbax item dir (older Orbax lacks _METADATA)
+        return "orbax", p / _STATE_ITEM
     steps = sorted(
         (int(m.group(1)), child) for child in p.iterdir() if (m := _STEP_DIR.match(child.name)) and child.is_dir()
     )
@@ -97,6 +94,7 @@ def read_orbax_tree(directory: Path, key: str | None = None) -> dict[str, np.nda
     import orbax.checkpoint as ocp
     from etils import epath
 
+    directory = Path(directory).expanduser().absolute()  # orbax wants absolute paths
     handler = ocp.PyTreeCheckpointHandler()
     try:
         metadata = handler.metadata(epath.Path(directory))
@@ -108,14 +106,14 @@ def read_orbax_tree(directory: Path, key: str | None = None) -> dict[str, np.nda
             found = ", ".join(sorted(tree)) if isinstance(tree, Mapping) else type(tree).__name__
             raise UserError(f"no {key!r} in the checkpoint (found: {found})", where=str(directory))
         tree = {key: tree[key]}
-    item = jax.tree.map(lambda m: np.zeros((), np.float32), tree)
+    item = jax.tree.map(lambda m: np.zeros((), np.float32), tree)  # structure only
     restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    checkpointer = ocp.Checkpointer(handler)
     try:
-        restored = checkpointer.restore(
-            directory,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-        )
+        try:
+            args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        except TypeError:  # orbax without partial_restore: read everything
+            args = ocp.args.PyTreeRestore()
+        restored = handler.restore(epath.Path(directory), args=args)
     except Exception as e:
         raise UserError(f"cannot restore Orbax checkpoint: {e}", where=str(directory)) from None
     flat = common.flatten(restored[key] if key is not None else restored)

@@ -1,0 +1,88 @@
+"""The ``explistops`` command line: one subcommand per stage, loaded on demand.
+
+Each subcommand lives in its own module, named in :data:`COMMANDS`, which provides
+``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the command
+being run is imported, so ``explistops data`` never pays for JAX or TensorFlow,
+while ``explistops --help`` still lists every command. To add a command, add a line
+to the table.
+
+Errors the user can fix (:class:`~explistops_jax.errors.UserError`, a file that
+cannot be opened) are printed as ``explistops: error: <message>`` with exit status 2
+and no traceback; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from explistops_jax import __version__
+from explistops_jax.errors import UserError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module providing add_arguments(parser) and run(args) -> int, one-line help)
+    "data": ("explistops_jax.commands.data", "write a dataset split with explanations (JSONL or TSV)"),
+    "explain": ("explistops_jax.commands.explain", "explain one ListOps expression in a style"),
+    "score": ("explistops_jax.commands.score", "score a predictions JSONL file and print the metrics"),
+    "train": ("explistops_jax.commands.train", "fine-tune a T5 model with gin files (resumes a run directory)"),
+    "eval": ("explistops_jax.commands.eval", "decode a task split with a checkpoint and score it"),
+    "predict": ("explistops_jax.commands.predict", "print a model's explanation and answer for one expression"),
+    "convert": ("explistops_jax.commands.convert", "convert T5 weights between Hugging Face, T5X and explistops checkpoints"),
+}
+"""Subcommand name -> (module path, help). The only place a command is registered."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s module is imported to add its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="explistops",
+        description="Explained-ListOps: build datasets, explain expressions, score predictions, "
+                    "and train and evaluate T5 models on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_path, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_path)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    return parser
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first non-option word)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_name(argv))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        return _fail(err.message)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        return _fail(f"{where}{err.strerror or err}")
+    except KeyboardInterrupt:
+        print("explistops: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"explistops: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

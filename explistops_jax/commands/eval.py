@@ -1,0 +1,65 @@
+"""``explistops eval``: decode a task split with a checkpoint and score it.
+
+    explistops eval runs/small_medium [--split test] [--task NAME] [--step N]
+        [--batch_size 32] [--max_examples N] [--output_dir DIR] [--decode greedy]
+
+CHECKPOINT is a run directory (its latest checkpoint, or --step), one of its
+``checkpoint_N`` directories, or a Hugging Face / T5X / explistops checkpoint
+(then --task, --output_dir and the lengths are needed). Writes
+``<output>/eval/<task>/<split>/predictions_<step>.jsonl`` and
+``metrics_<step>.json`` and prints the metrics. A thin wrapper of
+``explistops_jax.evaluator.evaluate``; ``python -m explistops_jax.eval`` is the
+gin-configured equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "decode a task split with a checkpoint and score it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="run dir, checkpoint_N dir, or HF/T5X/explistops checkpoint")
+    parser.add_argument("--task", metavar="NAME",
+                        help="task or mixture (default: the one the run trained on)")
+    parser.add_argument("--split", default="test", help="split to decode (default test)")
+    parser.add_argument("--step", type=int, help="checkpoint step of a run dir (default latest)")
+    parser.add_argument("--inputs_length", type=int, metavar="N",
+                        help="input length (default: the run's)")
+    parser.add_argument("--targets_length", type=int, metavar="N",
+                        help="maximum decode length (default: the run's)")
+    parser.add_argument("--batch_size", type=int, default=32, help="decoding batch (default 32)")
+    parser.add_argument("--max_examples", type=int, metavar="N",
+                        help="decode only the first N examples")
+    parser.add_argument("--output_dir", metavar="DIR", help="default: the run directory")
+    parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy",
+                        help="decoding method (default greedy)")
+    parser.add_argument("--num_partitions", type=int, default=1,
+                        help="model-parallel ways (default 1)")
+
+
+def lengths(args: argparse.Namespace) -> dict | None:
+    if args.inputs_length is None and args.targets_length is None:
+        return None
+    from explistops_jax.errors import UserError
+
+    if args.inputs_length is None or args.targets_length is None:
+        raise UserError("give both --inputs_length and --targets_length, or neither")
+    return {"inputs": args.inputs_length, "targets": args.targets_length}
+
+
+def run(args: argparse.Namespace) -> int:
+    import seqio_tasks  # noqa: F401  (registers the tasks)
+    from explistops_jax import eval as eval_cli
+    from explistops_jax import evaluator, partitioning
+
+    results = evaluator.evaluate(
+        args.checkpoint, args.task, args.split, step=args.step,
+        task_feature_lengths=lengths(args), batch_size=args.batch_size,
+        max_examples=args.max_examples, output_dir=args.output_dir,
+        partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
+        decode={"method": args.decode})
+    eval_cli.print_results(results)
+    return 0

@@ -1,0 +1,45 @@
+"""``explistops predict``: the model's explanation and answer for one expression.
+
+    explistops predict "[MAX 2 9 [MIN 4 7 ] 0 ]" --checkpoint runs/small_medium [--style medium]
+
+Prints the explanation the model writes, its parsed final answer and the true
+answer. The expression goes through the run's task preprocessing; --style picks
+the style of a run on several styles (or the task for a foreign checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "print a trained model's explanation and answer for one ListOps expression"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from explistops_jax import explain
+
+    parser.add_argument("expression", metavar="EXPR",
+                        help="a ListOps expression, bracket or parenthesized notation")
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="run dir, checkpoint_N dir, or HF/T5X/explistops checkpoint")
+    parser.add_argument("--style", choices=explain.STYLES,
+                        help="explanation style (runs on several styles; foreign checkpoints)")
+    parser.add_argument("--task", metavar="NAME", help="task (default: the run's)")
+    parser.add_argument("--modulus", type=int, default=30, help="SM modulus (default 30)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default latest)")
+    parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
+
+
+def run(args: argparse.Namespace) -> int:
+    import seqio_tasks  # noqa: F401  (registers the tasks)
+    from explistops_jax import evaluator
+
+    [result] = evaluator.predict_expressions(
+        args.checkpoint, [args.expression], mixture_or_task_name=args.task,
+        style=args.style, modulus=args.modulus, step=args.step,
+        decode={"method": args.decode})
+    print(result["prediction"])
+    answer = result.get("answer")
+    verdict = "correct" if result.get("correct") else "wrong"
+    print(f"answer: {'(none)' if answer is None else answer} "
+          f"(true answer {result.get('true_answer')}: {verdict})")
+    return 0

@@ -1,0 +1,530 @@
+"""Decode a task split and score it with the task's own postprocessing and metrics.
+
+:class:`Evaluator` reads a split once (the examples, their model features and
+the postprocessed targets), then for each set of parameters decodes every
+example (``model.predict_batch``: greedy by default, stopping early once every
+row has produced EOS), and scores the predictions exactly as ``seqio.Evaluator``
+does with a task's legacy ``metric_fns``:
+
+- targets: ``task.postprocess_fn(targets_pretokenized, example=ex, is_target=True)``
+  (the decoded ``targets`` when there is no pretokenized text);
+- predictions: ``task.postprocess_fn(vocab.decode(tokens), example=ex,
+  is_target=False)``;
+- ``metric_fn(targets, predictions)`` for every predict metric,
+  ``metric_fn(targets, scores)`` (``model.score_batch``) for every score metric.
+
+It writes, atomically (a temporary file renamed into place), per task and split::
+
+    <output_dir>/eval/<task>/<split>/predictions_<step>.jsonl
+        one line per example: index, input, target, prediction (raw text),
+        answer (parsed), target_answer, correct, steps (parsed explanation
+        steps), plus the scoring fields of explistops tasks
+    <output_dir>/eval/<task>/<split>/metrics_<step>.json
+        {"step", "task", "split", "num_examples", "metrics": {...}}
+
+:func:`evaluate` is the standalone entry point (``python -m explistops_jax.eval``,
+``explistops eval``): it restores a checkpoint of any supported format and runs
+one :class:`Evaluator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from explistops_jax import input_pipeline, partitioning
+from explistops_jax.errors import UserError
+
+__all__ = ["Decoder", "Evaluator", "evaluate", "predict_expressions",
+           "load_model_and_params", "eval_dir"]
+
+EVAL_DIR = "eval"
+
+
+def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
+    """Where an evaluation of ``task``/``split`` writes its files."""
+    return Path(output_dir) / EVAL_DIR / task / split
+
+
+@dataclasses.dataclass
+class _TaskSplit:
+    """One task's split, read once: raw examples, features, targets."""
+
+    task: seqio.Task
+    examples: list[dict]                 # tfds.as_numpy examples (all fields)
+    features: list[dict[str, np.ndarray]]  # converter output, one per example
+    targets: list[Any]                   # postprocessed targets
+
+
+class Decoder:
+    """``model.predict_batch`` / ``score_batch`` over a list of feature dicts,
+    in fixed-size batches (one compilation; the last batch is padded with zero
+    rows) sharded over the mesh's data axis.
+
+    ``batch_size`` is rounded up to a multiple of the data-parallel size;
+    ``decode`` holds ``predict_batch``'s keyword arguments (default greedy).
+    """
+
+    def __init__(self, model, partitioner: partitioning.Partitioner | None = None,
+                 batch_size: int = 32, decode: Mapping[str, Any] | None = None):
+        self.model = model
+        self.partitioner = partitioner or partitioning.Partitioner()
+        step = self.partitioner.data_parallel_size
+        self.batch_size = step * math.ceil(batch_size / step)
+        self.decode = dict(decode or {})
+        self._predict = None
+        self._score = None
+
+    def _batches(self, features: Sequence[Mapping[str, np.ndarray]]):
+        for start in range(0, len(features), self.batch_size):
+            rows = features[start:start + self.batch_size]
+            batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+            batch = input_pipeline.fill_rows(batch, self.batch_size)
+            index, count = self.partitioner.data_shard  # this process's rows
+            local = self.batch_size // count
+            batch = {k: v[index * local:(index + 1) * local] for k, v in batch.items()}
+            yield len(rows), self.partitioner.shard_batch(batch)
+
+    def _jit(self, fn):
+        return self.partitioner.jit(
+            fn, in_shardings=(None, self.partitioner.batch_sharding()),
+            out_shardings=self.partitioner.sharding())
+
+    def predict_tokens(self, params, features) -> list[np.ndarray]:
+        """Decoded token ids of every example (EOS-terminated, 0-padded)."""
+        if self._predict is None:
+            decode, model = self.decode, self.model
+            self._predict = self._jit(
+                lambda p, b: model.predict_batch(p, _decoder_blank(b), **decode))
+        out = []
+        for n, batch in self._batches(features):
+            out.extend(np.asarray(jax.device_get(self._predict(params, batch)))[:n])
+        return out
+
+    def score(self, params, features) -> list[float]:
+        """Log-likelihood of every example's target."""
+        if self._score is None:
+            self._score = self._jit(self.model.score_batch)
+        out = []
+        for n, batch in self._batches(features):
+            out.extend(np.asarray(jax.device_get(self._score(params, batch)))[:n].tolist())
+        return out
+
+
+class Evaluator:
+    """Decodes and scores a task (or each task of a mixture) on one split.
+
+    Args:
+      model: ``predict_batch(params, batch, **decode)`` and ``score_batch``.
+      mixture_or_task_name: a registered task or mixture (each sub-task that
+        has the split is evaluated).
+      split: the split to decode.
+      task_feature_lengths: ``{"inputs": n, "targets": m}``; ``m`` is the
+        maximum decode length.
+      batch_size: rows per decoding batch (rounded up to a multiple of the
+        data-parallel size; the last batch is padded).
+      max_examples: only the first N examples of each task (None: all).
+      model_dir: where to write the files (None: write nothing).
+      partitioner: the mesh (default: all devices, data parallel).
+      use_cached: read the tasks' offline caches.
+      decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
+        ``temperature``, ...); default greedy.
+    """
+
+    def __init__(self, model, mixture_or_task_name: str, split: str = "validation", *,
+                 task_feature_lengths: Mapping[str, int], batch_size: int = 32,
+                 max_examples: int | None = None, model_dir: str | Path | None = None,
+                 partitioner: partitioning.Partitioner | None = None,
+                 use_cached: bool = False, decode: Mapping[str, Any] | None = None):
+        self.split = split
+        self.lengths = dict(task_feature_lengths)
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.decoder = Decoder(model, partitioner, batch_size, decode)
+        provider = input_pipeline.get_provider(mixture_or_task_name)
+        input_pipeline.check_cached(provider, use_cached)
+        tasks = [t for t in seqio.get_subtasks(provider) if split in t.splits]
+        if not tasks:
+            raise UserError(f"no task of {mixture_or_task_name!r} has a split {split!r}",
+                            expected="one of " + ", ".join(sorted(
+                                {s for t in seqio.get_subtasks(provider) for s in t.splits})))
+        self.tasks = [self._read(t, max_examples, use_cached) for t in tasks]
+
+    # ----------------------------------------------------------------- reading
+
+    def _read(self, task: seqio.Task, max_examples: int | None,
+              use_cached: bool) -> _TaskSplit:
+        ds = task.get_dataset(self.lengths, split=self.split, use_cached=use_cached,
+                              shuffle=False, num_epochs=1)
+        if max_examples is not None:
+            ds = ds.take(max_examples)
+        examples = list(ds.as_numpy_iterator())
+        converted = input_pipeline.feature_converter(False)(ds, self.lengths)
+        features = list(converted.as_numpy_iterator())
+        vocab = task.output_features["targets"].vocabulary
+        targets = [task.postprocess_fn(_target_text(ex, vocab), example=ex, is_target=True)
+                   for ex in examples]
+        return _TaskSplit(task, examples, features, targets)
+
+    # ----------------------------------------------------------------- evaluate
+
+    def evaluate(self, params, step: int) -> dict[tuple[str, str], dict[str, Any]]:
+        """Decodes and scores every task; writes the files; returns
+        ``{(task, split): metrics}``."""
+        results = {}
+        for data in self.tasks:
+            start = time.perf_counter()
+            metrics, rows = self._evaluate_task(params, data)
+            logging.info("%s/%s at step %d: %s (%.1f s)", data.task.name, self.split,
+                         step, metrics, time.perf_counter() - start)
+            if self.model_dir is not None and jax.process_index() == 0:
+                self._write(data.task.name, step, metrics, rows)
+            results[(data.task.name, self.split)] = metrics
+        return results
+
+    def _evaluate_task(self, params, data: _TaskSplit) -> tuple[dict, list[dict]]:
+        task = data.task
+        vocab = task.output_features["targets"].vocabulary
+        metrics: dict[str, Any] = {}
+        texts: list[str] = []
+        predictions: list[Any] = []
+        if task.predict_metric_fns or not task.score_metric_fns:
+            tokens = self.decoder.predict_tokens(params, data.features)
+            texts = [vocab.decode(t.tolist()) for t in tokens]
+            predictions = [task.postprocess_fn(text, example=ex, is_target=False)
+                           for text, ex in zip(texts, data.examples)]
+            for metric_fn in task.predict_metric_fns:
+                metrics.update(metric_fn(data.targets, predictions))
+        if task.score_metric_fns:
+            scores = self.decoder.score(params, data.features)
+            for metric_fn in task.score_metric_fns:
+                metrics.update(metric_fn(data.targets, scores))
+        rows = [_row(i, ex, target, text, pred, task)
+                for i, (ex, target, text, pred) in enumerate(
+                    zip(data.examples, data.targets, texts, predictions))]
+        return _plain(metrics), rows
+
+    def _write(self, task: str, step: int, metrics: Mapping, rows: list[dict]) -> None:
+        out = eval_dir(self.model_dir, task, self.split)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / f"predictions_{step}.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        summary = {"step": step, "task": task, "split": self.split,
+                   "num_examples": len(rows), "metrics": metrics}
+        _atomic_write(out / f"metrics_{step}.json", json.dumps(summary, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------- rows and values
+
+
+def _decoder_blank(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch without its targets, so decoding cannot see them."""
+    return {**batch, "decoder_input_tokens": jnp.zeros_like(batch["decoder_input_tokens"]),
+            "decoder_target_tokens": jnp.zeros_like(batch["decoder_target_tokens"])}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _target_text(example: Mapping, vocab: seqio.Vocabulary) -> str:
+    if "targets_pretokenized" in example:
+        return _text(example["targets_pretokenized"])
+    return vocab.decode([int(t) for t in example["targets"]])
+
+
+def _input_text(example: Mapping, task: seqio.Task) -> str:
+    if "inputs_pretokenized" in example:
+        return _text(example["inputs_pretokenized"])
+    vocab = task.output_features["inputs"].vocabulary
+    return vocab.decode([int(t) for t in example["inputs"]])
+
+
+def _row(index: int, example: Mapping, target: Any, text: str, prediction: Any,
+         task: seqio.Task) -> dict:
+    """One predictions-file line; explistops tasks add the parsed answer, its
+    correctness and the parsed steps (``scoring.score_example``)."""
+    row = {"index": index, "input": _input_text(example, task),
+           "target": _target_text(example, task.output_features["targets"].vocabulary),
+           "prediction": text}
+    if isinstance(prediction, Mapping) and "answer" in prediction:
+        row["answer"] = prediction["answer"]
+    if isinstance(target, Mapping) and "answer" in target:
+        row["target_answer"] = target["answer"]
+        if "answer" in row:
+            row["correct"] = row["answer"] == target["answer"]
+    if isinstance(target, Mapping) and "expression" in target:
+        row.update(_scoring_fields(text, target))
+    return _plain(row)
+
+
+def _scoring_fields(text: str, target: Mapping) -> dict:
+    """``scoring.score_example`` of an explistops prediction, plus its parsed
+    steps (``explain.read_steps``); nothing if the expression does not parse."""
+    from explistops_jax import explain, scoring
+    from explistops_jax.errors import ListOpsError
+
+    try:
+        scored = scoring.score_example(text, target["expression"],
+                                       modulus=target.get("modulus") or 30,
+                                       target=target.get("text"))
+    except ListOpsError:
+        return {}
+    scored["steps"] = [dataclasses.asdict(step) for step in explain.read_steps(text)]
+    return scored
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars/arrays, seqio metric values, dataclasses,
+    tuples and nested dicts become plain Python."""
+    if isinstance(value, seqio.metrics.Scalar):
+        return _plain(value.value)
+    if isinstance(value, seqio.metrics.Text):
+        return value.textdata
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------- standalone
+
+
+def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
+                          partitioner: partitioning.Partitioner | None = None):
+    """``(model, params, step, run_info)`` from a run directory of this trainer,
+    one of its ``checkpoint_N`` directories, or any checkpoint
+    ``checkpoints.load_any`` reads (Hugging Face, T5X, explistops params).
+
+    Parameters are placed on the mesh with the model's logical-axis shardings.
+    """
+    from explistops_jax import checkpoints as interop
+    from explistops_jax import trainer
+    from explistops_jax.model import EncoderDecoderModel
+    from explistops_jax.train_state import RunCheckpoints, checkpoint_steps
+
+    partitioner = partitioner or partitioning.Partitioner()
+    path = Path(checkpoint).expanduser().absolute()
+    if not path.exists():
+        raise UserError("no such checkpoint", where=str(path),
+                        expected="a run directory, a checkpoint_N directory or a "
+                                 "Hugging Face / T5X / explistops checkpoint")
+    run_dir, run_step = _run_dir_and_step(path, step)
+    if run_dir is not None:
+        steps = checkpoint_steps(run_dir)
+        run_step = run_step if run_step is not None else steps[-1]
+        if run_step not in steps:
+            raise UserError(f"no checkpoint at step {run_step}", where=str(run_dir),
+                            expected="one of " + ", ".join(map(str, steps)))
+        checkpoints = RunCheckpoints(run_dir, read_only=True)
+        info = checkpoints.run_info(run_step)
+        config = interop.common.config_from_dict(info["model_config"], source=str(run_dir))
+        model = EncoderDecoderModel(config)
+        abstract = _abstract_params(model, partitioner)
+        params = checkpoints.restore_params(abstract, run_step)
+        return model, params, run_step, info
+    config, host_params = interop.load_any(path)
+    model = EncoderDecoderModel(config)
+    params = trainer._place(host_params, _abstract_params(model, partitioner))
+    return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
+
+
+def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | None]:
+    from explistops_jax.train_state import STEP_PREFIX, checkpoint_steps
+
+    name = path.name
+    if name.startswith(STEP_PREFIX + "_") and name[len(STEP_PREFIX) + 1:].isdigit() \
+            and (path / "run").exists():
+        return path.parent, int(name[len(STEP_PREFIX) + 1:])
+    if checkpoint_steps(path) and any((path / f"{STEP_PREFIX}_{s}" / "run").exists()
+                                      for s in checkpoint_steps(path)):
+        return path, step
+    return None, None
+
+
+def _abstract_params(model, partitioner: partitioning.Partitioner):
+    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+    from flax.core import meta
+
+    boxed = jax.eval_shape(
+        lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))["params"]
+    shardings = partitioner.logical_to_sharding(partitioning.logical_axes(boxed))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        meta.unbox(boxed), shardings)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    mixture_or_task_name: str | None = None,
+    split: str = "test",
+    *,
+    step: int | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
+    batch_size: int = 32,
+    max_examples: int | None = None,
+    output_dir: str | Path | None = None,
+    partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+    decode: Mapping[str, Any] | None = None,
+    use_cached: bool = False,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Restores a checkpoint, decodes a task split, writes predictions and metrics.
+
+    Args:
+      checkpoint: a run directory (latest checkpoint, or ``step``), a
+        ``checkpoint_N`` directory, or a Hugging Face / T5X / explistops checkpoint.
+      mixture_or_task_name: default: the task the run trained on.
+      split: the split to decode (``validation``, ``test``, ``len100_200``, ...).
+      step: which checkpoint of a run directory (default: the latest).
+      task_feature_lengths: default: the run's training lengths.
+      batch_size, max_examples, decode: see :class:`Evaluator`.
+      output_dir: where ``eval/<task>/<split>/`` goes (default: the run
+        directory; required for a foreign checkpoint).
+      partition: the mesh.
+
+    Returns:
+      ``{(task, split): metrics}``.
+    """
+    partitioner = partitioning.Partitioner(partition)
+    model, params, step, info = load_model_and_params(checkpoint, step=step,
+                                                      partitioner=partitioner)
+    task = mixture_or_task_name or info.get("mixture_or_task_name")
+    lengths = task_feature_lengths or info.get("task_feature_lengths")
+    if not task or not lengths:
+        raise UserError("which task and lengths to evaluate is not known for this "
+                        "checkpoint", expected="a task name and --task_feature_lengths")
+    run_dir, _ = _run_dir_and_step(Path(checkpoint).expanduser().absolute(), None)
+    output_dir = output_dir or run_dir
+    if output_dir is None:
+        raise UserError("an output directory is needed for a checkpoint from "
+                        "another tool", expected="--output_dir")
+    evaluator = Evaluator(model, task, split, task_feature_lengths=lengths,
+                          batch_size=batch_size, max_examples=max_examples,
+                          model_dir=output_dir, partitioner=partitioner,
+                          use_cached=use_cached, decode=decode)
+    return evaluator.evaluate(params, step)
+
+
+# ----------------------------------------------------------------- single inputs
+
+
+def predict_expressions(
+    checkpoint: str | Path,
+    expressions: Sequence[str],
+    *,
+    mixture_or_task_name: str | None = None,
+    style: str | None = None,
+    modulus: int = 30,
+    task_feature_lengths: Mapping[str, int] | None = None,
+    decode: Mapping[str, Any] | None = None,
+    step: int | None = None,
+) -> list[dict]:
+    """The model's explanation and parsed answer for ListOps expressions.
+
+    Each expression (bracket or parenthesized notation) goes through the
+    task's own preprocessors (so a ``_tagged`` task gets its style prefix, the
+    task's vocabulary tokenizes it) and is decoded like an evaluation example.
+
+    Args:
+      checkpoint: as for :func:`evaluate`.
+      expressions: ListOps expressions.
+      mixture_or_task_name: default: the run's task (for a mixture, the member
+        of ``style``); a checkpoint from another tool needs it or ``style``
+        (``explistops30_<style>``).
+      style: the explanation style to ask for, for runs on several styles
+        (``_all_styles`` mixtures) or to pick the task of a foreign checkpoint.
+      modulus: of SM, for the true answer and the scoring.
+
+    Returns:
+      one dict per expression: ``expression``, ``input``, ``prediction`` (text),
+      ``answer``, ``true_answer``, ``correct``, ``steps`` and the other fields
+      of ``scoring.score_example``.
+    """
+    import tensorflow as tf
+
+    from explistops_jax import listops
+
+    model, params, _, info = load_model_and_params(checkpoint, step=step)
+    task = _task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style)
+    lengths = dict(task_feature_lengths or info.get("task_feature_lengths")
+                   or {"inputs": 512, "targets": 512})
+    trees = [listops.parse(e) for e in expressions]
+    raw = {"id": [f"predict/{i}" for i in range(len(trees))],
+           "index": np.arange(len(trees), dtype=np.int64),
+           "expression": [listops.format(t) for t in trees],
+           "answer": np.array([listops.evaluate(t, modulus) for t in trees], np.int32),
+           "length": np.array([listops.length(t) for t in trees], np.int32),
+           "depth": np.array([listops.depth(t) for t in trees], np.int32),
+           "modulus": np.full(len(trees), modulus, np.int32)}
+    ds = task.preprocess_precache(tf.data.Dataset.from_tensor_slices(raw))
+    ds = task.preprocess_postcache(ds, sequence_length=lengths)
+    examples = list(ds.as_numpy_iterator())
+    features = list(input_pipeline.feature_converter(False)(ds, lengths).as_numpy_iterator())
+    decoder = Decoder(model, batch_size=len(features), decode=decode)
+    vocab = task.output_features["targets"].vocabulary
+    results = []
+    for ex, tokens in zip(examples, decoder.predict_tokens(params, features)):
+        text = vocab.decode(tokens.tolist())
+        target = task.postprocess_fn(_target_text(ex, vocab), example=ex, is_target=True)
+        row = {"expression": _text(ex["expression"]), "input": _input_text(ex, task),
+               "prediction": text}
+        row.update(_scoring_fields(text, target))
+        results.append(_plain(row))
+    return results
+
+
+def _task_for(name: str | None, style: str | None) -> seqio.Task:
+    """The task to preprocess inputs with: ``name`` (a mixture's member of
+    ``style``; a task of another style when ``style`` differs), else
+    ``explistops30_<style>``."""
+    from explistops_jax import explain
+
+    if not name:
+        if style is None:
+            raise UserError("the checkpoint does not say which task it was trained on",
+                            expected="--task NAME or --style STYLE")
+        name = f"explistops30_{style}"
+    provider = input_pipeline.get_provider(name)
+    if isinstance(provider, seqio.Mixture):
+        members = seqio.get_subtasks(provider)
+        chosen = [t for t in members if style and f"_{style}_" in f"{t.name}_"]
+        if not chosen and style is None:
+            chosen = [t for t in members if "_medium_" in f"{t.name}_"] or members
+        if not chosen:
+            raise UserError(f"mixture {name!r} has no member of style {style!r}",
+                            expected=", ".join(t.name for t in members))
+        return chosen[0]
+    if style is not None:
+        for other in explain.STYLES:
+            marker = f"_{other}"
+            if other != style and marker + "_" in name + "_":
+                candidate = (name + "_").replace(marker + "_", f"_{style}_", 1)[:-1]
+                if candidate in seqio.TaskRegistry.names():
+                    return seqio.get_mixture_or_task(candidate)
+    return provider
