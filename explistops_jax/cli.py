@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("explistops_jax.commands.eval", "decode a task split with a checkpoint and score it"),
     "predict": ("explistops_jax.commands.predict", "print a model's explanation and answer for one expression"),
     "convert": ("explistops_jax.commands.convert", "convert T5 weights between Hugging Face, T5X and explistops checkpoints"),
+    "params": ("explistops_jax.commands.params", "print a model preset's parameter count and shapes"),
 }
 """Subcommand name -> (module path, help). The only place a command is registered."""
 

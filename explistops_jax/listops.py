@@ -546,21 +546,20 @@ def _label_shape(config: SamplerConfig, shape: list[int], rand: Callable[[], flo
     n_ops = len(ops)
     min_value = config.min_value
     n_values = config.max_value - min_value + 1
-    first_child: list[int] = []
-    start = 1
-    for i in shape:
-        first_child.append(start)
-        start += outcomes[i][1]
     built: list[Node] = [None] * len(shape)  # type: ignore[list-item]
+    end = len(shape)  # operator j's operator arguments are built[end - m:end]
     for j in range(len(shape) - 1, -1, -1):
         i = shape[j]
         k, m = outcomes[i]
-        args = [min_value + int(rand() * n_values) for _ in range(k - m)]
         if m:
+            args = [min_value + int(rand() * n_values) for _ in range(k - m)]
+            args += built[end - m:end]
+            end -= m
             placements = arrangements[i]
-            args += built[first_child[j]:first_child[j] + m]
-            args = list(map(args.__getitem__, placements[int(rand() * len(placements))]))
-        built[j] = Node(ops[int(rand() * n_ops)], tuple(args))
+            node_args = tuple(map(args.__getitem__, placements[int(rand() * len(placements))]))
+        else:
+            node_args = tuple([min_value + int(rand() * n_values) for _ in range(k)])
+        built[j] = Node(ops[int(rand() * n_ops)], node_args)
     return built[0]
 
 

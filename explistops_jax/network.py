@@ -491,9 +491,14 @@ class Decoder(nn.Module):
             bias = relpos(q_pos, k_pos)  # [1|b, h, 1, max_len]
             causal = (k_pos <= step)[:, None, :]  # [1, 1, max_len]
             return bias + _mask_to_bias(causal, bias.dtype), step
-        if decode:  # the pass that creates the cache
-            self.variable("cache", "index", jnp.zeros, (), jnp.int32)
         length = tokens.shape[1]
+        if decode:  # the pass that creates the cache: its length is the input's
+            if max_decode_length not in (None, length):
+                raise ValueError(
+                    f"creating the decode cache: decoder_input_tokens has length {length} "
+                    f"but max_decode_length is {max_decode_length}; pass "
+                    f"[batch, max_decode_length] tokens (e.g. zeros)")
+            self.variable("cache", "index", jnp.zeros, (), jnp.int32)
         pos = _default_positions(tokens) if positions is None else positions
         bias = relpos(pos, pos)
         idx = jnp.arange(length)

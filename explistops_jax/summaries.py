@@ -62,7 +62,7 @@ def _jsonable(value: Any) -> Any:
         value = float(value)
     except (TypeError, ValueError):
         return value
-    return value if math.isfinite(value) else repr(value)
+    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 class MetricsWriter:

@@ -188,6 +188,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "param_norm": optax.global_norm(params),
                    "learning_rate": schedule(state.step)}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -348,11 +349,14 @@ class _Loop:
             now = time.perf_counter()
             step_time, self._last_time = now - self._last_time, now
             record = _summarize(host, tokens, step_time)
-            if not math.isfinite(host["loss"]):
+            bad = [k for k in ("loss", "grad_norm", "param_norm")
+                   if k in host and not math.isfinite(host[k])]
+            if bad:
                 self._pending.clear()
+                self.checkpoints.wait()
                 raise NonFiniteLossError(
-                    f"loss is {host['loss']} at step {step}; stopping without saving. "
-                    f"The last good checkpoint is step "
+                    f"{', '.join(f'{k} is {host[k]}' for k in bad)} at step {step}; "
+                    f"stopped without saving it. The last good checkpoint is step "
                     f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}")
             self.last_metrics = record
             self.writer.write_train(step, record)

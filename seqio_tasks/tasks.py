@@ -218,6 +218,7 @@ def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = 
         tree = listops.parse(expression.decode("utf-8"))
         return explain.explain(tree, style, modulus=int(modulus)).encode("utf-8")
 
+    @tf.autograph.experimental.do_not_convert
     def fn(ex):
         targets = tf.numpy_function(
             render, [ex["expression"], ex["modulus"]], tf.string, stateful=False
@@ -231,6 +232,7 @@ def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = 
 def select_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False) -> tf.data.Dataset:
     """The TFDS records' counterpart of :func:`render_explanations`: no Python, stored text."""
 
+    @tf.autograph.experimental.do_not_convert
     def fn(ex):
         ex = dict(ex)
         targets = ex.pop("explanations")[style]

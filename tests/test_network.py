@@ -342,3 +342,19 @@ def test_remat_gives_same_loss_and_gradients():
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(got[1]), jax.tree_util.tree_leaves(ref[1])):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_params_command_prints_count_and_shapes(capsys):
+    from explistops_jax import cli
+
+    assert cli.main(["params", "--model", "t5_1_0_small"]) == 0
+    out = capsys.readouterr().out
+    assert "t5_1_0_small: 60,506,624 parameters (60.5M)" in out
+    assert "encoder/layers_0/attention/query/kernel" in out and "(embed, joined_kv)" in out
+    assert cli.main(["params", "--model", "t5_1_1_xl", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_params"] == 2_849_757_184
+    assert info["params"]["decoder/logits_dense/kernel"] == {"shape": [2048, 32128],
+                                                             "axes": ["embed", "vocab"]}
+    assert cli.main(["params", "--model", "t5_2_small"]) == 2
+    assert "unknown model preset 't5_2_small'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pickle
 
 import gin
 import pytest
+import sentencepiece
 
 tf = pytest.importorskip("tensorflow")
 seqio = pytest.importorskip("seqio")
@@ -151,6 +152,8 @@ def test_tf_encode_matches_python_inside_tf_data(domain, rendered):
     ds = tf.data.Dataset.from_tensor_slices(texts).map(domain.encode_tf)
     for text, ids in zip(texts, ds.as_numpy_iterator()):
         assert ids.tolist() == domain.encode(text), text
+    batch = domain.encode_tf(tf.constant(texts[:5]))  # a batch gives a ragged tensor
+    assert batch.to_list() == [domain.encode(t) for t in texts[:5]]
 
 
 def test_tf_decode_matches_python(domain, rendered):
@@ -186,6 +189,13 @@ def test_tokens_per_target_close_to_words(domain, rendered, capsys):
         print("\ndomain tokens per whitespace word:", {s: round(r, 2) for s, r in ratios.items()})
     # Every piece is a word or punctuation split off a word ("[3," is three pieces).
     assert all(1.0 <= r <= 1.8 for r in ratios.values()), ratios
+    # Against explain.tokenize (words with "[ ] , :" split off) it is one to one,
+    # up to the glued "]" and numbers past max_value (digit pieces).
+    for style in explain.STYLES:
+        for text in rendered[style]:
+            pieces = [p.replace("##]", "]") for p in domain.tokenize(text)]
+            if not any(p.startswith("##") for p in pieces):
+                assert pieces == explain.tokenize(text)
 
 
 # -- SentencePiece -----------------------------------------------------------------------
@@ -214,7 +224,8 @@ def test_sentencepiece_stand_in(tmp_path, rendered):
     sp = vocab.sentencepiece_vocabulary(path)
     assert isinstance(sp, seqio.SentencePieceVocabulary)
     assert (sp.pad_id, sp.eos_id, sp.unk_id) == (0, 1, 2)
-    assert sp.vocab_size == sp.tokenizer.GetPieceSize() + vocab.T5_EXTRA_IDS
+    trained = sentencepiece.SentencePieceProcessor(model_file=path).GetPieceSize()
+    assert sp.vocab_size == trained + vocab.T5_EXTRA_IDS  # T5's 100 sentinels on top
     assert sp == vocab.sentencepiece_vocabulary(path)  # SeqIO compares path and options
     for text in rendered["medium"][:10] + rendered["inputs"][:5]:
         assert sp.decode(sp.encode(text)) == _normalized(text)

@@ -143,3 +143,52 @@ class TinyModel:
         logp = -optax.softmax_cross_entropy_with_integer_labels(
             logits, batch["decoder_target_tokens"])
         return (logp * batch["decoder_loss_weights"]).sum(-1)
+
+
+# ----------------------------------------------------------------- runs
+
+
+def train_tiny(model_dir, steps: int, *, learning_rate: float = 1e-2, period: int = 5,
+               keep: int | None = 3, epochs: int | None = None, seed: int = 0,
+               dropout_rate: float = 0.1, evaluation=None, progress: bool = False):
+    """A tiny training run (TinyModel on tiny_reverse, AdamW, batch 8)."""
+    from explistops_jax import input_pipeline, optimizers, trainer
+    from explistops_jax.train_state import CheckpointConfig
+
+    register_tiny_task()
+    data = input_pipeline.DataConfig(TASK, LENGTHS, batch_size=8, seed=seed,
+                                     num_epochs=epochs)
+    return trainer.train(
+        TinyModel(TinyConfig(dropout_rate=dropout_rate)), data, model_dir,
+        optimizer=optimizers.adamw(learning_rate), train_steps=steps,
+        checkpoint=CheckpointConfig(period=period, keep=keep), evaluation=evaluation,
+        seed=seed, progress=progress)
+
+
+def register_gin() -> None:
+    """``@TinyModel()`` for gin configurations of the tests."""
+    import gin
+
+    if not getattr(register_gin, "done", False):
+        gin.external_configurable(TinyModel, module="tiny")
+        register_gin.done = True
+
+
+if __name__ == "__main__":
+    # python tests/tiny_trainer_fixtures.py MODEL_DIR STEPS SECONDS_PER_BATCH:
+    # a tiny run whose input is slowed down, to be killed by a test.
+    import sys
+    import time
+
+    from explistops_jax import input_pipeline
+
+    model_dir, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    iterate = input_pipeline.BatchStream.iterate
+
+    def slow_iterate(self, start=input_pipeline.Position()):
+        for item in iterate(self, start):
+            time.sleep(delay)
+            yield item
+
+    input_pipeline.BatchStream.iterate = slow_iterate
+    train_tiny(model_dir, steps)
