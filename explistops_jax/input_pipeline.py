@@ -70,7 +70,10 @@ class DataConfig:
       pack: pack several examples into each row (``seqio`` packing).
       use_cached: read the task's offline cache (``USE_CACHED_TASKS``); an error
         if the task has none.
-      shuffle_buffer_size: tf.data shuffle buffer (examples); None = the task's.
+      shuffle_buffer_size: tf.data shuffle buffer, in examples; None = the task's
+        (seqio's default, 1,000). The buffer is filled before the first batch of
+        every epoch, so a large one costs a pause per epoch (explistops examples
+        are generated at roughly 500 a second on one core).
       num_epochs: epochs in the stream; None = endless.
     """
 
@@ -82,7 +85,7 @@ class DataConfig:
     seed: int = 0
     pack: bool = False
     use_cached: bool = False
-    shuffle_buffer_size: int | None = 10_000
+    shuffle_buffer_size: int | None = None
     num_epochs: int | None = None
 
 

@@ -16,6 +16,10 @@ Two notations are read (and written):
 
 Operator spellings seen in released data are accepted case-insensitively and mapped
 to the canonical names: MEDIAN -> MED, SUM -> SM.
+
+Sampling follows LRA's generator (:class:`SamplerConfig`) and is deterministic per
+``(seed, example index)`` (:func:`sample`); :func:`sample_naive` is the plain
+whole-tree rejection procedure it is tested and benchmarked against.
 """
 
 from __future__ import annotations
@@ -381,31 +385,28 @@ def sample_with_attempts(config: SamplerConfig, seed: int, index: int) -> tuple[
 
     * Shape first, labels later. Only the shape decides the length, so an attempt
       draws just the shape: for each operator its argument count ``k`` and how many
-      ``m`` of them are operators (one draw from the joint table of ``k`` uniform and
-      ``m ~ Binomial(k, value_p)``). Operator names, values and which of the ``k``
-      slots hold the ``m`` operators are drawn only for the accepted shape. Given the
-      shape they are independent of it, so the tree has the naive distribution.
-    * Early abort. While the shape grows (level by level), a lower bound on its final
+      ``m`` of them are operators, in one draw from the joint table of ``k`` uniform
+      and ``m ~ Binomial(k, value_p)`` (see :func:`_shape_tables`). Operator names,
+      values and which of the ``k`` slots hold the ``m`` operators are drawn only for
+      the accepted shape; given the shape they are independent of it, so the tree has
+      the naive distribution.
+    * Early abort. While the shape grows (breadth first), a lower bound on its final
       length is kept: tokens fixed so far plus the shortest possible operator for each
       operator not yet grown. Once the bound reaches ``max_length`` the tree can only
       be rejected, so it is dropped and a fresh one started from the same stream.
       Dropped trees are exactly those the naive procedure rejects.
 
-    Because rejections match the naive procedure one for one, ``attempts`` also
-    estimates the naive acceptance rate (the benchmark uses it).
+    An attempt is accepted exactly when the naive procedure would accept the same
+    tree, so ``attempts`` also measures the naive acceptance rate (the benchmark uses
+    it).
 
     Raises:
       UserError: after :data:`MAX_ATTEMPTS` attempts without an accepted tree.
     """
-    rng = example_rng(seed, index)
-    draw_shape = _shape_sampler(config, rng.random)
-    min_length = config.min_length
-    for attempts in range(1, MAX_ATTEMPTS + 1):
-        grown = draw_shape()
-        if grown is not None and grown[1] > min_length:
-            return _label_shape(config, grown[0], rng.random), attempts
-    raise UserError(f"no tree accepted after {MAX_ATTEMPTS} attempts", where=repr(config),
-                    expected="a length window the config can reach")
+    rand = example_rng(seed, index).random
+    tables = _shape_tables(config)
+    shape, size, attempts = _draw_shape(config, tables, rand)
+    return _label_shape(config, tables, shape, size, rand), attempts
 
 
 _GUIDE_SIZE = 4096
@@ -485,81 +486,86 @@ def _arrangements(k: int, m: int) -> tuple[tuple[int, ...], ...]:
     return tuple(result)
 
 
-def _shape_sampler(config: SamplerConfig, rand: Callable[[], float]):
-    """The closure that draws one tree shape, or None once it is certain to be too long.
+def _draw_shape(config: SamplerConfig, tables: _ShapeTables,
+                rand: Callable[[], float]) -> tuple[list[int], int, int]:
+    """Draw shapes until one fits the length window: ``(shape, length, attempts)``.
 
     A shape is the list of outcome indices (into :func:`_shape_tables`) of its
     operators in breadth-first order: the root, then its ``m`` operator arguments,
-    then theirs, level by level, each operator's in order. Returns
-    ``(shape, length)``.
+    then theirs, level by level, each operator's in order. This is the sampler's hot
+    path, hence one flat loop over operators (no call or slice per level or attempt).
     """
-    tables = _shape_tables(config)
     cumulative, guide, growth = tables.cumulative, tables.guide, tables.growth
     operator_args, leaf = tables.operator_args, tables.leaf
+    guide_size = _GUIDE_SIZE
     n_leaf = len(leaf)
     shortest_op = 2 + config.min_args
-    max_length = config.max_length
+    min_length, max_length = config.min_length, config.max_length
     last_free_depth = config.max_depth - 2  # deepest level whose arguments may be operators
-
-    def draw_shape() -> tuple[list[int], int] | None:
+    for attempts in range(1, MAX_ATTEMPTS + 1):
         bound = shortest_op  # the root: an operator not yet grown
         shape: list[int] = []
         append = shape.append
-        pending = 1
+        known = 1  # operators known to exist (drawn or pending)
+        level_end = 1  # shape index where the current level ends
         node_depth = 1
-        while pending:
-            start = len(shape)
+        for drawn in itertools.count():
+            if drawn == known:
+                break  # complete: bound == length
+            if drawn == level_end:
+                node_depth += 1
+                level_end = known
             if node_depth <= last_free_depth:
-                for _ in range(pending):
-                    x = rand()
-                    i = guide[int(x * _GUIDE_SIZE)]
-                    if cumulative[i] <= x:
-                        i = bisect_right(cumulative, x, i + 1)
-                    append(i)
-                    bound += growth[i]
-                    if bound >= max_length:
-                        return None
-                pending = sum(map(operator_args.__getitem__, shape[start:]))
+                x = rand()
+                i = guide[int(x * guide_size)]
+                if cumulative[i] <= x:
+                    i = bisect_right(cumulative, x, i + 1)
+                known += operator_args[i]
             else:  # the arguments sit at max_depth: values only
-                for _ in range(pending):
-                    append(i := leaf[int(rand() * n_leaf)])
-                    bound += growth[i]
-                    if bound >= max_length:
-                        return None
-                pending = 0
-            node_depth += 1
-        return shape, bound
+                i = leaf[int(rand() * n_leaf)]
+            append(i)
+            bound += growth[i]
+            if bound >= max_length:
+                break  # too long, certainly: abandon
+        if min_length < bound < max_length:
+            return shape, bound, attempts
+    raise UserError(f"no tree accepted after {MAX_ATTEMPTS} attempts", where=repr(config),
+                    expected="a length window the config can reach")
 
-    return draw_shape
 
+def _label_shape(config: SamplerConfig, tables: _ShapeTables, shape: list[int], size: int,
+                 rand: Callable[[], float]) -> Node:
+    """Turn an accepted shape into a tree: draw values, names and argument placements.
 
-def _label_shape(config: SamplerConfig, shape: list[int], rand: Callable[[], float]) -> Node:
-    """Turn an accepted shape into a tree: place operator arguments, draw names and values.
-
-    Built bottom-up (reverse breadth-first order). The ``m`` operator arguments of an
-    operator take a uniformly random one of the ``C(k, m)`` placements among its ``k``
-    slots, which is their law given ``m`` in the naive process.
+    Built bottom-up (reverse breadth-first order). All values and names are drawn up
+    front (they are i.i.d., so which node gets which does not matter); the ``m``
+    operator arguments of an operator take a uniformly random one of the ``C(k, m)``
+    placements among its ``k`` slots, their law given ``m`` in the naive process.
     """
-    tables = _shape_tables(config)
     outcomes, arrangements = tables.outcomes, tables.arrangements
     ops = config.operators
     n_ops = len(ops)
     min_value = config.min_value
     n_values = config.max_value - min_value + 1
-    built: list[Node] = [None] * len(shape)  # type: ignore[list-item]
-    end = len(shape)  # operator j's operator arguments are built[end - m:end]
-    for j in range(len(shape) - 1, -1, -1):
+    n_nodes = len(shape)
+    values = [min_value + int(rand() * n_values) for _ in range(size - 2 * n_nodes)]
+    names = [ops[int(rand() * n_ops)] for _ in range(n_nodes)]
+    built: list[Node] = [None] * n_nodes  # type: ignore[list-item]
+    end = n_nodes  # operator j's operator arguments are built[end - m:end]
+    for j in range(n_nodes - 1, -1, -1):
         i = shape[j]
         k, m = outcomes[i]
+        taken = len(values) - (k - m)
         if m:
-            args = [min_value + int(rand() * n_values) for _ in range(k - m)]
+            args = values[taken:]
             args += built[end - m:end]
             end -= m
             placements = arrangements[i]
             node_args = tuple(map(args.__getitem__, placements[int(rand() * len(placements))]))
         else:
-            node_args = tuple([min_value + int(rand() * n_values) for _ in range(k)])
-        built[j] = Node(ops[int(rand() * n_ops)], node_args)
+            node_args = tuple(values[taken:])
+        del values[taken:]
+        built[j] = Node(names[j], node_args)
     return built[0]
 
 

@@ -182,6 +182,8 @@ def _score(prediction: str, true_answer: int | None, true_steps: list[Step] | No
         "length": tree_length,
         "depth": tree_depth,
     }
+    if true_steps is not None and target is not None and true_steps and not read_steps(target):
+        true_steps = None  # an answer-only target: step faithfulness does not apply
     if true_steps is not None:
         matching = sum(same_step(p, t) for p, t in zip(predicted, true_steps))
         result["true_steps"] = len(true_steps)
@@ -246,7 +248,8 @@ def aggregate(scored: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
     ``accuracy``, ``parse_failure_rate``, ``fallback_rate``; ``exact_match`` (over
     examples with a target); ``step_validity`` (valid / checkable predicted steps);
-    ``step_faithfulness`` (examples whose steps all equal the true steps);
+    ``step_faithfulness`` (examples whose steps all equal the true steps; examples
+    whose target is answer-only, the ``none`` style, are left out);
     ``step_faithfulness_per_step`` (matching positions / the longer of predicted and
     true steps, summed over examples); ``accuracy_length_<lo>_<hi>`` and
     ``accuracy_depth_<d>`` breakdowns; ``num_examples``.

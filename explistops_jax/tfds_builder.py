@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from explistops_jax import data, explain, listops
@@ -78,12 +79,12 @@ class ExplainedListops(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "id": tfds.features.Text(),
-                    "index": tfds.features.Scalar(dtype="int64"),
+                    "index": tfds.features.Scalar(dtype=np.int64),
                     "expression": tfds.features.Text(),
-                    "answer": tfds.features.Scalar(dtype="int32"),
-                    "length": tfds.features.Scalar(dtype="int32"),
-                    "depth": tfds.features.Scalar(dtype="int32"),
-                    "modulus": tfds.features.Scalar(dtype="int32"),
+                    "answer": tfds.features.Scalar(dtype=np.int32),
+                    "length": tfds.features.Scalar(dtype=np.int32),
+                    "depth": tfds.features.Scalar(dtype=np.int32),
+                    "modulus": tfds.features.Scalar(dtype=np.int32),
                     "explanations": tfds.features.FeaturesDict(
                         {style: tfds.features.Text() for style in explain.STYLES}
                     ),

@@ -70,6 +70,7 @@ def train_from_gin(
     use_cached_tasks: bool = False,
     pack: bool = False,
     shuffle: bool = True,
+    shuffle_buffer_size: int | None = None,
     data_seed: int = 0,
     seed: int = 0,
     optimizer: optimizers.Optimizer | None = None,
@@ -88,7 +89,7 @@ def train_from_gin(
         mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=dict(task_feature_lengths), batch_size=batch_size,
         shuffle=shuffle, seed=data_seed, pack=pack, use_cached=use_cached_tasks,
-        num_epochs=epochs)
+        shuffle_buffer_size=shuffle_buffer_size, num_epochs=epochs)
     if eval_period is not None:
         evaluation = _with_period(evaluation or trainer.EvalConfig(), eval_period)
     Path(model_dir).mkdir(parents=True, exist_ok=True)

@@ -187,8 +187,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         loss, aux, grads = loss_and_grads(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "param_norm": optax.global_norm(params),
+        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params),
                    "learning_rate": schedule(state.step)}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -349,7 +349,7 @@ class _Loop:
             now = time.perf_counter()
             step_time, self._last_time = now - self._last_time, now
             record = _summarize(host, tokens, step_time)
-            bad = [k for k in ("loss", "grad_norm", "param_norm")
+            bad = [k for k in ("loss", "grad_norm")
                    if k in host and not math.isfinite(host[k])]
             if bad:
                 self._pending.clear()

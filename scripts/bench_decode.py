@@ -10,7 +10,9 @@ Random weights never choose EOS by themselves, so each row's output length is
 drawn from [--min-target, --max-target] and EOS is forced at that position in
 all three decoders (the decoder-prompt mechanism in JAX, a LogitsProcessor in
 transformers); every other token is really decoded. Compile time is excluded
-(one warm-up run each); the best of --repeats runs is reported.
+(one warm-up run each); the best of --repeats runs is reported. Both frameworks
+use --threads CPU threads (default 1: on a shared machine multi-threaded
+PyTorch collapses under contention, which would flatter JAX).
 
     python scripts/bench_decode.py --model t5_1_1_small --batch 8
 """
@@ -18,19 +20,33 @@ transformers); every other token is really decoded. Compile time is excluded
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
+import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
-from explistops_jax import decoding, network
-from explistops_jax.model import EncoderDecoderModel
+
+def _limit_threads(argv: list[str]) -> None:
+    """XLA reads its flags when jax is imported, so --threads 1 is applied here."""
+    if "--threads" in argv and argv[argv.index("--threads") + 1] != "1":
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+_limit_threads(sys.argv)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+from explistops_jax import decoding, network  # noqa: E402
+from explistops_jax.model import EncoderDecoderModel  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-target", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch; XLA uses 1 thread if this is 1, else all")
     p.add_argument("--skip-hf", action="store_true", help="do not run transformers")
     return p.parse_args()
 
@@ -134,7 +151,7 @@ def bench_hf(args, config, params, enc, lengths):
 
     from explistops_jax import checkpoints
 
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints.export_hf(config, jax.device_get(params), tmp)
         model = T5ForConditionalGeneration.from_pretrained(tmp).eval()
@@ -166,7 +183,8 @@ def main() -> None:
     tokens = int(np.sum(lengths + 1))  # generated tokens including EOS
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} ({jax.default_backend()})")
+          f"jax {jax.__version__} ({jax.default_backend()}), {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"model {args.model} (vocab {config.vocab_size}), batch {args.batch}, "
           f"input {args.input_length} tokens, outputs {lengths.min()}-{lengths.max()} tokens "
           f"(mean {lengths.mean():.0f}), max length {args.max_length}")

@@ -58,10 +58,12 @@ import os
 from typing import Iterable, Sequence
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
 from explistops_jax import data, explain, listops, scoring, vocab
+from explistops_jax.errors import UserError
 
 __all__ = [
     "SUBSET_SIZES",
@@ -81,7 +83,7 @@ SUBSET_SIZES = (2_000, 10_000, 98_000)
 TFDS_DATA_DIR_ENV = "EXPLISTOPS_TFDS_DATA_DIR"
 SOURCES = ("function", "tfds")
 
-RAW_SIGNATURE = {
+RAW_SIGNATURE = {  # the raw examples of every source
     "id": tf.TensorSpec([], tf.string),
     "index": tf.TensorSpec([], tf.int64),
     "expression": tf.TensorSpec([], tf.string),
@@ -96,8 +98,9 @@ METRIC_FNS = (scoring.answer_accuracy, scoring.step_metrics, scoring.breakdowns)
 # (dataset, source, "domain" | "sp") -> the task and mixture names registered for it,
 # so the SentencePiece variants can be (re)registered for every dataset later.
 _REGISTERED: dict[tuple[str, str, str], list[str]] = {}
-# dataset -> the TFDS data directory its "_tfds" tasks read.
-_TFDS_DIRS: dict[str, str | None] = {}
+# (dataset, source) -> the options it was registered with (data_dir, styles,
+# subset_sizes), so the "_sp" variants are registered alike.
+_OPTIONS: dict[tuple[str, str], dict] = {}
 
 
 @gin.configurable
@@ -157,25 +160,36 @@ def generate_raw(
 ) -> tf.data.Dataset:
     """The raw examples of one split, from ``data.examples`` (see the module doc on shuffling).
 
-    ``train_size`` keeps the first examples of the train split only (the subsets).
+    A range of indices mapped through the generator, one example per index
+    (``data.examples(config, split, i, i + 1)``), rather than a Python generator:
+    same examples in the same order, but ``skip``/``shard`` are cheap and the map
+    runs beside the rest of the pipeline. ``train_size`` keeps the first examples
+    of the train split only (the data-efficiency subsets).
     """
     del shuffle_files, seed  # one deterministic stream; see the module docstring
     config = data.get_config(dataset)
-    stop = train_size if split == "train" else None
+    size = config.split(split).num_examples
+    if split == "train" and train_size is not None:
+        size = min(size, train_size)
 
-    def rows():
-        for ex in data.examples(config, split, 0, stop):
-            yield {
-                "id": ex["id"],
-                "index": ex["index"],
-                "expression": ex["expression"],
-                "answer": ex["answer"],
-                "length": ex["length"],
-                "depth": ex["depth"],
-                "modulus": config.modulus,
-            }
+    def one(index) -> tuple:
+        ex = next(data.examples(config, split, int(index), int(index) + 1))
+        return (ex["id"].encode("utf-8"), ex["expression"].encode("utf-8"),
+                np.int32(ex["answer"]), np.int32(ex["length"]), np.int32(ex["depth"]))
 
-    return tf.data.Dataset.from_generator(rows, output_signature=RAW_SIGNATURE)
+    @tf.autograph.experimental.do_not_convert
+    def example(index):
+        fields = tf.numpy_function(
+            one, [index], [tf.string, tf.string, tf.int32, tf.int32, tf.int32], stateful=False
+        )
+        ex = dict(zip(("id", "expression", "answer", "length", "depth"), fields))
+        ex["index"] = index
+        ex["modulus"] = tf.constant(config.modulus, tf.int32)
+        for value in ex.values():
+            value.set_shape([])
+        return ex
+
+    return tf.data.Dataset.range(size).map(example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _split_sizes(config: data.DatasetConfig, subset: int | None) -> dict[str, int]:
@@ -284,6 +298,7 @@ def register_dataset_tasks(
     sentencepiece_path: str | None = None,
     domain: bool = True,
     styles: Iterable[str] | None = None,
+    subset_sizes: Iterable[int] = SUBSET_SIZES,
     replace: bool = False,
 ) -> list[str]:
     """Register the tasks and the all-styles mixture of one dataset config.
@@ -298,6 +313,8 @@ def register_dataset_tasks(
         SentencePiece model.
       domain: register the domain-vocabulary variants.
       styles: default every style of ``explain.STYLES``.
+      subset_sizes: training-set sizes of the ``_n{N}`` tasks; sizes above the
+        config's training set are skipped.
       replace: re-register names that exist (otherwise they are kept as they are).
 
     Returns:
@@ -305,12 +322,13 @@ def register_dataset_tasks(
     """
     config = data.get_config(config_name)
     if source not in SOURCES:
-        raise ValueError(f"unknown task source {source!r} (expected one of {', '.join(SOURCES)})")
+        raise UserError(f"unknown task source {source!r}", expected="one of " + ", ".join(SOURCES))
     if source == "tfds":
         data_dir = data_dir or tfds_data_dir()
     styles = tuple(styles or explain.STYLES)
+    subset_sizes = tuple(subset_sizes)
     train_size = config.splits["train"].num_examples if "train" in config.splits else 0
-    subsets = [None] + [n for n in SUBSET_SIZES if n <= train_size]
+    subsets = [None] + [n for n in subset_sizes if n <= train_size]
 
     vocabularies = []
     if domain:
@@ -339,10 +357,13 @@ def register_dataset_tasks(
             replace,
         )
         group.append(mixture)
-        _REGISTERED[(config.name, source, "sp" if sentencepiece else "domain")] = group
+        known = _REGISTERED.setdefault((config.name, source, "sp" if sentencepiece else "domain"), [])
+        known.extend(n for n in group if n not in known)
         names.extend(group)
-    if source == "tfds":
-        _TFDS_DIRS[config.name] = data_dir
+    if domain:
+        _OPTIONS[(config.name, source)] = dict(
+            data_dir=data_dir, styles=styles, subset_sizes=subset_sizes
+        )
     return names
 
 
@@ -355,24 +376,31 @@ def register_sentencepiece_tasks(path: str | None = None) -> list[str]:
     path = path or vocab.sentencepiece_model_path()
     _sentencepiece_vocabulary(path)  # fail here, with a clear message, if unusable
     names = []
-    for dataset, source in sorted({(d, s) for d, s, kind in _REGISTERED if kind == "domain"}):
+    for (dataset, source), options in sorted(_OPTIONS.items()):
         names += register_dataset_tasks(
-            dataset, source=source, data_dir=_TFDS_DIRS.get(dataset), sentencepiece_path=path,
-            domain=False, replace=True,
+            dataset, source=source, sentencepiece_path=path, domain=False, replace=True,
+            **options,
         )
     return names
 
 
 def register_all() -> list[str]:
-    """Register every dataset config of ``data.DATASETS`` (what ``import seqio_tasks`` does)."""
+    """Register every dataset config of ``data.DATASETS`` (what ``import seqio_tasks`` does).
+
+    Configs added with ``data.register_config`` before this runs get their tasks
+    too. A dataset registered before keeps the options it was registered with.
+    """
     spm_path = vocab.sentencepiece_model_path()
     data_dir = tfds_data_dir()
+    sources = ("function", "tfds") if data_dir else ("function",)
     names = []
     for dataset in list(data.DATASETS):
-        names += register_dataset_tasks(dataset, sentencepiece_path=spm_path)
-        if data_dir:
+        for source in sources:
+            options = _OPTIONS.get((dataset, source)) or (
+                {"data_dir": data_dir} if source == "tfds" else {}
+            )
             names += register_dataset_tasks(
-                dataset, source="tfds", data_dir=data_dir, sentencepiece_path=spm_path
+                dataset, source=source, sentencepiece_path=spm_path, **options
             )
     return names
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +15,8 @@ from explistops_jax import data
 from explistops_jax.data import DatasetConfig, SplitConfig, examples, get_config, register_config
 from explistops_jax.errors import UserError
 from explistops_jax.listops import SamplerConfig, depth, evaluate, length, parse
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_explistops30_is_the_studys_main_set():
@@ -112,3 +119,14 @@ def test_register_config():
 def test_answers_cover_all_classes():
     answers = {e["answer"] for e in itertools.islice(examples("explistops30", "train"), 3000)}
     assert answers == set(range(30))
+
+
+def test_same_bytes_in_another_process():
+    # Seeds come from BLAKE2b, not Python's salted hash(): another process with another
+    # hash seed must produce the same examples.
+    code = ("import json; from explistops_jax.data import examples; "
+            "print(json.dumps(list(examples('explistops30', 'test', 0, 30))))")
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout) == list(examples("explistops30", "test", 0, 30))

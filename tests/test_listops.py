@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import functools
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -189,8 +191,8 @@ def test_sampler_golden_example():
     assert listops.format(sample(MAIN, 0, 0)) == GOLDEN_MAIN_0_0
 
 
-GOLDEN_MAIN_0_0 = ("[MED 5 4 5 [MED 29 [MED 2 26 [MED 26 0 [SM 17 [MIN 20 [SM 16 16 27 23 8 ] "
-                   "20 4 1 ] [SM 19 11 ] ] 19 22 17 8 ] 16 12 ] ] ]")
+GOLDEN_MAIN_0_0 = ("[MAX 16 16 [SM 23 [MED [MIN 28 [MED [MED 17 29 27 [SM 22 17 8 8 19 ] 26 ] "
+                   "[SM 0 19 ] 8 ] 20 20 4 1 11 ] 8 27 19 11 ] ] 27 ]")
 
 
 def test_samples_respect_the_config():
@@ -211,6 +213,12 @@ def test_sample_with_attempts_counts_attempts():
     attempts = [sample_with_attempts(MAIN, 3, i)[1] for i in range(200)]
     assert min(attempts) >= 1 and max(attempts) > 1
     assert sample_with_attempts(MAIN, 3, 5)[0] == sample(MAIN, 3, 5)
+
+
+def test_sample_naive_deadline():
+    huge = SamplerConfig(min_length=20, max_length=50, value_p=0.9)  # trees explode
+    with pytest.raises(TimeoutError):
+        sample_naive(huge, random.Random(0), deadline=time.monotonic() - 1)
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -277,27 +285,37 @@ def _chi_square_p(left: collections.Counter, right: collections.Counter) -> floa
     return stats.chi2_contingency(list(zip(*rows)))[1]
 
 
-# A config where early abort and rejection both matter, and naive is still fast.
+# Configs where early abort, rejection and the max_depth cut all matter, and the
+# naive procedure is still fast: LRA's main settings at a smaller depth, and an
+# unusual one (single-argument operators, two operators, value_p 0.5).
 SMALL = SamplerConfig(min_length=20, max_length=50, max_depth=6, max_args=10)
+ODD = SamplerConfig(min_length=10, max_length=30, max_depth=4, max_args=5, min_args=1,
+                    value_p=0.5, min_value=3, max_value=7, operators=("MAX", "SM"))
 N_STAT = 3000
+FEATURES = ["length", "depth", "operators", "root_op", "root_args", "op", "args",
+            "operator_args", "operator_position", "value"]
 
 
-@pytest.fixture(scope="module")
-def sampled():
+@functools.lru_cache(maxsize=None)
+def _sampled(name: str) -> dict:
+    config = {"SMALL": SMALL, "ODD": ODD}[name]
     rng = random.Random(12345)
     return {
-        "sample": _features(sample(SMALL, 99, i) for i in range(N_STAT)),
-        "naive": _features(sample_naive(SMALL, rng) for _ in range(N_STAT)),
+        "sample": _features(sample(config, 99, i) for i in range(N_STAT)),
+        "naive": _features(sample_naive(config, rng) for _ in range(N_STAT)),
     }
 
 
-@pytest.mark.parametrize("feature", [
-    "length", "depth", "operators", "root_op", "root_args", "op", "args", "operator_args",
-    "operator_position", "value",
-])
-def test_early_abort_sampler_has_the_naive_distribution(sampled, feature):
-    p = _chi_square_p(sampled["sample"][feature], sampled["naive"][feature])
-    assert p > 1e-3, f"{feature}: p = {p:.2g}"
+@pytest.fixture(params=["SMALL", "ODD"])
+def sampled(request):
+    return _sampled(request.param)
+
+
+def test_early_abort_sampler_has_the_naive_distribution(sampled):
+    p_values = {f: _chi_square_p(sampled["sample"][f], sampled["naive"][f]) for f in FEATURES}
+    # ten tests per config: a threshold of 1e-3 keeps chance failures negligible, while
+    # a real difference gives p far below it (see the power check below)
+    assert min(p_values.values()) > 1e-3, p_values
 
 
 def test_length_distributions_agree_by_ks(sampled):
@@ -309,10 +327,11 @@ def test_length_distributions_agree_by_ks(sampled):
     assert result.pvalue > 1e-3
 
 
-def test_the_statistical_test_detects_a_different_distribution(sampled):
+def test_the_statistical_test_detects_a_different_distribution():
     # Power check: a slightly different value_p must be rejected.
+    naive = _sampled("SMALL")["naive"]
     other = SamplerConfig(min_length=20, max_length=50, max_depth=6, max_args=10, value_p=0.3)
     features = _features(sample(other, 99, i) for i in range(N_STAT))
-    p_values = [_chi_square_p(features[f], sampled["naive"][f])
+    p_values = [_chi_square_p(features[f], naive[f])
                 for f in ("length", "depth", "operators", "operator_args")]
     assert min(p_values) < 1e-6

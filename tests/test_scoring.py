@@ -112,7 +112,7 @@ def test_answer_only_prediction():
     result = score_example("13", EXPRESSION, target="13")
     assert result["correct"] and result["exact_match"]
     assert result["answer_source"] == "bare" and not result["fallback"]
-    assert result["predicted_steps"] == 0 and not result["faithful"]
+    assert result["predicted_steps"] == 0 and result["faithful"] is None  # not applicable
 
 
 def test_malformed_expression_is_a_user_error():
@@ -164,10 +164,11 @@ def test_metric_functions():
     assert sum(1 for k in split if k.startswith("accuracy_length_")) >= 2
 
 
-def test_step_validity_is_nan_without_checkable_steps():
+def test_step_metrics_are_nan_for_answer_only_targets():
     targets = [_target(EXPRESSION, "none")]
     metrics = step_metrics(targets, [postprocess("13")])
     assert math.isnan(metrics["step_validity"])
+    assert math.isnan(metrics["step_faithfulness"])  # answer-only target: not applicable
     assert metrics["exact_match"] == 1.0
 
 

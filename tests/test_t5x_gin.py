@@ -245,12 +245,30 @@ def test_every_experiment_parses_with_t5x(seqio_tasks, sp_model, monkeypatch):
     assert not failures, "\n".join(failures)
 
 
+def test_adamw_layer_parses_after_an_experiment(seqio_tasks, sp_model, monkeypatch):
+    """model/adamw.gin (the authors' optimizer) goes after an experiment file."""
+    _t5x_or_skip()
+    import gin
+
+    monkeypatch.setitem(sys.modules, "__main__", importlib.import_module("t5x.train"))
+    monkeypatch.setenv("EXPLISTOPS_SPM_PATH", sp_model)
+    monkeypatch.chdir(REPO)
+    gin.clear_config(clear_constants=False)
+    try:
+        gin.parse_config_files_and_bindings(
+            ["gin_configs/t5x/t5_1_0_small_medium_finetune.gin", "gin_configs/t5x/model/adamw.gin"],
+            [], finalize_config=False)
+        assert gin.query_parameter("optax.adamw.learning_rate") == 3e-4
+    finally:
+        gin.clear_config(clear_constants=False)
+
+
 # A small dataset for the T5X runs: 32 examples a split instead of 98,000/2,000,
 # so that T5X's evaluator and infer (which read whole splits) take seconds. The
 # experiment files run unchanged otherwise: a wrapper gin file includes them and
 # only renames the task and shrinks steps, batch and lengths.
 _SMALL_TASKS = """
-from explistops_jax import data
+from explistops_jax import data, vocab
 from explistops_jax.listops import SamplerConfig
 import seqio_tasks
 
@@ -258,7 +276,8 @@ _sampler = SamplerConfig(min_length=10, max_length=20, max_depth=3, max_args=4)
 data.register_config(data.DatasetConfig(
     "t5x_test_small", 30,
     {split: data.SplitConfig(_sampler, 32, seed) for seed, split in enumerate(("train", "validation", "test"))}))
-seqio_tasks.register_dataset_tasks("t5x_test_small", styles=["medium"])
+seqio_tasks.register_dataset_tasks("t5x_test_small", styles=["medium"],
+                                   sentencepiece_path=vocab.sentencepiece_model_path())
 """
 _SMALL_TASK = "t5x_test_small_medium"
 _SHRINK = {
@@ -287,11 +306,12 @@ def _wrapper(tmp: Path, kind: str) -> Path:
     return path
 
 
-def _run(module: str, gin_file: Path, bindings: dict[str, str], log: Path) -> str:
+def _run(module: str, gin_file: Path, bindings: dict[str, str], log: Path,
+         env: dict[str, str] | None = None) -> str:
     """Run one T5X entry point in a subprocess, as a user would; returns its log."""
     cmd = [sys.executable, "-m", module, f"--gin_file={gin_file}"]
     cmd += [f"--gin.{k}={v}" for k, v in bindings.items()]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}),
                PYTHONPATH=os.pathsep.join([str(gin_file.parent), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
@@ -339,6 +359,27 @@ def test_tiny_t5x_eval_and_infer(tiny_t5x_run):
     assert outputs, sorted(p.name for p in infer_dir.iterdir())
     rows = [json.loads(line) for line in outputs[0].read_text().splitlines()]
     assert len(rows) == 32 and all("prediction" in r and "inputs" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_tiny_t5x_train_with_sentencepiece_vocab(tmp_path, sp_model):
+    """model/sentencepiece_vocab.gin builds the vocabulary the _sp tasks use
+    (T5X refuses to train when the two differ)."""
+    _t5x_or_skip()
+    (tmp_path / "small_tasks.py").write_text(_SMALL_TASKS)
+    gin_file = tmp_path / "small_sp_finetune.gin"
+    gin_file.write_text(
+        "from __gin__ import dynamic_registration\n"
+        "import small_tasks\nfrom t5x import utils\n"
+        "include 'gin_configs/t5x/model/t5_1_0_tiny.gin'\n"
+        "include 'gin_configs/t5x/model/sentencepiece_vocab.gin'\n"
+        "include 'gin_configs/t5x/run/finetune.gin'\n"
+        f"MIXTURE_OR_TASK_NAME = '{_SMALL_TASK}_sp'\n"
+        "INITIAL_CHECKPOINT_PATH = None\n" + _SHRINK["finetune"])
+    model_dir = tmp_path / "model"
+    _run("t5x.train", gin_file, {"MODEL_DIR": f'"{model_dir}"'}, tmp_path / "train.log",
+         env={"EXPLISTOPS_SPM_PATH": sp_model})
+    assert (model_dir / "checkpoint_3" / "state" / "_METADATA").is_file()
 
 
 @pytest.mark.slow

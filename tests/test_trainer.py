@@ -134,7 +134,7 @@ def test_epochs_set_the_length(tmp_path):
 def test_sigkill_resumes_the_same_loss_curve(tmp_path):
     """A run killed with SIGKILL (no chance to clean up) resumes from its last
     checkpoint and logs exactly the losses of an uninterrupted run."""
-    steps = 30
+    steps = 20
     reference = tmp_path / "reference"
     tiny.train_tiny(reference, steps)
     killed = tmp_path / "killed"

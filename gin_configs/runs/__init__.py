@@ -1,0 +1,1 @@
+"""Gin configuration files (folder importable so gin can include from it)."""

@@ -1,0 +1,166 @@
+"""Training throughput of the own trainer: tokens/s, step time, MFU, memory.
+
+    python scripts/bench_train.py [--presets t5_1_1_tiny,t5_1_0_small]
+        [--batch_size 8] [--inputs_length 64] [--targets_length 192] [--steps 10]
+        [--microbatches 1] [--dtype float32] [--json out.json]
+
+Times the trainer's own jitted train step (``trainer.make_train_step`` under
+``Partitioner.jit``, state donated, Adafactor) on full synthetic batches (every
+target token counts), after two warm-up steps. Model FLOPs utilisation (MFU) =
+model FLOPs per step (analytic: forward matmuls and attention of the
+encoder-decoder, times 3 for forward + backward) / step time / peak, where the
+peak is measured here with a large float32 ``jnp.dot`` (the best of several).
+The XLA cost model's FLOP count of the whole compiled step (optimizer included)
+is reported beside it. Peak memory is the process's maximum resident set size
+(and the device's own peak where JAX reports one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from explistops_jax import network, optimizers, partitioning, trainer
+from explistops_jax.model import EncoderDecoderModel
+
+
+def measure_peak_flops(n: int = 2048, repeats: int = 8) -> float:
+    """Best float32 matmul rate (FLOP/s) of ``[n, n] @ [n, n]`` through jax."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def model_flops_per_step(c: network.T5Config, batch: int, enc_len: int, dec_len: int) -> float:
+    """Forward + backward (3x forward) matmul/attention FLOPs of one step."""
+    d, hk, ff = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim
+    n_in = len(c.mlp_activations)
+    mlp = 2 * d * ff * n_in + 2 * ff * d                      # per token
+    self_attn = lambda length: 4 * 2 * d * hk + 2 * 2 * length * hk  # qkvo + scores, AV
+    encoder = c.num_encoder_layers * enc_len * (self_attn(enc_len) + mlp)
+    cross = (2 * 2 * d * hk + 2 * 2 * enc_len * hk) * dec_len + 2 * 2 * d * hk * enc_len
+    decoder = c.num_decoder_layers * (dec_len * (self_attn(dec_len) + mlp) + cross)
+    logits = 2 * d * c.vocab_size * dec_len
+    return 3.0 * batch * (encoder + decoder + logits)
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int, enc_len: int, dec_len: int,
+                    vocab: int) -> dict[str, np.ndarray]:
+    targets = rng.integers(2, vocab, (batch, dec_len)).astype(np.int32)
+    return {"encoder_input_tokens": rng.integers(2, vocab, (batch, enc_len)).astype(np.int32),
+            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones((batch, dec_len), np.int32)}
+
+
+def bench(preset: str, args, peak: float) -> dict:
+    config = network.get_config(preset, vocab_size=args.vocab_size, dtype=args.dtype,
+                                dropout_rate=0.0)
+    model = EncoderDecoderModel(config)
+    p = partitioning.Partitioner()
+    tx, schedule = optimizers.adafactor().build()
+    shapes = {"encoder_input_tokens": (1, args.inputs_length),
+              "decoder_input_tokens": (1, args.targets_length)}
+    layout = trainer.state_layout(model, tx, p, shapes)
+    state = trainer.initial_state(model, tx, p, layout, shapes, seed=0)
+    step = p.jit(trainer.make_train_step(model, tx, schedule, args.microbatches),
+                 in_shardings=(layout.shardings, p.batch_sharding()),
+                 out_shardings=(layout.shardings, p.sharding()), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    batches = [p.shard_batch(synthetic_batch(rng, args.batch_size, args.inputs_length,
+                                             args.targets_length, args.vocab_size))
+               for _ in range(2)]
+    start = time.perf_counter()
+    compiled = step.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float((cost or {}).get("flops", float("nan")))
+    for i in range(2):  # warm-up
+        state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready(metrics)
+    times = []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batches[i % 2])
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    flops = model_flops_per_step(config, args.batch_size, args.inputs_length,
+                                 args.targets_length)
+    tokens = args.batch_size * args.targets_length
+    stats = jax.devices()[0].memory_stats() or {}
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    return {
+        "preset": preset, "params_M": params / 1e6, "batch": args.batch_size,
+        "inputs_length": args.inputs_length, "targets_length": args.targets_length,
+        "dtype": args.dtype, "microbatches": args.microbatches,
+        "compile_s": compile_s, "step_s": step_s, "step_s_min": float(min(times)),
+        "target_tokens_per_s": tokens / step_s,
+        "all_tokens_per_s": args.batch_size * (args.inputs_length + args.targets_length) / step_s,
+        "model_tflops_per_step": flops / 1e12, "xla_tflops_per_step": xla_flops / 1e12,
+        "model_gflops_per_s": flops / step_s / 1e9, "mfu": flops / step_s / peak,
+        "xla_flops_utilisation": xla_flops / step_s / peak,
+        "loss": float(metrics["loss"]),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "device_peak_bytes_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="t5_1_1_tiny,t5_1_0_small")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--inputs_length", type=int, default=64)
+    parser.add_argument("--targets_length", type=int, default=192)
+    parser.add_argument("--vocab_size", type=int, default=128,
+                        help="128: the domain vocabulary; 32128: T5's SentencePiece")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json", help="append the results as JSON lines to this file")
+    args = parser.parse_args(argv)
+
+    peak = measure_peak_flops()
+    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+          f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s, "
+          f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    rows = []
+    for preset in args.presets.split(","):
+        row = bench(preset, args, peak)
+        row["peak_gflops_per_s"] = peak / 1e9
+        row["device"] = jax.devices()[0].device_kind
+        row["load_average"] = os.getloadavg()[0]
+        rows.append(row)
+        print(json.dumps(row))
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    print("\n| preset | batch x (in, tgt) | step (s) | target tok/s | model GFLOP/s | MFU | "
+          "XLA-FLOP util. | peak RSS (GiB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['batch']} x ({r['inputs_length']}, {r['targets_length']}) | "
+              f"{r['step_s']:.3f} | {r['target_tokens_per_s']:,.0f} | "
+              f"{r['model_gflops_per_s']:.1f} | {100 * r['mfu']:.1f}% | "
+              f"{100 * r['xla_flops_utilisation']:.1f}% | {r['peak_rss_gib']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The evaluator: decoding a split, the task's postprocessing and metrics, the
+predictions / metrics files; standalone evaluate() and predict on a real (tiny)
+T5 run directory."""
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+import tiny_trainer_fixtures as tiny
+from explistops_jax import evaluator, input_pipeline, scoring, trainer
+from explistops_jax.errors import UserError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task():
+    tiny.register_tiny_task()
+
+
+def _params(model):
+    shapes = {"encoder_input_tokens": (1, 12), "decoder_input_tokens": (1, 12)}
+    from flax.core import meta
+
+    return meta.unbox(model.get_initial_variables(jax.random.PRNGKey(0), shapes))["params"]
+
+
+def test_evaluator_writes_predictions_and_task_metrics(tmp_path):
+    model = tiny.TinyModel()
+    ev = evaluator.Evaluator(model, tiny.TASK, "validation", task_feature_lengths=tiny.LENGTHS,
+                             batch_size=4, model_dir=tmp_path)
+    results = ev.evaluate(_params(model), step=7)
+    metrics = results[(tiny.TASK, "validation")]
+    assert set(metrics) == {"exact_match"} and 0.0 <= metrics["exact_match"] <= 100.0
+    out = evaluator.eval_dir(tmp_path, tiny.TASK, "validation")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_7.json", "predictions_7.jsonl"]
+    summary = json.loads((out / "metrics_7.json").read_text())
+    assert summary["step"] == 7 and summary["num_examples"] == 10  # 10 = 2 batches + 2
+    assert summary["metrics"] == metrics
+    rows = [json.loads(line) for line in (out / "predictions_7.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(10))
+    words = tiny._words("validation", 10)
+    assert [r["input"] for r in rows] == words
+    assert [r["target"] for r in rows] == [w[::-1] for w in words]
+    assert all(isinstance(r["prediction"], str) for r in rows)
+    with pytest.raises(UserError, match="has a split"):
+        evaluator.Evaluator(model, tiny.TASK, "nope", task_feature_lengths=tiny.LENGTHS)
+
+
+def test_rows_of_explistops_tasks_have_answers_and_steps():
+    example = {"expression": b"[MAX 2 [MIN 4 7 ] ]", "answer": 4, "modulus": 30,
+               "inputs_pretokenized": b"[MAX 2 [MIN 4 7 ] ]"}
+    target_text = "Min, smallest number of [4, 7] is 4\nMax, largest number of [2, 4] is 4\nFinal answer: 4"
+    target = scoring.postprocess(target_text, example=example, is_target=True)
+    prediction_text = "Min, smallest number of [4, 7] is 4 Max, largest number of [2, 4] is 4 Final answer: 4"
+    prediction = scoring.postprocess(prediction_text, example=example, is_target=False)
+
+    class Task:  # the two things _row reads from a seqio.Task
+        output_features = {"targets": type("F", (), {"vocabulary": None})()}
+
+    example["targets_pretokenized"] = target_text.encode()
+    row = evaluator._row(0, example, target, prediction_text, prediction, Task)
+    assert row["answer"] == 4 and row["target_answer"] == 4 and row["correct"] is True
+    assert [s["op"] for s in row["steps"]] == ["MIN", "MAX"]
+    assert row["faithful"] is True and row["input"] == "[MAX 2 [MIN 4 7 ] ]"
+    json.dumps(row)  # plain JSON
+
+
+def test_plain_values():
+    import numpy as np
+    import seqio
+
+    value = {"a": np.float32(0.5), "b": seqio.metrics.Scalar(2.0), "c": float("nan"),
+             "d": (np.int64(1), b"x"), "e": np.arange(2)}
+    assert evaluator._plain(value) == {"a": 0.5, "b": 2.0, "c": None, "d": [1, "x"], "e": [0, 1]}
+
+
+def test_standalone_evaluate_and_predict_on_a_t5_run(tmp_path, capsys):
+    import seqio_tasks  # noqa: F401  (registers the explistops tasks)
+    from explistops_jax import cli
+
+    lengths = {"inputs": 64, "targets": 32}
+    run = tmp_path / "run"
+    data = input_pipeline.DataConfig("explistops30_short", lengths, batch_size=4,
+                                     shuffle=False)
+    result = trainer.train(trainer.ModelSpec("t5_1_1_tiny"), data, run, train_steps=2,
+                           progress=False)
+    assert result.step == 2
+    results = evaluator.evaluate(run, split="test", max_examples=3, batch_size=4)
+    metrics = results[("explistops30_short", "test")]
+    assert {"accuracy", "parse_failure_rate", "step_faithfulness"} <= set(metrics)
+    out = evaluator.eval_dir(run, "explistops30_short", "test")
+    rows = [json.loads(l) for l in (out / "predictions_2.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    assert {"input", "target", "prediction", "answer", "correct", "steps",
+            "true_answer"} <= set(rows[0])
+    # one checkpoint_N directory works too, and so does the command line
+    assert cli.main(["predict", "[MAX 2 9 [MIN 4 7 ] 0 ]", "--checkpoint",
+                     str(run / "checkpoint_2")]) == 0
+    printed = capsys.readouterr().out
+    assert "answer:" in printed and "true answer 9" in printed
