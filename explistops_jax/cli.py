@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -33,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("explistops_jax.commands.predict", "print a model's explanation and answer for one expression"),
     "convert": ("explistops_jax.commands.convert", "convert T5 weights between Hugging Face, T5X and explistops checkpoints"),
     "params": ("explistops_jax.commands.params", "print a model preset's parameter count and shapes"),
+    "report": ("explistops_jax.commands.report", "tables and plots of finished runs, beside the study's published figures"),
+    "reproduce": ("explistops_jax.commands.reproduce", "run the study (cpu demo or the paper grid) and write its report"),
 }
 """Subcommand name -> (module path, help). The only place a command is registered."""
 
@@ -66,6 +69,7 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     parser = build_parser(_command_name(argv))
     args = parser.parse_args(argv)
     try:

@@ -44,6 +44,17 @@ import seqio  # noqa: E402  (after TF is confined to the CPU)
 
 from explistops_jax.errors import UserError  # noqa: E402
 
+
+class _DropUncachedWarning(logging.Filter):
+    """seqio warns on every epoch that an uncached generator source shuffles
+    poorly across restarts; here every epoch is reshuffled with its own seed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "uncached FunctionDataset" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUncachedWarning())
+
 __all__ = [
     "DataConfig",
     "Position",

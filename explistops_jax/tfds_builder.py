@@ -7,6 +7,11 @@ generalization splits such as ``len100_200``). Build with::
 
     tfds build explistops_jax/tfds_builder.py --config explistops30 --data_dir DIR
 
+or, where the ``tfds`` command does not start (TFDS 4.9.10's command line imports
+``apache_beam``, which this project does not need), with this module::
+
+    python -m explistops_jax.tfds_builder --config explistops30 --data_dir DIR
+
 or from Python: ``ExplainedListops(config="explistops30", data_dir=DIR).download_and_prepare()``.
 
 Features of an example:
@@ -22,21 +27,32 @@ the SeqIO ``*_tfds`` tasks select the stored text of their style, and
 tests/test_tfds_builder.py checks that it equals what the renderer writes today.
 A change of wording therefore needs a new ``VERSION`` (and a rebuild).
 
-The examples are the same bytes as ``data.examples`` yields (same seeds), so a
-TFDS-backed task and a generator-backed task see the same data in the same order
-when files are not shuffled. No download happens: the data is generated.
+The examples are the same as ``data.examples`` yields (same seeds), written in
+index order (``disable_shuffling``), so a TFDS-backed task and a generator-backed
+task see the same data in the same order when reading unshuffled, and the slice
+``train[:N]`` is the first N examples. No download happens: the data is generated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 
 import numpy as np
+from etils import epath
 import tensorflow_datasets as tfds
 
 from explistops_jax import data, explain, listops
 
-__all__ = ["ExplainedListops", "ExplainedListopsConfig", "tfds_name"]
+__all__ = ["ExplainedListops", "ExplainedListopsConfig", "build", "main", "tfds_name"]
+
+if __name__ == "__main__":
+    # Run the imported module's main, so the builder class is defined (and registered
+    # with TFDS) once, under its real module name.
+    from explistops_jax.tfds_builder import main as _main
+
+    raise SystemExit(_main())
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,6 +90,13 @@ class ExplainedListops(tfds.core.GeneratorBasedBuilder):
                 config = cls._LATE_CONFIGS[name] = ExplainedListopsConfig.for_dataset(name)
         return config
 
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        """This file. (TFDS's own lookup needs the ``importlib_resources`` backport,
+        which TFDS 4.9.10 does not declare as a dependency on Python >= 3.9.)"""
+        return epath.Path(inspect.getfile(cls))
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
@@ -91,6 +114,9 @@ class ExplainedListops(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=None,
+            # Records keep the generation (index) order, so ``train[:N]`` is the
+            # first N examples, as in the generator-backed subset tasks. Readers shuffle.
+            disable_shuffling=True,
             homepage="https://arxiv.org/abs/2402.07543",
         )
 
@@ -121,3 +147,36 @@ class ExplainedListops(tfds.core.GeneratorBasedBuilder):
 def tfds_name(dataset: str) -> str:
     """The TFDS name of a dataset config, with version: ``explained_listops/NAME:1.0.0``."""
     return f"{ExplainedListops.name}/{dataset}:{ExplainedListops.VERSION}"
+
+
+def build(config: str, data_dir: str | None = None, max_examples_per_split: int | None = None) -> str:
+    """Prepare one config's records (what ``tfds build`` does); returns their directory."""
+    data.get_config(config)  # the project's error, listing the known names
+    builder = ExplainedListops(config=config, data_dir=data_dir)
+    download_config = tfds.download.DownloadConfig(max_examples_per_split=max_examples_per_split)
+    builder.download_and_prepare(download_config=download_config)
+    return str(builder.data_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m explistops_jax.tfds_builder",
+        description="Materialize an Explained-ListOps dataset config as TFDS TFRecords.",
+    )
+    parser.add_argument("--config", required=True, nargs="+", help="dataset config name(s)")
+    parser.add_argument("--data_dir", default=None, help="TFDS data directory (default: TFDS's)")
+    parser.add_argument("--max_examples_per_split", type=int, default=None,
+                        help="cap every split (for quick checks)")
+    args = parser.parse_args(argv)
+    from explistops_jax.errors import UserError
+
+    try:
+        for name in args.config:
+            print(build(name, args.data_dir, args.max_examples_per_split))
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -11,7 +11,8 @@ model FLOPs per step (analytic: forward matmuls and attention of the
 encoder-decoder, times 3 for forward + backward) / step time / peak, where the
 peak is measured here with a large float32 ``jnp.dot`` (the best of several).
 The XLA cost model's FLOP count of the whole compiled step (optimizer included)
-is reported beside it. Peak memory is the process's maximum resident set size
+is reported beside it. The peak is measured before and after each model and
+the higher value is used (the machine may be shared). Peak memory is the process's maximum resident set size
 (and the device's own peak where JAX reports one).
 """
 
@@ -143,6 +144,14 @@ def main(argv=None) -> int:
     rows = []
     for preset in args.presets.split(","):
         row = bench(preset, args, peak)
+        # the machine may be shared: measure the peak again and keep the higher
+        # one (the conservative MFU)
+        after = measure_peak_flops()
+        if after > peak:
+            scale = peak / after
+            for key in ("mfu", "xla_flops_utilisation"):
+                row[key] *= scale
+            peak = after
         row["peak_gflops_per_s"] = peak / 1e9
         row["device"] = jax.devices()[0].device_kind
         row["load_average"] = os.getloadavg()[0]

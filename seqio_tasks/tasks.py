@@ -200,6 +200,7 @@ def _split_sizes(config: data.DatasetConfig, subset: int | None) -> dict[str, in
 
 
 def _source(dataset: str, source: str, subset: int | None, data_dir: str | None) -> seqio.DataSource:
+    """The raw source of a task: generated, or the prepared TFDS records."""
     config = data.get_config(dataset)
     sizes = _split_sizes(config, subset)
     if source == "function":
@@ -208,14 +209,71 @@ def _source(dataset: str, source: str, subset: int | None, data_dir: str | None)
             splits=list(config.splits),
             num_input_examples=sizes,
         )
-    from explistops_jax import tfds_builder  # registers the builder with TFDS
-
     splits = {split: split for split in config.splits}
     if subset is not None:
         splits["train"] = f"train[:{subset}]"
-    return seqio.TfdsDataSource(
-        tfds_name=tfds_builder.tfds_name(dataset), tfds_data_dir=data_dir, splits=splits
-    )
+    return TfdsRecords(dataset, data_dir, splits)
+
+
+class TfdsRecords(seqio.DataSource):
+    """The prepared ``explained_listops/<dataset>`` records, read in index order.
+
+    Like ``seqio.TfdsDataSource``, but the records are an ordered TFDS dataset
+    (``disable_shuffling``, so ``train[:N]`` is the first N examples) and
+    ``shuffle=True`` only shuffles the file order; TFDS's ordering guard, which
+    would refuse that, is turned off. Never prepares the data: build it first
+    (``tfds build explistops_jax/tfds_builder.py --config NAME``).
+    """
+
+    def __init__(self, dataset: str, data_dir: str | None, splits: dict[str, str]):
+        self._dataset = dataset
+        self._data_dir = data_dir
+        self._tfds_splits = dict(splits)  # task split -> TFDS split (slices allowed)
+        super().__init__(splits=list(splits))
+
+    @functools.cached_property
+    def builder(self):
+        import tensorflow_datasets as tfds
+
+        from explistops_jax import tfds_builder  # registers the builder with TFDS
+
+        builder = tfds.builder(tfds_builder.tfds_name(self._dataset), data_dir=self._data_dir)
+        if not builder.is_prepared():
+            raise UserError(
+                f"TFDS dataset {tfds_builder.tfds_name(self._dataset)} is not prepared in "
+                f"{builder.data_dir}",
+                expected="tfds build explistops_jax/tfds_builder.py "
+                         f"--config {self._dataset} --data_dir {self._data_dir or '<dir>'}",
+            )
+        return builder
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return False
+
+    def list_shards(self, split: str) -> list[str]:
+        info = self.builder.info.splits[self._tfds_splits[split]]
+        return [f.filename for f in info.file_instructions]
+
+    def num_input_examples(self, split: str) -> int:
+        return self.builder.info.splits[self._tfds_splits[split]].num_examples
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                    use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+        import tensorflow_datasets as tfds
+
+        del sequence_length, use_cached, num_epochs  # as in seqio.TfdsDataSource
+        read_config = tfds.ReadConfig(
+            shuffle_seed=seed,
+            skip_prefetch=True,
+            enable_ordering_guard=False,
+            input_context=tf.distribute.InputContext(shard_info.num_shards, shard_info.index)
+            if shard_info else None,
+        )
+        return self.builder.as_dataset(
+            split=self._tfds_splits[split], shuffle_files=shuffle, read_config=read_config
+        )
 
 
 # -- preprocessors ---------------------------------------------------------------

@@ -75,17 +75,36 @@ def test_plain_values():
     assert evaluator._plain(value) == {"a": 0.5, "b": 2.0, "c": None, "d": [1, "x"], "e": [0, 1]}
 
 
+def _untrained_t5_run(run: Path, step: int) -> Path:
+    """A run directory as trainer.train leaves it, without compiling a train
+    step: a freshly initialised tiny T5 saved as checkpoint ``step``."""
+    import jax.numpy as jnp
+
+    from explistops_jax import optimizers, partitioning
+    from explistops_jax.train_state import RunCheckpoints
+
+    lengths = {"inputs": 64, "targets": 32}
+    data = input_pipeline.DataConfig("explistops30_short", lengths)
+    model = trainer._build_model(trainer.ModelSpec("t5_1_1_tiny"),
+                                 input_pipeline.get_provider(data.mixture_or_task_name))
+    p = partitioning.Partitioner()
+    tx, _ = optimizers.adafactor().build()
+    shapes = trainer._input_shapes(data)
+    layout = trainer.state_layout(model, tx, p, shapes)
+    state = trainer.initial_state(model, tx, p, layout, shapes, seed=0)
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    checkpoints = RunCheckpoints(run)
+    checkpoints.save(state, input_pipeline.Position().to_json(),
+                     trainer._run_info(model, data, step, None))
+    checkpoints.close()
+    return run
+
+
 def test_standalone_evaluate_and_predict_on_a_t5_run(tmp_path, capsys):
     import seqio_tasks  # noqa: F401  (registers the explistops tasks)
     from explistops_jax import cli
 
-    lengths = {"inputs": 64, "targets": 32}
-    run = tmp_path / "run"
-    data = input_pipeline.DataConfig("explistops30_short", lengths, batch_size=4,
-                                     shuffle=False)
-    result = trainer.train(trainer.ModelSpec("t5_1_1_tiny"), data, run, train_steps=2,
-                           progress=False)
-    assert result.step == 2
+    run = _untrained_t5_run(tmp_path / "run", step=2)
     results = evaluator.evaluate(run, split="test", max_examples=3, batch_size=4)
     metrics = results[("explistops30_short", "test")]
     assert {"accuracy", "parse_failure_rate", "step_faithfulness"} <= set(metrics)

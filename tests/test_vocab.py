@@ -210,12 +210,11 @@ def test_sentencepiece_path_resolution(monkeypatch, tmp_path):
         vocab.sentencepiece_vocabulary(str(tmp_path / "missing.model"))
     monkeypatch.setenv(vocab.SPM_PATH_ENV, "/from/env.model")
     assert vocab.sentencepiece_model_path() == "/from/env.model"
+    # A gin binding wins over the environment (scoped, so no other test sees it).
     with gin.unlock_config():
-        gin.bind_parameter("sentencepiece_model_path.path", "/from/gin.model")
-    try:
+        gin.bind_parameter("explistops_vocab_test/sentencepiece_model_path.path", "/from/gin.model")
+    with gin.config_scope("explistops_vocab_test"):
         assert vocab.sentencepiece_model_path() == "/from/gin.model"
-    finally:
-        gin.clear_config()
 
 
 def test_sentencepiece_stand_in(tmp_path, rendered):

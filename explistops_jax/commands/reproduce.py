@@ -1,0 +1,97 @@
+"""``explistops reproduce``: run a preset of the study (resumably) and write its report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from explistops_jax.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+                        help="cpu: a tiny model from scratch on small problems (minutes on "
+                             "a laptop CPU); paper: the study's grid for accelerators")
+    parser.add_argument("--out", default=None,
+                        help="output directory, one sub-directory per run (default runs/PRESET)")
+    parser.add_argument("--styles", default=None,
+                        help="comma-separated explanation styles, or 'all' (default: "
+                             "none,medium for cpu, all for paper)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds, e.g. 0,1,2 for the stability check")
+    parser.add_argument("--sizes", default=None,
+                        help="paper: comma-separated T5 sizes (default small,base,large,3B)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
+                        help="paper: fine-tune this pretrained checkpoint (Hugging Face or "
+                             "T5X) for a size, e.g. small=/ckpt/t5-small; repeatable. The "
+                             "runs then use T5's SentencePiece vocabulary ($EXPLISTOPS_SPM_PATH)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs (and the T5X commands for paper) and stop")
+    parser.add_argument("--no-report", action="store_true", help="skip the report")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text) or []]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a list of integers",
+                        expected="e.g. --seeds 0,1,2") from None
+
+
+def _checkpoints(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        size, sep, path = item.partition("=")
+        if not sep or not size or not path:
+            raise UserError(f"--checkpoint {item!r}", expected="SIZE=PATH, e.g. small=/ckpt/t5-small")
+        if not Path(path).exists():
+            raise UserError(f"--checkpoint {size}: {path} does not exist")
+        out[size] = path
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from explistops_jax import data, explain, reproduce
+
+    styles = _csv(args.styles)
+    if styles == ["all"]:
+        styles = list(explain.STYLES)
+    checkpoints = _checkpoints(args.checkpoint)
+    if checkpoints and not os.environ.get("EXPLISTOPS_SPM_PATH"):
+        raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary",
+                        expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
+    out = Path(args.out or f"runs/{args.preset}")
+
+    data.register_config(reproduce.CPU_DATASET)
+    import seqio_tasks  # registers the tasks of every dataset config, incl. the CPU one
+
+    seqio_tasks.register_dataset_tasks(reproduce.CPU_DATASET.name)
+    runs = reproduce.runs_for(args.preset, styles=styles, seeds=_seeds(args.seeds),
+                              checkpoints=checkpoints, sizes=_csv(args.sizes),
+                              task_name=seqio_tasks.task_name)
+    if args.preset == "paper":
+        commands = reproduce.t5x_commands(runs, out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "t5x_commands.sh"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("#!/usr/bin/env bash\n# The same runs under T5X (see docs/t5x.md).\n"
+                       + "".join(c + "\n" for c in commands))
+        os.replace(tmp, path)
+        print(f"T5X command lines: {path} ({len(commands)} runs)")
+    if args.dry_run:
+        for r in runs:
+            print(f"{r.name}: task {r.task}, {r.train_examples} examples x {r.epochs} epochs, "
+                  f"batch {r.batch_size}, eval {','.join(r.eval_splits)}")
+        return 0
+    dirs = reproduce.run_all(runs, out, preset=args.preset)
+    if not args.no_report:
+        from explistops_jax import report
+
+        path = report.write_report(dirs, out)
+        print(f"report: {path}")
+    return 0

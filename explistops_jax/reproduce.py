@@ -1,0 +1,358 @@
+"""Reproduce the study: presets of runs, run them resumably, then report.
+
+A preset is a list of :class:`Run` s (model x explanation style x seed, plus the
+generalization and data-efficiency conditions). :func:`run_all` trains each run
+in its own directory with :func:`trainer.train` (which resumes from the run's last
+checkpoint), evaluates it on its test and generalization splits with
+:func:`evaluator.evaluate`, and marks it done; a second invocation skips finished
+runs and resumes unfinished ones. :func:`report.write_report` then summarizes.
+
+Two presets:
+
+* ``cpu``: a tiny T5 trained from scratch on a small Explained-ListOps config
+  (:data:`CPU_DATASET`), without explanations and with medium ones, at an equal
+  number of training examples (the study's protocol); minutes on a laptop CPU.
+* ``paper``: the study's grid for accelerators (T5 1.0 small/base/large/3B x
+  none/short/medium/long on explistops30, 30 epochs, AdamW 3e-4, batch 8; the
+  length-generalization, larger-numbers and data-efficiency runs), from scratch
+  with the compact vocabulary, or fine-tuned from a pretrained checkpoint per size
+  (Hugging Face or T5X, with T5's SentencePiece vocabulary and the ``_sp`` tasks).
+
+Tasks are registered by the caller (the CLI imports ``seqio_tasks``); this module
+only names them, so the library stays free of the task registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from explistops_jax import data, explain
+from explistops_jax.errors import UserError
+from explistops_jax.listops import SamplerConfig
+
+__all__ = [
+    "CPU_DATASET",
+    "PRESETS",
+    "Run",
+    "cpu_runs",
+    "paper_runs",
+    "run_all",
+    "runs_for",
+    "t5x_commands",
+]
+
+DONE_FILE = "done.json"
+
+# ----------------------------------------------------------------- the CPU preset
+
+# Smaller problems than explistops30, so that a tiny model learns the steps in
+# minutes on a CPU: values 0-9 with SM modulo 10 (listops10's numbers), at most 4
+# arguments, nesting depth at most 3 (max_depth 4 counts the root as depth 1),
+# lengths 10-20 (strict, LRA's count). The generalization split is longer and
+# deeper: lengths 20-40, depth up to 4.
+_CPU_SAMPLER = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
+                             min_value=0, max_value=9)
+_CPU_LONG_SAMPLER = SamplerConfig(min_length=20, max_length=40, max_depth=5, max_args=4,
+                                  min_value=0, max_value=9)
+CPU_TRAIN_EXAMPLES = 20_000
+
+CPU_DATASET = data.DatasetConfig(
+    name="explistops10_cpu",
+    modulus=10,
+    splits={
+        "train": data.SplitConfig(_CPU_SAMPLER, CPU_TRAIN_EXAMPLES, 70_001),
+        "validation": data.SplitConfig(_CPU_SAMPLER, 500, 70_002),
+        "test": data.SplitConfig(_CPU_SAMPLER, 1_000, 70_003),
+        "longer": data.SplitConfig(_CPU_LONG_SAMPLER, 500, 70_004),
+    },
+    description="CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
+                "lengths 10-20; 'longer' split: lengths 20-40, depth <= 4",
+)
+
+# A tiny T5 1.1 (gated GELU, untied head), sized for 2 CPU cores.
+CPU_MODEL = "t5_1_1_tiny"
+CPU_MODEL_OVERRIDES = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                           num_encoder_layers=3, num_decoder_layers=3)
+CPU_EPOCHS = 5
+CPU_BATCH_SIZE = 64
+CPU_LEARNING_RATE = 1e-3
+# Domain-vocabulary tokens: inputs <= 24 on the train distribution (<= 48 on
+# 'longer'); medium targets <= 83 (<= 200 on 'longer'), long <= 180.
+CPU_FEATURE_LENGTHS = {
+    "none": {"inputs": 32, "targets": 4},
+    "short": {"inputs": 32, "targets": 32},
+    "medium": {"inputs": 32, "targets": 96},
+    "long": {"inputs": 32, "targets": 192},
+}
+CPU_EVAL_LENGTHS = {"inputs": 64, "targets": 256}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run and the evaluations that follow it.
+
+    ``train_examples`` and ``epochs`` fix how many examples the model sees, the
+    same for every style of a preset (the study's protocol: equal examples, not
+    equal wall time).
+    """
+
+    name: str
+    model: str                       # the label in the report (a preset name)
+    model_preset: str
+    model_overrides: Mapping[str, Any]
+    style: str
+    seed: int
+    dataset: str
+    condition: str                   # main | length_generalization | larger_numbers | data_efficiency
+    task: str
+    train_examples: int
+    epochs: int
+    batch_size: int
+    feature_lengths: Mapping[str, int]
+    optimizer: str = "adamw"
+    learning_rate: float = 3e-4
+    schedule: str = "constant"       # constant | linear (warmup, then linear decay to 0)
+    warmup_steps: int = 0
+    pack: bool = True
+    eval_splits: tuple[str, ...] = ("test",)
+    eval_feature_lengths: Mapping[str, int] | None = None
+    eval_period: int | None = None
+    eval_max_examples: int | None = None
+    validation_examples: int | None = 200
+    initial_checkpoint: str | None = None
+    dropout_rate: float = 0.0
+
+    def run_info(self, preset: str) -> dict[str, Any]:
+        """What the run records in run.json (the report reads these keys)."""
+        return {"run_name": self.name, "preset": preset, "model": self.model,
+                "style": self.style, "seed": self.seed, "dataset": self.dataset,
+                "train_examples": self.train_examples, "condition": self.condition,
+                "epochs": self.epochs}
+
+
+def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = (0,),
+             *, epochs: int = CPU_EPOCHS, train_examples: int = CPU_TRAIN_EXAMPLES,
+             task_name: Callable[..., str] | None = None) -> list[Run]:
+    """The CPU demo: one tiny model from scratch per style and seed."""
+    task_name = task_name or _task_name
+    runs = []
+    for seed in seeds:
+        for style in styles:
+            runs.append(Run(
+                name=f"cpu_{style}_seed{seed}", model="cpu_tiny", model_preset=CPU_MODEL,
+                model_overrides=CPU_MODEL_OVERRIDES, style=style, seed=seed,
+                dataset=CPU_DATASET.name, condition="main",
+                task=task_name(CPU_DATASET.name, style), train_examples=train_examples,
+                epochs=epochs, batch_size=CPU_BATCH_SIZE,
+                feature_lengths=CPU_FEATURE_LENGTHS[style], optimizer="adamw",
+                learning_rate=CPU_LEARNING_RATE, schedule="linear",
+                warmup_steps=200, pack=True, eval_splits=("test", "longer"),
+                eval_feature_lengths=CPU_EVAL_LENGTHS, eval_period=None,
+                validation_examples=None))
+    return runs
+
+
+# ----------------------------------------------------------------- the paper grid
+
+PAPER_SIZES = ("small", "base", "large", "3B")
+PAPER_EPOCHS = 30
+PAPER_BATCH_SIZE = 8
+PAPER_LEARNING_RATE = 3e-4
+PAPER_LENGTHS = {"inputs": 64, "targets": 512}      # domain vocabulary
+PAPER_LENGTHS_SP = {"inputs": 256, "targets": 512}  # T5 SentencePiece (the study: 512)
+PAPER_LONG_LENGTHS = {"inputs": 256, "targets": 1024}
+
+
+def paper_runs(styles: Sequence[str] = explain.STYLES, seeds: Sequence[int] = (0,),
+               sizes: Sequence[str] = PAPER_SIZES,
+               checkpoints: Mapping[str, str] | None = None,
+               conditions: Sequence[str] = ("main", "length_generalization",
+                                            "larger_numbers", "data_efficiency"),
+               task_name: Callable[..., str] | None = None) -> list[Run]:
+    """The study's grid. ``checkpoints`` maps a size (``small``) or preset name
+    (``t5_1_0_small``) to a pretrained checkpoint; those runs fine-tune it with
+    T5's SentencePiece vocabulary, the others train from scratch."""
+    task_name = task_name or _task_name
+    checkpoints = dict(checkpoints or {})
+    runs: list[Run] = []
+
+    def add(size: str, style: str, seed: int, dataset: str, condition: str,
+            eval_splits: tuple[str, ...], subset: int | None = None, suffix: str = "") -> None:
+        preset = f"t5_1_0_{size}"
+        ckpt = checkpoints.get(size) or checkpoints.get(preset)
+        sp = ckpt is not None
+        train_examples = subset or data.get_config(dataset).split("train").num_examples
+        lengths = PAPER_LENGTHS_SP if sp else PAPER_LENGTHS
+        runs.append(Run(
+            name=f"{preset}_{style}{suffix}_seed{seed}", model=preset, model_preset=preset,
+            model_overrides={}, style=style, seed=seed, dataset=dataset, condition=condition,
+            task=task_name(dataset, style, subset=subset, sentencepiece=sp),
+            train_examples=train_examples, epochs=PAPER_EPOCHS, batch_size=PAPER_BATCH_SIZE,
+            feature_lengths=lengths, optimizer="adamw", learning_rate=PAPER_LEARNING_RATE,
+            pack=False, eval_splits=eval_splits,
+            eval_feature_lengths=PAPER_LONG_LENGTHS if condition == "length_generalization"
+            else None, eval_period=5000, eval_max_examples=None,
+            initial_checkpoint=ckpt, dropout_rate=0.1))
+
+    for seed in seeds:
+        if "main" in conditions:
+            for size in sizes:
+                for style in styles:
+                    add(size, style, seed, "explistops30", "main", ("test",))
+        if "length_generalization" in conditions:
+            add("large", "medium", seed, "explistops30_len50_100", "length_generalization",
+                ("test", "len100_200"), suffix="_len50_100")
+        if "larger_numbers" in conditions:
+            add("large", "medium", seed, "explistops30_larger_numbers", "larger_numbers",
+                ("test",), suffix="_larger_numbers")
+        if "data_efficiency" in conditions:
+            for n in (2_000, 10_000):
+                add("large", "medium", seed, "explistops30", "data_efficiency", ("test",),
+                    subset=n, suffix=f"_n{n}")
+    return runs
+
+
+def t5x_commands(runs: Iterable[Run], out_dir: str | Path) -> list[str]:
+    """The equivalent ``python -m t5x.train`` command lines (gin_configs/t5x/),
+    for the runs T5X configs exist for."""
+    root = Path(__file__).resolve().parent.parent / "gin_configs" / "t5x"
+    lines = []
+    for run in runs:
+        size = run.model_preset.removeprefix("t5_1_0_")
+        name = {"main": f"t5_1_0_{size}_{run.style}",
+                "length_generalization": f"t5_1_0_{size}_len50_100_{run.style}",
+                "larger_numbers": f"t5_1_0_{size}_larger_numbers_{run.style}",
+                "data_efficiency": f"t5_1_0_{size}_{run.style}_n{run.train_examples}"
+                }[run.condition]
+        gin_file = root / f"{name}_finetune.gin"
+        if not gin_file.exists():
+            continue
+        model_dir = Path(out_dir) / "t5x" / run.name
+        args = [f"--gin_file=gin_configs/t5x/{gin_file.name}",
+                f'--gin.MODEL_DIR="{model_dir}"']
+        if run.initial_checkpoint:
+            args.append(f'--gin.INITIAL_CHECKPOINT_PATH="{run.initial_checkpoint}"')
+        lines.append("python -m t5x.train " + " ".join(shlex.quote(a) for a in args))
+    return lines
+
+
+PRESETS = ("cpu", "paper")
+
+
+def runs_for(preset: str, *, styles: Sequence[str] | None = None,
+             seeds: Sequence[int] = (0,), checkpoints: Mapping[str, str] | None = None,
+             sizes: Sequence[str] | None = None,
+             task_name: Callable[..., str] | None = None) -> list[Run]:
+    """The runs of a preset (``styles``: default none+medium for cpu, all for paper)."""
+    for style in styles or ():
+        if style not in explain.STYLES:
+            raise UserError(f"unknown explanation style {style!r}",
+                            expected="one of " + ", ".join(explain.STYLES))
+    if preset == "cpu":
+        return cpu_runs(styles or ("none", "medium"), seeds, task_name=task_name)
+    if preset == "paper":
+        return paper_runs(styles or explain.STYLES, seeds, sizes or PAPER_SIZES,
+                          checkpoints, task_name=task_name)
+    raise UserError(f"unknown preset {preset!r}", expected="one of " + ", ".join(PRESETS))
+
+
+def _task_name(dataset: str, style: str, *, subset: int | None = None,
+               sentencepiece: bool = False) -> str:
+    """SeqIO task names as seqio_tasks registers them (``{dataset}_{style}[_n{N}][_sp]``)."""
+    name = f"{dataset}_{style}"
+    if subset:
+        name += f"_n{subset}"
+    return name + ("_sp" if sentencepiece else "")
+
+
+# ----------------------------------------------------------------- running
+
+
+def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
+            progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+    """Trains and evaluates every run not yet done; returns the run directories."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = []
+    for i, run in enumerate(runs, 1):
+        run_dir = out / run.name
+        dirs.append(run_dir)
+        if (run_dir / DONE_FILE).exists():
+            log(f"[{i}/{len(runs)}] {run.name}: done (skipped)")
+            continue
+        log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
+            f"{run.train_examples} examples x {run.epochs} epochs")
+        started = time.time()
+        result = train_run(run, run_dir, preset=preset, progress=progress)
+        metrics = evaluate_run(run, run_dir, result.step, log=log)
+        _write_json(run_dir / DONE_FILE, {"step": result.step, "metrics": metrics,
+                                          "seconds": round(time.time() - started, 1)})
+    return dirs
+
+
+def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True):
+    """Trains one run (resuming its directory)."""
+    from explistops_jax import input_pipeline, optimizers, trainer
+    from explistops_jax.train_state import CheckpointConfig
+
+    model = trainer.ModelSpec(run.model_preset, overrides=dict(run.model_overrides),
+                              dropout_rate=run.dropout_rate)
+    data_config = input_pipeline.DataConfig(
+        run.task, dict(run.feature_lengths), batch_size=run.batch_size, seed=run.seed,
+        pack=run.pack, num_epochs=run.epochs)
+    evaluation = None
+    if run.eval_period:
+        evaluation = trainer.EvalConfig(period=run.eval_period, split="validation",
+                                        max_examples=run.validation_examples)
+    return trainer.train(
+        model, data_config, run_dir, optimizer=_optimizer(run),
+        initial_checkpoint_path=run.initial_checkpoint,
+        checkpoint=CheckpointConfig(period=500, keep=1, async_save=True),
+        evaluation=evaluation, seed=run.seed, progress=progress,
+        run_info=run.run_info(preset))
+
+
+def _optimizer(run: Run):
+    from explistops_jax import optimizers
+
+    if run.schedule == "constant":
+        schedule = optimizers.Schedule("constant", run.learning_rate)
+    else:
+        schedule = optimizers.Schedule(run.schedule, run.learning_rate,
+                                       warmup_steps=run.warmup_steps)
+    factory = optimizers.adamw if run.optimizer == "adamw" else optimizers.adafactor
+    return factory(schedule=schedule)
+
+
+def evaluate_run(run: Run, run_dir: Path, step: int, *,
+                 log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Decodes and scores each evaluation split (skipping those already scored)."""
+    from explistops_jax import evaluator
+
+    results = {}
+    for split in run.eval_splits:
+        path = evaluator.eval_dir(run_dir, run.task, split) / f"metrics_{step}.json"
+        if path.exists():
+            metrics = json.loads(path.read_text())
+        else:
+            out = evaluator.evaluate(run_dir, run.task, split, step=step,
+                                     task_feature_lengths=run.eval_feature_lengths,
+                                     batch_size=100, max_examples=run.eval_max_examples)
+            metrics = next(iter(out.values()))
+        accuracy = metrics.get("accuracy")
+        log(f"    {split}: accuracy {accuracy:.3f}" if isinstance(accuracy, float)
+            else f"    {split}: {metrics}")
+        results[split] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return results
+
+
+def _write_json(path: Path, value: Mapping) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
