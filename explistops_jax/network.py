@@ -431,7 +431,11 @@ def _attention_mask(key_valid: Array, q_segments: Array | None,
     """[b, q, k]: a key is visible if it is not padding and (when packed) in the
     query's segment. Padding queries are not masked: their outputs are ignored,
     and leaving them unmasked keeps them finite and equal to HF's."""
-    mask = jnp.broadcast_to(key_valid[:, None, :], key_valid.shape[:1] + (q_len,) + key_valid.shape[1:])
+    if (q_segments is None) != (k_segments is None):
+        raise ValueError("packed inputs need both encoder_segment_ids and "
+                         "decoder_segment_ids (or neither)")
+    batch, k_len = key_valid.shape
+    mask = jnp.broadcast_to(key_valid[:, None, :], (batch, q_len, k_len))
     if q_segments is not None:
         mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
     return mask

@@ -50,6 +50,7 @@ __all__ = [
     "margins",
     "render_markdown",
     "write_report",
+    "write_report_from_runs",
 ]
 
 RUN_FILE = "run.json"
@@ -690,8 +691,8 @@ def _measure_range(figure: Published, runs: Sequence[RunResult],
         labels = _row_labels(list(groups))
         text = "; ".join(f"{format_stat(m.stat, sign=True)} ({labels[m.group]}, {m.style})"
                          for m in found)
-        notes = sorted({n for m in found for n in _differences(
-            figure, m.group, [r for rs in groups[m.group].values() for r in rs])})
+        notes = list(dict.fromkeys(n for m in found for n in _differences(
+            figure, m.group, [r for rs in groups[m.group].values() for r in rs])))
         return text, f"{len(found)} model(s)", notes
     means = []
     for key, by_style in groups.items():
@@ -706,8 +707,9 @@ def _measure_range(figure: Published, runs: Sequence[RunResult],
     low, high = min(means), max(means)
     text = _pct(low[0]) if low[0] == high[0] else f"{_pct(low[0])}-{_pct(high[0])}"
     models = sorted({key[1] for _, key, _ in means}, key=lambda m: (model_rank(m), m))
-    notes = sorted({n for _, key, _ in means for n in _differences(
-        figure, key, [r for rs in groups[key].values() for r in rs])})
+    notes = list(dict.fromkeys(n for _, key, _ in sorted(means, key=lambda m: _group_order(m[1]))
+                               for n in _differences(
+                                   figure, key, [r for rs in groups[key].values() for r in rs])))
     return text, f"{', '.join(models)} ({len(means)} cell(s))", notes
 
 
@@ -1140,7 +1142,11 @@ def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathL
     Raises:
       UserError: no run found under the given paths.
     """
-    runs = collect(run_dirs_or_parent)
+    return write_report_from_runs(collect(run_dirs_or_parent), out_dir)
+
+
+def write_report_from_runs(runs: Sequence[RunResult], out_dir: str | os.PathLike) -> Path:
+    """:func:`write_report` for runs already read by :func:`collect`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out_dir)

@@ -133,27 +133,32 @@ class Run:
         return {"run_name": self.name, "preset": preset, "model": self.model,
                 "style": self.style, "seed": self.seed, "dataset": self.dataset,
                 "train_examples": self.train_examples, "condition": self.condition,
-                "epochs": self.epochs}
+                "epochs": self.epochs, "from_pretrained": self.initial_checkpoint is not None}
 
 
 def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = (0,),
-             *, epochs: int = CPU_EPOCHS, train_examples: int = CPU_TRAIN_EXAMPLES,
+             *, dataset: data.DatasetConfig = CPU_DATASET, epochs: int = CPU_EPOCHS,
+             batch_size: int = CPU_BATCH_SIZE,
+             model_overrides: Mapping[str, Any] = CPU_MODEL_OVERRIDES,
+             feature_lengths: Mapping[str, Mapping[str, int]] = CPU_FEATURE_LENGTHS,
+             eval_feature_lengths: Mapping[str, int] = CPU_EVAL_LENGTHS,
              task_name: Callable[..., str] | None = None) -> list[Run]:
-    """The CPU demo: one tiny model from scratch per style and seed."""
+    """The CPU demo: one tiny model from scratch per style and seed, each seeing
+    ``epochs`` passes over the same training split (equal examples per style)."""
     task_name = task_name or _task_name
+    train_examples = dataset.split("train").num_examples
     runs = []
     for seed in seeds:
         for style in styles:
             runs.append(Run(
                 name=f"cpu_{style}_seed{seed}", model="cpu_tiny", model_preset=CPU_MODEL,
-                model_overrides=CPU_MODEL_OVERRIDES, style=style, seed=seed,
-                dataset=CPU_DATASET.name, condition="main",
-                task=task_name(CPU_DATASET.name, style), train_examples=train_examples,
-                epochs=epochs, batch_size=CPU_BATCH_SIZE,
-                feature_lengths=CPU_FEATURE_LENGTHS[style], optimizer="adamw",
-                learning_rate=CPU_LEARNING_RATE, schedule="linear",
-                warmup_steps=200, pack=True, eval_splits=("test", "longer"),
-                eval_feature_lengths=CPU_EVAL_LENGTHS, eval_period=None,
+                model_overrides=dict(model_overrides), style=style, seed=seed,
+                dataset=dataset.name, condition="main", task=task_name(dataset.name, style),
+                train_examples=train_examples, epochs=epochs, batch_size=batch_size,
+                feature_lengths=dict(feature_lengths[style]), optimizer="adamw",
+                learning_rate=CPU_LEARNING_RATE, schedule="linear", warmup_steps=200,
+                pack=True, eval_splits=tuple(s for s in ("test", "longer") if s in dataset.splits),
+                eval_feature_lengths=dict(eval_feature_lengths), eval_period=None,
                 validation_examples=None))
     return runs
 
@@ -208,9 +213,10 @@ def paper_runs(styles: Sequence[str] = explain.STYLES, seeds: Sequence[int] = (0
         if "length_generalization" in conditions:
             add("large", "medium", seed, "explistops30_len50_100", "length_generalization",
                 ("test", "len100_200"), suffix="_len50_100")
-        if "larger_numbers" in conditions:
-            add("large", "medium", seed, "explistops30_larger_numbers", "larger_numbers",
-                ("test",), suffix="_larger_numbers")
+        if "larger_numbers" in conditions:  # both styles: do explanations help here?
+            for style in ("none", "medium"):
+                add("large", style, seed, "explistops30_larger_numbers", "larger_numbers",
+                    ("test",), suffix="_larger_numbers")
         if "data_efficiency" in conditions:
             for n in (2_000, 10_000):
                 add("large", "medium", seed, "explistops30", "data_efficiency", ("test",),
@@ -338,17 +344,16 @@ def evaluate_run(run: Run, run_dir: Path, step: int, *,
     results = {}
     for split in run.eval_splits:
         path = evaluator.eval_dir(run_dir, run.task, split) / f"metrics_{step}.json"
-        if path.exists():
-            metrics = json.loads(path.read_text())
-        else:
-            out = evaluator.evaluate(run_dir, run.task, split, step=step,
-                                     task_feature_lengths=run.eval_feature_lengths,
-                                     batch_size=100, max_examples=run.eval_max_examples)
-            metrics = next(iter(out.values()))
-        accuracy = metrics.get("accuracy")
-        log(f"    {split}: accuracy {accuracy:.3f}" if isinstance(accuracy, float)
-            else f"    {split}: {metrics}")
-        results[split] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if not path.exists():
+            evaluator.evaluate(run_dir, run.task, split, step=step,
+                               task_feature_lengths=run.eval_feature_lengths,
+                               batch_size=100, max_examples=run.eval_max_examples)
+        record = json.loads(path.read_text())
+        metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
+        metrics["num_examples"] = record["num_examples"]
+        log(f"    {split}: accuracy {metrics.get('accuracy', float('nan')):.3f} "
+            f"({record['num_examples']} examples)")
+        results[split] = metrics
     return results
 
 

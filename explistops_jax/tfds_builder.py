@@ -149,7 +149,8 @@ def tfds_name(dataset: str) -> str:
     return f"{ExplainedListops.name}/{dataset}:{ExplainedListops.VERSION}"
 
 
-def build(config: str, data_dir: str | None = None, max_examples_per_split: int | None = None) -> str:
+def build(config: str, data_dir: str | None = None,
+          max_examples_per_split: int | None = None) -> str:
     """Prepare one config's records (what ``tfds build`` does); returns their directory."""
     data.get_config(config)  # the project's error, listing the known names
     builder = ExplainedListops(config=config, data_dir=data_dir)

@@ -261,7 +261,8 @@ class DomainVocabulary(seqio.Vocabulary):
 
     def _decode(self, ids: Iterable[int]) -> str:
         n = len(self._displays)
-        text = " ".join(self._displays[i] if 0 <= i < n else SPECIAL_PIECES[UNK_ID] for i in map(int, ids))
+        unk = SPECIAL_PIECES[UNK_ID]
+        text = " ".join(self._displays[i] if 0 <= i < n else unk for i in map(int, ids))
         for pattern, repl in _POSTDECODE:
             text = re.sub(pattern, repl, text)
         return text

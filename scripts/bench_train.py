@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from explistops_jax import network, optimizers, partitioning, trainer
+from explistops_jax.train_state import CheckpointConfig
 from explistops_jax.model import EncoderDecoderModel
 
 
@@ -123,6 +124,30 @@ def bench(preset: str, args, peak: float) -> dict:
     }
 
 
+def bench_loop(preset: str, args) -> dict:
+    """The whole loop (trainer.train: input pipeline, step, logging) on a real
+    task: median step time and real (non-padding) target tokens/s after the
+    first two steps, from train_log.jsonl."""
+    import tempfile
+
+    import seqio_tasks  # noqa: F401
+    from explistops_jax import input_pipeline, summaries
+
+    data = input_pipeline.DataConfig(
+        args.task, {"inputs": args.inputs_length, "targets": args.targets_length},
+        batch_size=args.batch_size, pack=args.pack)
+    spec = trainer.ModelSpec(preset, overrides={"dtype": args.dtype}, dropout_rate=0.0)
+    with tempfile.TemporaryDirectory() as run:
+        trainer.train(spec, data, run, train_steps=args.steps + 2, progress=False,
+                      checkpoint=CheckpointConfig(period=0, keep=1))
+        log = summaries.read_log(os.path.join(run, summaries.TRAIN_LOG))[2:]
+    return {"loop_task": args.task, "loop_pack": args.pack,
+            "loop_step_s": float(np.median([r["step_time_s"] for r in log])),
+            "loop_target_tokens_per_s": float(np.median([r["tokens_per_s"] for r in log])),
+            "loop_padding_fraction": 1 - float(np.mean([r["num_tokens"] for r in log]))
+            / (args.batch_size * args.targets_length)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="t5_1_1_tiny,t5_1_0_small")
@@ -134,6 +159,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--task", help="also time the whole training loop (input "
+                        "pipeline included) on this SeqIO task, e.g. explistops30_medium")
+    parser.add_argument("--pack", action="store_true", help="pack examples (with --task)")
     parser.add_argument("--json", help="append the results as JSON lines to this file")
     args = parser.parse_args(argv)
 
@@ -153,6 +181,8 @@ def main(argv=None) -> int:
                 row[key] *= scale
             peak = after
         row["peak_gflops_per_s"] = peak / 1e9
+        if args.task:
+            row.update(bench_loop(preset, args))
         row["device"] = jax.devices()[0].device_kind
         row["load_average"] = os.getloadavg()[0]
         rows.append(row)
@@ -168,6 +198,11 @@ def main(argv=None) -> int:
               f"{r['step_s']:.3f} | {r['target_tokens_per_s']:,.0f} | "
               f"{r['model_gflops_per_s']:.1f} | {100 * r['mfu']:.1f}% | "
               f"{100 * r['xla_flops_utilisation']:.1f}% | {r['peak_rss_gib']:.2f} |")
+    for r in rows:
+        if "loop_step_s" in r:
+            print(f"loop on {r['loop_task']} (pack={r['loop_pack']}): step "
+                  f"{r['loop_step_s']:.3f} s, {r['loop_target_tokens_per_s']:,.0f} real target "
+                  f"tokens/s, {100 * r['loop_padding_fraction']:.0f}% of target slots padding")
     return 0
 
 

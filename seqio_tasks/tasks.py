@@ -8,8 +8,9 @@ Task names: ``{dataset}_{style}[_tagged][_n{N}][_tfds][_sp]``
   validation, test and generalization splits such as ``len100_200``). The compact
   :class:`~explistops_jax.vocab.DomainVocabulary` (one instance shared by every
   task, so a model trained on one config is evaluated on another with the same ids).
-* ``_sp``: the same with T5's SentencePiece vocabulary; registered only when a
-  model file is configured ($EXPLISTOPS_SPM_PATH or the gin parameter
+* ``_sp``: the same with T5's SentencePiece vocabulary (``extra_ids=100``, as the
+  public checkpoints, so it equals a T5X model gin's vocabulary for the same
+  file); registered only when a model file is configured ($EXPLISTOPS_SPM_PATH or the gin parameter
   ``explistops_jax.vocab.sentencepiece_model_path.path``, read when this module is
   imported), or later by :func:`register_sentencepiece_tasks`. (Registering them
   with the public ``gs://`` path by default would make them hang on offline
@@ -21,11 +22,13 @@ Task names: ``{dataset}_{style}[_tagged][_n{N}][_tfds][_sp]``
 * ``_tagged``: inputs start with the style (``"medium: [MAX 2 9 ]"``); the members
   of the all-styles mixture, where one input has four targets and the model must
   be told which one to write. The plain tasks keep the study's bare inputs.
-* ``_tfds``: read from the ``explained_listops`` TFDS dataset
-  (:mod:`explistops_jax.tfds_builder`, prepared beforehand with ``tfds build``)
-  instead of generating; registered when $EXPLISTOPS_TFDS_DATA_DIR or the gin
-  parameter ``tfds_data_dir.path`` is set at import, or by
-  ``register_dataset_tasks(name, source="tfds", data_dir=...)``.
+* ``_tfds``: read from the ``explained_listops`` TFDS records
+  (:mod:`explistops_jax.tfds_builder`, prepared beforehand with ``tfds build`` or
+  ``python -m explistops_jax.tfds_builder``) instead of generating, with the
+  stored explanations (no Python in the pipeline); registered when
+  $EXPLISTOPS_TFDS_DATA_DIR or the gin parameter ``tfds_data_dir.path`` is set at
+  import, or by ``register_dataset_tasks(name, source="tfds", data_dir=...)``.
+  The same examples in the same order as the generated tasks.
 
 Mixtures: ``{dataset}_all_styles[_tfds][_sp]``: the four ``_tagged`` tasks, equal
 rates. There is no mixture over the subset sizes: a mixture samples from all its
@@ -33,7 +36,8 @@ members at once, while the data-efficiency ablation is one run per size, so
 the subset tasks are used directly (``explistops30_medium_n2000``).
 
 Pipeline of every task: one raw source (a ``seqio.FunctionDataSource`` over
-``data.examples``, or the TFDS records) with the fields ``id``, ``index``,
+``data.examples``, one example per index of a ``tf.data`` range, or the TFDS
+records through :class:`TfdsRecords`) with the fields ``id``, ``index``,
 ``expression``, ``answer``, ``length``, ``depth``, ``modulus``; a preprocessor
 that renders (or, from TFDS, selects) the explanation of the task's style into
 ``targets`` and the expression into ``inputs``; ``seqio.preprocessors.tokenize``;
@@ -45,7 +49,8 @@ Shuffling: the generator source is one deterministic stream (the examples are
 fixed by the config's seeds), so ``shuffle_files`` and ``seed`` do not change it;
 SeqIO's example-level shuffle buffer (``get_dataset(shuffle=True)``) and the
 trainer's per-epoch shuffle do the shuffling. The TFDS source honours
-``shuffle_files`` (file order) and ``seed`` as TFDS does.
+``shuffle_files`` (the order of the record files; records within a file stay in
+index order) and ``seed`` as TFDS does, and shards by file for several hosts.
 
 Registration is idempotent: a name already registered is left alone (or
 replaced when ``replace=True``), so re-importing is safe and cheap.
@@ -105,7 +110,10 @@ _OPTIONS: dict[tuple[str, str], dict] = {}
 
 @gin.configurable
 def tfds_data_dir(path: str | None = None) -> str | None:
-    """Where the prepared ``explained_listops`` TFDS data lives (gin, else $EXPLISTOPS_TFDS_DATA_DIR)."""
+    """Where the prepared ``explained_listops`` TFDS data lives.
+
+    The gin parameter, else $EXPLISTOPS_TFDS_DATA_DIR; None when neither is set.
+    """
     return path or os.environ.get(TFDS_DATA_DIR_ENV) or None
 
 
@@ -199,7 +207,8 @@ def _split_sizes(config: data.DatasetConfig, subset: int | None) -> dict[str, in
     return sizes
 
 
-def _source(dataset: str, source: str, subset: int | None, data_dir: str | None) -> seqio.DataSource:
+def _source(dataset: str, source: str, subset: int | None,
+            data_dir: str | None) -> seqio.DataSource:
     """The raw source of a task: generated, or the prepared TFDS records."""
     config = data.get_config(dataset)
     sizes = _split_sizes(config, subset)
@@ -283,7 +292,8 @@ def _inputs(expression: tf.Tensor, style: str, tagged: bool) -> tf.Tensor:
     return tf.strings.join([f"{style}: ", expression]) if tagged else expression
 
 
-def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False) -> tf.data.Dataset:
+def render_explanations(dataset: tf.data.Dataset, *, style: str,
+                        tagged: bool = False) -> tf.data.Dataset:
     """inputs = the expression (with ``"style: "`` when tagged); targets = explain.explain(...)."""
 
     def render(expression: bytes, modulus) -> bytes:
@@ -301,7 +311,8 @@ def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def select_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False) -> tf.data.Dataset:
+def select_explanations(dataset: tf.data.Dataset, *, style: str,
+                        tagged: bool = False) -> tf.data.Dataset:
     """The TFDS records' counterpart of :func:`render_explanations`: no Python, stored text."""
 
     @tf.autograph.experimental.do_not_convert
@@ -415,7 +426,8 @@ def register_dataset_tasks(
             replace,
         )
         group.append(mixture)
-        known = _REGISTERED.setdefault((config.name, source, "sp" if sentencepiece else "domain"), [])
+        kind = "sp" if sentencepiece else "domain"
+        known = _REGISTERED.setdefault((config.name, source, kind), [])
         known.extend(n for n in group if n not in known)
         names.extend(group)
     if domain:
@@ -465,9 +477,11 @@ def register_all() -> list[str]:
 
 def task_names() -> list[str]:
     """Every task this module registered (all datasets, sources, vocabularies)."""
-    return [n for group in _REGISTERED.values() for n in group if n in seqio.TaskRegistry.names()]
+    tasks = set(seqio.TaskRegistry.names())
+    return [n for group in _REGISTERED.values() for n in group if n in tasks]
 
 
 def mixture_names() -> list[str]:
     """Every mixture this module registered."""
-    return [n for group in _REGISTERED.values() for n in group if n in seqio.MixtureRegistry.names()]
+    mixtures = set(seqio.MixtureRegistry.names())
+    return [n for group in _REGISTERED.values() for n in group if n in mixtures]

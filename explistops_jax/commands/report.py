@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else _default_out(args.run_dirs)
     runs = report.collect(args.run_dirs)
-    path = report.write_report([run.run_dir for run in runs], out)
+    path = report.write_report_from_runs(runs, out)
     print(f"{len(runs)} run(s); report: {path}")
     for m in report.margins(runs):
         if m.headline:
