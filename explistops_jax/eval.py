@@ -21,6 +21,16 @@ Writes ``<output>/eval/<task>/<split>/{predictions,metrics}_<step>.*``
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m explistops_jax.eval` runs this file as __main__; hand over to the
+    # module under its own name, which is what gin files `import` (otherwise its
+    # configurables would be registered twice).
+    import sys
+
+    from explistops_jax.eval import main
+
+    sys.exit(main())
+
 import argparse
 import json
 import sys
@@ -88,6 +98,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"explistops: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

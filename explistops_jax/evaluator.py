@@ -41,10 +41,11 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 
-from explistops_jax import input_pipeline, partitioning
+from explistops_jax import input_pipeline, partitioning  # first: keeps TF off the GPUs
 from explistops_jax.errors import UserError
+
+import seqio  # noqa: E402  (after input_pipeline)
 
 __all__ = ["Decoder", "Evaluator", "evaluate", "predict_expressions",
            "load_model_and_params", "eval_dir"]

@@ -37,8 +37,14 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-# TensorFlow only feeds data: keep it off the accelerators that JAX uses.
-tf.config.set_visible_devices([], "GPU")
+# TensorFlow only feeds data: keep it off the accelerators that JAX uses (this
+# must happen before TensorFlow first touches a device, hence before seqio and
+# the task modules are imported; entry points import this module first).
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow was initialised already
+    logging.warning("TensorFlow initialised its devices before explistops_jax."
+                    "input_pipeline was imported; it may hold GPU memory")
 
 import seqio  # noqa: E402  (after TF is confined to the CPU)
 

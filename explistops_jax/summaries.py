@@ -13,6 +13,7 @@ log always describes one uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -143,10 +144,11 @@ class Progress:
             self._bar.update(steps)
 
     def write(self, message: str) -> None:
+        """A message above the bar (to the log when there is no bar)."""
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:
-            print(message, file=sys.stderr)
+            logging.info(message)
 
     def close(self) -> None:
         if self._bar is not None:

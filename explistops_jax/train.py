@@ -19,6 +19,7 @@ run macros, which have T5X's names and meanings:
     MODEL_DIR              the run directory (resumes if it has a checkpoint)
     INITIAL_CHECKPOINT_PATH  Hugging Face / T5X / explistops checkpoint, or None
     EVAL_PERIOD            decode + score the validation split every N steps
+                           (and at the end; None: only at the end)
     USE_CACHED_TASKS       must be False for the (uncached) explistops tasks
 
 Unlike T5X, TRAIN_STEPS counts the steps of this run, not including the 1,000,000
@@ -31,10 +32,20 @@ arguments of :func:`explistops_jax.trainer.train`.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m explistops_jax.train` runs this file as __main__; hand over to the
+    # module under its own name, which is what gin files `import` (otherwise its
+    # configurables would be registered twice).
+    import sys
+
+    from explistops_jax.train import main
+
+    sys.exit(main())
+
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import gin
 
@@ -81,16 +92,16 @@ def train_from_gin(
 ) -> trainer.TrainResult:
     """The gin face of :func:`trainer.train` (``train.*`` bindings).
 
-    ``evaluation`` is an ``EvalConfig`` whose ``period`` is replaced by
-    ``eval_period`` when that is given; with neither there is no evaluation
-    during training.
+    ``eval_period`` (``EVAL_PERIOD``) is the period of ``evaluation`` (an
+    ``EvalConfig``, default one if None); ``eval_period=None`` evaluates only at
+    the end; ``evaluation=None`` and ``eval_period=None`` not at all.
     """
     data = input_pipeline.DataConfig(
         mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=dict(task_feature_lengths), batch_size=batch_size,
         shuffle=shuffle, seed=data_seed, pack=pack, use_cached=use_cached_tasks,
         shuffle_buffer_size=shuffle_buffer_size, num_epochs=epochs)
-    if eval_period is not None:
+    if evaluation is not None or eval_period is not None:
         evaluation = _with_period(evaluation or trainer.EvalConfig(), eval_period)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     (Path(model_dir) / "config.gin").write_text(gin.config_str())
@@ -101,7 +112,7 @@ def train_from_gin(
         seed=seed, progress=progress)
 
 
-def _with_period(config: trainer.EvalConfig, period: int) -> trainer.EvalConfig:
+def _with_period(config: trainer.EvalConfig, period: int | None) -> trainer.EvalConfig:
     import dataclasses
 
     return dataclasses.replace(config, period=period)
@@ -116,7 +127,8 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gin file (repeatable; later files override earlier)")
     parser.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
                         help="gin binding, e.g. 'TRAIN_STEPS = 100' (repeatable); "
-                             "--gin.NAME=VALUE is the same as --gin_bindings='NAME = VALUE'")
+                             "python -m explistops_jax.train/.eval also take "
+                             "--gin.NAME=VALUE for --gin_bindings='NAME = VALUE'")
     parser.add_argument("--gin_search_paths", action="append", default=[], metavar="DIRS",
                         help="comma-separated directories where gin files and their "
                              "includes are looked up (besides . and the installed "
@@ -210,6 +222,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"explistops: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

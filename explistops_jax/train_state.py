@@ -94,17 +94,24 @@ class RunCheckpoints:
         self.config = config
         self.directory = Path(model_dir).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep, step_prefix=STEP_PREFIX, create=not read_only,
+            max_to_keep=None if read_only else config.keep, step_prefix=STEP_PREFIX,
+            save_interval_steps=0 if read_only else 1, create=not read_only,
             cleanup_tmp_directories=not read_only, read_only=read_only,
             enable_async_checkpointing=config.async_save)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "run"))
+        self._started: set[int] = set()  # saves begun by this process
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        """Steps of the checkpoints in the directory."""
         return list(self._manager.all_steps())
+
+    def has(self, step: int) -> bool:
+        """Whether checkpoint ``step`` exists or is being written."""
+        return step in self._started or step in self._manager.all_steps()
 
     def is_due(self, step: int) -> bool:
         """Whether ``step`` is a periodic save step."""
@@ -116,8 +123,9 @@ class RunCheckpoints:
         """Starts saving ``state`` as checkpoint ``state.step`` (returns before
         the files are written when async; call :meth:`wait` to be sure)."""
         step = int(jax.device_get(state.step))
-        if step in self._manager.all_steps():
+        if self.has(step):
             return
+        self._started.add(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state.to_tree()),
             data=ocp.args.JsonSave(dict(position or {})),

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -327,8 +327,10 @@ class _Loop:
                 self._flush()
                 self._evaluate(state, step)
         self._flush()
-        if int(jax.device_get(state.step)) not in self.checkpoints.all_steps():
+        if not self.checkpoints.has(step):  # the data ended early
             self.checkpoints.save(state, position.to_json(), self.run_info)
+            if self.evaluator is not None:
+                self._evaluate(state, step)
         return state
 
     def _compile(self, state: TrainState, batch: Mapping[str, jax.Array]) -> None:
@@ -444,9 +446,12 @@ def train(
     total_steps = _total_steps(train_steps, stream)
     tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
 
+    checkpoints = RunCheckpoints(model_dir, checkpoint)
+    if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
+        checkpoints.close()
+        return _finished(model_dir, checkpoints.latest_step())
     input_shapes = _input_shapes(data)
     layout = state_layout(model, tx, partitioner, input_shapes)
-    checkpoints = RunCheckpoints(model_dir, checkpoint)
     info = _run_info(model, data, total_steps, run_info)
     state, position = _start(checkpoints, layout, model, tx, partitioner, input_shapes,
                              seed, initial_checkpoint_path)
@@ -476,6 +481,22 @@ def train(
         checkpoints.close()
     return TrainResult(str(model_dir), int(jax.device_get(state.step)),
                        loop.last_metrics, loop.eval_metrics)
+
+
+def _finished(model_dir: Path, step: int) -> TrainResult:
+    """The result of a run that already reached its last step, from its logs."""
+    def records(name):
+        path = model_dir / name
+        return [r for r in summaries.read_log(path) if r.get("step") == step] if path.exists() else []
+
+    train_records = records(summaries.TRAIN_LOG)
+    metrics = {k: v for k, v in (train_records[-1] if train_records else {}).items()
+               if k != "step"}
+    evals = {f"{r['task']}/{r['split']}": {k: v for k, v in r.items()
+                                           if k not in ("step", "task", "split")}
+             for r in records(summaries.EVAL_LOG)}
+    logging.info("%s is already trained to step %d", model_dir, step)
+    return TrainResult(str(model_dir), step, metrics, evals)
 
 
 def _build_model(model, provider):
@@ -546,13 +567,18 @@ def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,
 
 
 def _config_dict(config) -> dict | None:
-    if config is None:
+    """A (T5Config-like) dataclass as JSON values; dtypes by name."""
+    if config is None or not dataclasses.is_dataclass(config):
         return None
-    if dataclasses.is_dataclass(config):
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(config).items()
-                if isinstance(v, (int, float, str, bool, tuple, list, type(None)))}
-    return None
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = jnp.dtype(value).name if "dtype" in field.name else str(value)
+        out[field.name] = value
+    return out
 
 
 def _write_json(path: Path, data: Mapping) -> None:

@@ -72,7 +72,7 @@ def synthetic_batch(rng: np.random.Generator, batch: int, enc_len: int, dec_len:
 
 def bench(preset: str, args, peak: float) -> dict:
     config = network.get_config(preset, vocab_size=args.vocab_size, dtype=args.dtype,
-                                dropout_rate=0.0)
+                                dropout_rate=args.dropout_rate)
     model = EncoderDecoderModel(config)
     p = partitioning.Partitioner()
     tx, schedule = optimizers.adafactor().build()
@@ -136,7 +136,8 @@ def bench_loop(preset: str, args) -> dict:
     data = input_pipeline.DataConfig(
         args.task, {"inputs": args.inputs_length, "targets": args.targets_length},
         batch_size=args.batch_size, pack=args.pack)
-    spec = trainer.ModelSpec(preset, overrides={"dtype": args.dtype}, dropout_rate=0.0)
+    spec = trainer.ModelSpec(preset, overrides={"dtype": args.dtype},
+                             dropout_rate=args.dropout_rate)
     with tempfile.TemporaryDirectory() as run:
         trainer.train(spec, data, run, train_steps=args.steps + 2, progress=False,
                       checkpoint=CheckpointConfig(period=0, keep=1))
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab_size", type=int, default=128,
                         help="128: the domain vocabulary; 32128: T5's SentencePiece")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dropout_rate", type=float, default=0.0,
+                        help="dropout on (the train step then draws its masks)")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--task", help="also time the whole training loop (input "

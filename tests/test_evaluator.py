@@ -118,3 +118,33 @@ def test_standalone_evaluate_and_predict_on_a_t5_run(tmp_path, capsys):
                      str(run / "checkpoint_2")]) == 0
     printed = capsys.readouterr().out
     assert "answer:" in printed and "true answer 9" in printed
+
+
+def test_initial_checkpoint_path_reads_our_checkpoints_in_t5x_layout(tmp_path):
+    """INITIAL_CHECKPOINT_PATH: checkpoints.load_any reads a checkpoint of this
+    trainer (T5X's state/target layout) and training starts from its params."""
+    import numpy as np
+
+    import seqio_tasks  # noqa: F401
+    from explistops_jax import optimizers, partitioning
+    from explistops_jax.train_state import RunCheckpoints
+
+    run = _untrained_t5_run(tmp_path / "pretrained", step=2)
+    _, saved, _, _ = evaluator.load_model_and_params(run)
+    data = input_pipeline.DataConfig("explistops30_short", {"inputs": 64, "targets": 32})
+    model = trainer._build_model(trainer.ModelSpec("t5_1_1_tiny"),
+                                 input_pipeline.get_provider("explistops30_short"))
+    p = partitioning.Partitioner()
+    tx, _ = optimizers.adafactor().build()
+    shapes = trainer._input_shapes(data)
+    layout = trainer.state_layout(model, tx, p, shapes)
+    state, position = trainer._start(RunCheckpoints(tmp_path / "new"), layout, model, tx, p,
+                                     shapes, seed=1, initial_checkpoint_path=str(run))
+    assert int(state.step) == 0 and position == input_pipeline.Position()
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = trainer.ModelSpec("t5_1_1_tiny", vocab_size=256).build()
+    with pytest.raises(UserError, match="wrong shape"):
+        trainer._start(RunCheckpoints(tmp_path / "other"), trainer.state_layout(
+            other, tx, p, shapes), other, tx, p, shapes, seed=1,
+            initial_checkpoint_path=str(run))

@@ -124,6 +124,9 @@ def test_run_directory_logs_checkpoints_and_resume(tmp_path):
     tiny.train_tiny(run, 12, period=4, keep=1)
     assert [r["step"] for r in _log(run)] == list(range(1, 13))
     assert checkpoint_steps(run) == [12]
+    # a finished run returns at once, with its last logged metrics
+    again = tiny.train_tiny(run, 12, period=4, keep=1)
+    assert again.step == 12 and again.metrics["loss"] == _log(run)[-1]["loss"]
 
 
 def test_epochs_set_the_length(tmp_path):
@@ -184,8 +187,31 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys):
     assert steps and max(steps) < 20
     assert all(math.isfinite(r["loss"]) for r in _log(run))
     assert _log(run)[-1]["step"] == max(steps)  # nothing logged past the last good one
+    from explistops_jax.checkpoints import t5x  # the checkpoint reads back, finite
+
+    params = t5x.read_orbax_tree(run / f"checkpoint_{max(steps)}" / "state", "target")
+    assert params and all(np.isfinite(v).all() for v in params.values())
 
 
 def test_run_needs_a_length(tmp_path):
     with pytest.raises(UserError, match="TRAIN_STEPS or EPOCHS"):
         tiny.train_tiny(tmp_path / "run", None)
+
+
+def test_command_line_flags_become_gin_bindings():
+    import argparse
+
+    from explistops_jax import train
+    from explistops_jax.commands import train as train_command
+
+    rest, bindings = train.split_gin_dot_flags(
+        ["--gin_file=x.gin", '--gin.MODEL_DIR="/tmp/run"', "--gin.TRAIN_STEPS=5"])
+    assert rest == ["--gin_file=x.gin"]
+    assert bindings == ['MODEL_DIR = "/tmp/run"', "TRAIN_STEPS = 5"]
+    args = argparse.Namespace(model_dir="runs/a", train_steps=10, epochs=None,
+                              batch_size=None, task="explistops30_medium")
+    assert train_command.shortcut_bindings(args) == [
+        "MODEL_DIR = 'runs/a'", "TRAIN_STEPS = 10",
+        "MIXTURE_OR_TASK_NAME = 'explistops30_medium'"]
+    with pytest.raises(UserError, match="gin file not found"):
+        train.parse_gin(["no/such/file.gin"], [])

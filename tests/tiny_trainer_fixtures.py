@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -51,6 +51,7 @@ def lengths(args: argparse.Namespace) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import eval as eval_cli
     from explistops_jax import evaluator, partitioning

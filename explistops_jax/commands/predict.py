@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import evaluator
 

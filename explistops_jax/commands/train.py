@@ -43,6 +43,7 @@ def shortcut_bindings(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import train
 
