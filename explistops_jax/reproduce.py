@@ -91,6 +91,8 @@ CPU_FEATURE_LENGTHS = {
     "long": {"inputs": 32, "targets": 192},
 }
 CPU_EVAL_LENGTHS = {"inputs": 64, "targets": 256}
+CPU_EVAL_PERIOD = 313        # about one epoch: validation accuracy over training
+CPU_VALIDATION_EXAMPLES = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +144,7 @@ def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = 
              model_overrides: Mapping[str, Any] = CPU_MODEL_OVERRIDES,
              feature_lengths: Mapping[str, Mapping[str, int]] = CPU_FEATURE_LENGTHS,
              eval_feature_lengths: Mapping[str, int] = CPU_EVAL_LENGTHS,
+             eval_period: int | None = CPU_EVAL_PERIOD,
              task_name: Callable[..., str] | None = None) -> list[Run]:
     """The CPU demo: one tiny model from scratch per style and seed, each seeing
     ``epochs`` passes over the same training split (equal examples per style)."""
@@ -158,8 +161,8 @@ def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = 
                 feature_lengths=dict(feature_lengths[style]), optimizer="adamw",
                 learning_rate=CPU_LEARNING_RATE, schedule="linear", warmup_steps=200,
                 pack=False, eval_splits=tuple(s for s in ("test", "longer") if s in dataset.splits),
-                eval_feature_lengths=dict(eval_feature_lengths), eval_period=None,
-                validation_examples=None))
+                eval_feature_lengths=dict(eval_feature_lengths), eval_period=eval_period,
+                validation_examples=CPU_VALIDATION_EXAMPLES))
     return runs
 
 

@@ -81,6 +81,8 @@ TINY = data.DatasetConfig(
                                                 max_args=3, max_value=9), 48, 901),
         "test": data.SplitConfig(SamplerConfig(min_length=4, max_length=8, max_depth=3,
                                                max_args=3, max_value=9), 8, 902),
+        "validation": data.SplitConfig(SamplerConfig(min_length=4, max_length=8, max_depth=3,
+                                                     max_args=3, max_value=9), 4, 904),
         "longer": data.SplitConfig(SamplerConfig(min_length=8, max_length=12, max_depth=3,
                                                  max_args=3, max_value=9), 4, 903),
     })
@@ -102,7 +104,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
         model_overrides=dict(num_encoder_layers=1, num_decoder_layers=1),
         feature_lengths={"none": {"inputs": 16, "targets": 4},
                          "medium": {"inputs": 16, "targets": 48}},
-        eval_feature_lengths={"inputs": 24, "targets": 64},
+        eval_feature_lengths={"inputs": 24, "targets": 64}, eval_period=2,
         task_name=tiny_tasks.task_name)
     lines: list[str] = []
     dirs = reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=lines.append)
@@ -111,6 +113,8 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
         assert set(done["metrics"]) == {"test", "longer"}
         assert done["metrics"]["test"]["num_examples"] == 8
         assert 0.0 <= done["metrics"]["test"]["accuracy"] <= 1.0
+        evals = [json.loads(line) for line in (run_dir / "eval_log.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in evals] == [2, 3]  # every EVAL_PERIOD steps and at the end
         info = json.loads((run_dir / "run.json").read_text())
         assert info["style"] == run.style and info["preset"] == "cpu"
     # A second invocation skips both runs and trains nothing.
