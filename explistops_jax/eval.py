@@ -33,7 +33,6 @@ if __name__ == "__main__":
 
 import argparse
 import json
-import sys
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -86,15 +85,5 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv, dot_bindings = train_cli.split_gin_dot_flags(argv)
-    parser = argparse.ArgumentParser(prog="python -m explistops_jax.eval",
-                                     description=__doc__.split("\n\n")[0])
-    train_cli.add_gin_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args, dot_bindings)
-    except UserError as e:
-        print(f"explistops: error: {e}", file=sys.stderr)
-        return 2
-
+    return train_cli.gin_main(argv, "python -m explistops_jax.eval",
+                              __doc__.split("\n\n")[0], run)

@@ -45,7 +45,7 @@ if __name__ == "__main__":
 import argparse
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gin
 
@@ -209,16 +209,21 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def gin_main(argv: Sequence[str] | None, prog: str, description: str,
+             run_fn: Callable[[argparse.Namespace, Sequence[str]], int]) -> int:
+    """A T5X-style entry point: ``--gin_file``, ``--gin.X=...`` and friends, then
+    ``run_fn(args, dot_bindings)``; a UserError prints one line and exits 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, dot_bindings = split_gin_dot_flags(argv)
-    parser = argparse.ArgumentParser(prog="python -m explistops_jax.train",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     add_gin_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args, dot_bindings)
+        return run_fn(args, dot_bindings)
     except UserError as e:
         print(f"explistops: error: {e}", file=sys.stderr)
         return 2
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return gin_main(argv, "python -m explistops_jax.train", __doc__.split("\n\n")[0], run)
