@@ -59,6 +59,10 @@ class T5Config:
     # ("relu",) = T5 1.0 MLP `wi`; ("gelu", "linear") = T5 1.1 gated GELU `wi_0 * wi_1`.
     mlp_activations: tuple[str, ...] = ("relu",)
     dropout_rate: float = 0.0
+    # True: dropout masks shared along the length axis of hidden states and the
+    # query axis of attention weights, as T5X does (cheaper: one draw per row);
+    # False: one draw per element, as Hugging Face's T5 does.
+    broadcast_dropout: bool = False
     # True (T5 1.0): output head = token embedding, logits scaled by emb_dim**-0.5.
     logits_via_embedding: bool = True
     # Activation/computation dtype (name or jnp dtype); parameters stay float32.
@@ -192,6 +196,12 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool,
 
 
 # ----------------------------------------------------------------- layers
+
+
+def _dropout(cfg: T5Config) -> nn.Dropout:
+    """Dropout at the config's rate; axis -2 (length, or the query axis of
+    [b, h, q, k] attention weights) shares its mask when ``broadcast_dropout``."""
+    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,) if cfg.broadcast_dropout else ())
 
 
 def _kernel_init(scale: float = 1.0):
@@ -337,7 +347,7 @@ class Attention(nn.Module):
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(cfg.activation_dtype)
-        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+        weights = _dropout(cfg)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(cfg.activation_dtype))
         out = out.reshape(out.shape[:2] + (-1,))  # [b, q, h*kv]
         out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
@@ -360,7 +370,7 @@ class Mlp(nn.Module):
             y = _ACTIVATIONS[act](Dense(cfg.mlp_dim, ("embed", "mlp"), dtype, name=name)(x))
             h = y if h is None else h * y
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        h = _dropout(cfg)(h, deterministic=deterministic)
         return Dense(cfg.emb_dim, ("mlp", "embed"), dtype, name="wo")(h)
 
 
@@ -377,7 +387,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, bias: Array, deterministic: bool = True) -> Array:
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        drop = lambda y: _dropout(cfg)(y, deterministic=deterministic)
         y = norm("pre_attention_layer_norm")(x)
         y = Attention(cfg, name="attention")(y, y, bias, deterministic=deterministic)
         x = _constrain(x + drop(y))
@@ -396,7 +406,7 @@ class DecoderLayer(nn.Module):
                  decode_index: Array | None = None) -> Array:
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        drop = lambda y: _dropout(cfg)(y, deterministic=deterministic)
         y = norm("pre_self_attention_layer_norm")(x)
         y = Attention(cfg, True, name="self_attention")(
             y, y, self_bias, deterministic=deterministic, decode=decode,
@@ -459,7 +469,7 @@ class Encoder(nn.Module):
                  positions: Array | None = None, deterministic: bool = True) -> Array:
         # tokens: [b, l] -> [b, l, embed]
         cfg = self.config
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        drop = lambda y: _dropout(cfg)(y, deterministic=deterministic)
         pos = _default_positions(tokens) if positions is None else positions
         bias = RelativePositionBias(cfg, True, name="relpos_bias")(pos, pos)
         mask = _attention_mask(tokens > 0, segment_ids, segment_ids, tokens.shape[1])
@@ -519,7 +529,7 @@ class Decoder(nn.Module):
                  max_decode_length: int | None = None) -> Array:
         # encoded: [b, le, embed], tokens: [b, ld] -> logits [b, ld, vocab] float32
         cfg = self.config
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        drop = lambda y: _dropout(cfg)(y, deterministic=deterministic)
         self_bias, step = self._self_bias(tokens, segment_ids, positions, decode,
                                           max_decode_length)
         cross_mask = _attention_mask(encoder_tokens > 0, segment_ids,

@@ -339,6 +339,27 @@ def test_dropout_only_when_enabled():
     assert float(jnp.abs(drop(1) - drop(2)).max()) > 1e-3
 
 
+def test_broadcast_dropout_shares_masks_along_length_and_query_axes():
+    keep_pattern = lambda cfg, shape: np.asarray(network._dropout(cfg).apply(
+        {}, jnp.ones(shape), deterministic=False,
+        rngs={"dropout": jax.random.key(0)})) != 0
+    per_element = keep_pattern(_tiny(dropout_rate=0.5), (2, 16, 8))
+    assert not (per_element == per_element[:, :1]).all()  # masks differ along length
+    hidden = keep_pattern(_tiny(dropout_rate=0.5, broadcast_dropout=True), (2, 16, 8))
+    assert (hidden == hidden[:, :1]).all() and 0 < hidden.mean() < 1
+    weights = keep_pattern(_tiny(dropout_rate=0.5, broadcast_dropout=True), (2, 3, 16, 16))
+    assert (weights == weights[:, :, :1]).all()  # [b, h, q, k]: shared across queries
+    # And the network trains with it: dropout changes the output, deterministically.
+    cfg = _tiny(dropout_rate=0.3, broadcast_dropout=True, num_encoder_layers=1,
+                num_decoder_layers=1)
+    model, params = _init(cfg)
+    enc, dec = _batch(7)
+    drop = lambda seed: model.apply({"params": params}, enc, dec, enable_dropout=True,
+                                    rngs={"dropout": jax.random.key(seed)})
+    np.testing.assert_array_equal(drop(1), drop(1))
+    assert float(jnp.abs(drop(1) - model.apply({"params": params}, enc, dec)).max()) > 1e-3
+
+
 def test_remat_gives_same_loss_and_gradients():
     cfg = _tiny(num_encoder_layers=1, num_decoder_layers=1)
     model, params = _init(cfg)
