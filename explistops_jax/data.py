@@ -90,6 +90,12 @@ _LARGER_NUMBERS = SamplerConfig(min_length=20, max_length=50, max_depth=10, max_
                                 min_value=30, max_value=99)
 _LISTOPS10 = SamplerConfig(min_length=20, max_length=50, max_depth=10, max_args=10,
                            min_value=0, max_value=9)
+# The CPU demo's smaller problems (explistops_jax.reproduce): values 0-9, SM mod 10,
+# 2-4 arguments, depth at most 3, lengths 10-20; "longer": lengths 20-40, depth <= 4.
+_CPU = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
+                     min_value=0, max_value=9)
+_CPU_LONGER = SamplerConfig(min_length=20, max_length=40, max_depth=5, max_args=4,
+                            min_value=0, max_value=9)
 
 
 def _builtin() -> dict[str, DatasetConfig]:
@@ -107,6 +113,13 @@ def _builtin() -> dict[str, DatasetConfig]:
                       "train as explistops30 (values 0-29); test values 30-99"),
         DatasetConfig("listops10", 10, _standard_splits(_LISTOPS10, 10_000),
                       "original ListOps numbers: values 0-9, SM mod 10, lengths 20-50"),
+        DatasetConfig("explistops10_cpu", 10,
+                      {"train": SplitConfig(_CPU, 20_000, 70_001),
+                       "validation": SplitConfig(_CPU, 500, 70_002),
+                       "test": SplitConfig(_CPU, 1_000, 70_003),
+                       "longer": SplitConfig(_CPU_LONGER, 500, 70_004)},
+                      "CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
+                      "lengths 10-20; 'longer' split: lengths 20-40, depth <= 4"),
     ]
     return {config.name: config for config in configs}
 

@@ -441,7 +441,7 @@ def predict_expressions(
     *,
     mixture_or_task_name: str | None = None,
     style: str | None = None,
-    modulus: int = 30,
+    modulus: int | None = None,
     task_feature_lengths: Mapping[str, int] | None = None,
     decode: Mapping[str, Any] | None = None,
     step: int | None = None,
@@ -460,7 +460,8 @@ def predict_expressions(
         (``explistops30_<style>``).
       style: the explanation style to ask for, for runs on several styles
         (``_all_styles`` mixtures) or to pick the task of a foreign checkpoint.
-      modulus: of SM, for the true answer and the scoring.
+      modulus: of SM, for the true answer and the scoring; default: the
+        modulus of the task's dataset config (30 when the task names none).
 
     Returns:
       one dict per expression: ``expression``, ``input``, ``prediction`` (text),
@@ -473,6 +474,8 @@ def predict_expressions(
 
     model, params, _, info = load_model_and_params(checkpoint, step=step)
     task = _task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style)
+    if modulus is None:
+        modulus = _dataset_modulus(task.name)
     lengths = dict(task_feature_lengths or info.get("task_feature_lengths")
                    or {"inputs": 512, "targets": 512})
     trees = [listops.parse(e) for e in expressions]
@@ -498,6 +501,14 @@ def predict_expressions(
         row.update(_scoring_fields(text, target))
         results.append(_plain(row))
     return results
+
+
+def _dataset_modulus(task_name: str) -> int:
+    """The SM modulus of the dataset a task is named after (``{dataset}_{style}...``)."""
+    from explistops_jax import data, scoring
+
+    names = [n for n in data.DATASETS if task_name.startswith(n + "_")]
+    return data.get_config(max(names, key=len)).modulus if names else scoring.DEFAULT_MODULUS
 
 
 def _task_for(name: str | None, style: str | None) -> seqio.Task:

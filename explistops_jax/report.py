@@ -822,20 +822,11 @@ def _published_table(runs: Sequence[RunResult]) -> list[str]:
 
 
 def _dataset_configs() -> dict[str, Any]:
-    """Known dataset configs: data.DATASETS plus those defined by the presets of
-    :mod:`explistops_jax.reproduce` (registered only when reproduce runs), read
-    without registering them."""
+    """Known dataset configs (the built-ins, the CPU demo's included, and any
+    registered in this process)."""
     from explistops_jax import data
 
-    configs = dict(data.DATASETS)
-    try:
-        from explistops_jax import reproduce
-    except ImportError:
-        return configs
-    for value in vars(reproduce).values():
-        if isinstance(value, data.DatasetConfig):
-            configs.setdefault(value.name, value)
-    return configs
+    return dict(data.DATASETS)
 
 
 def _dataset_lines(runs: Sequence[RunResult]) -> list[str]:

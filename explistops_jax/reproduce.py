@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from explistops_jax import data, explain
 from explistops_jax.errors import UserError
-from explistops_jax.listops import SamplerConfig
 
 __all__ = [
     "CPU_DATASET",
@@ -51,29 +50,12 @@ DONE_FILE = "done.json"
 
 # ----------------------------------------------------------------- the CPU preset
 
-# Smaller problems than explistops30, so that a tiny model learns the steps in
-# minutes on a CPU: values 0-9 with SM modulo 10 (listops10's numbers), at most 4
-# arguments, nesting depth at most 3 (max_depth 4 counts the root as depth 1),
-# lengths 10-20 (strict, LRA's count). The generalization split is longer and
-# deeper: lengths 20-40, depth up to 4.
-_CPU_SAMPLER = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
-                             min_value=0, max_value=9)
-_CPU_LONG_SAMPLER = SamplerConfig(min_length=20, max_length=40, max_depth=5, max_args=4,
-                                  min_value=0, max_value=9)
-CPU_TRAIN_EXAMPLES = 20_000
-
-CPU_DATASET = data.DatasetConfig(
-    name="explistops10_cpu",
-    modulus=10,
-    splits={
-        "train": data.SplitConfig(_CPU_SAMPLER, CPU_TRAIN_EXAMPLES, 70_001),
-        "validation": data.SplitConfig(_CPU_SAMPLER, 500, 70_002),
-        "test": data.SplitConfig(_CPU_SAMPLER, 1_000, 70_003),
-        "longer": data.SplitConfig(_CPU_LONG_SAMPLER, 500, 70_004),
-    },
-    description="CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
-                "lengths 10-20; 'longer' split: lengths 20-40, depth <= 4",
-)
+# Smaller problems than explistops30 (defined with the other dataset configs in
+# data.py, so every tool knows it), so that a tiny model learns the steps in minutes
+# on a CPU: values 0-9 with SM modulo 10, at most 4 arguments, nesting depth at most
+# 3, lengths 10-20; the "longer" generalization split has lengths 20-40, depth <= 4.
+CPU_DATASET = data.get_config("explistops10_cpu")
+CPU_TRAIN_EXAMPLES = CPU_DATASET.split("train").num_examples
 
 # A tiny T5 1.1 (gated GELU, untied head), sized for 2 CPU cores.
 CPU_MODEL = "t5_1_1_tiny"

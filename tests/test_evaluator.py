@@ -148,3 +148,12 @@ def test_initial_checkpoint_path_reads_our_checkpoints_in_t5x_layout(tmp_path):
         trainer._start(RunCheckpoints(tmp_path / "other"), trainer.state_layout(
             other, tx, p, shapes), other, tx, p, shapes, seed=1,
             initial_checkpoint_path=str(run))
+
+
+def test_predict_takes_the_modulus_of_the_tasks_dataset():
+    from explistops_jax.evaluator import _dataset_modulus
+
+    assert _dataset_modulus("explistops10_cpu_medium") == 10
+    assert _dataset_modulus("listops10_none_tagged") == 10
+    assert _dataset_modulus("explistops30_len50_100_long_sp") == 30
+    assert _dataset_modulus("some_other_task") == 30

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", choices=explain.STYLES,
                         help="explanation style (runs on several styles; foreign checkpoints)")
     parser.add_argument("--task", metavar="NAME", help="task (default: the run's)")
-    parser.add_argument("--modulus", type=int, default=30, help="SM modulus (default 30)")
+    parser.add_argument("--modulus", type=int, default=None,
+                        help="SM modulus (default: the task's dataset's, e.g. 10 for "
+                             "explistops10_cpu, 30 for explistops30)")
     parser.add_argument("--step", type=int, help="checkpoint step (default latest)")
     parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
 

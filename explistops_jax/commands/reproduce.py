@@ -56,7 +56,7 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import data, explain, reproduce
+    from explistops_jax import explain, reproduce
 
     styles = _csv(args.styles)
     if styles == ["all"]:
@@ -67,10 +67,8 @@ def run(args: argparse.Namespace) -> int:
                         expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
     out = Path(args.out or f"runs/{args.preset}")
 
-    data.register_config(reproduce.CPU_DATASET)
-    import seqio_tasks  # registers the tasks of every dataset config, incl. the CPU one
+    import seqio_tasks  # registers the tasks of every dataset config, the CPU demo's too
 
-    seqio_tasks.register_dataset_tasks(reproduce.CPU_DATASET.name)
     runs = reproduce.runs_for(args.preset, styles=styles, seeds=_seeds(args.seeds),
                               checkpoints=checkpoints, sizes=_csv(args.sizes),
                               task_name=seqio_tasks.task_name)
