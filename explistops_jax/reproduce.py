@@ -289,7 +289,7 @@ def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
 
 def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True):
     """Trains one run (resuming its directory)."""
-    from explistops_jax import input_pipeline, optimizers, trainer
+    from explistops_jax import input_pipeline, trainer
     from explistops_jax.train_state import CheckpointConfig
 
     model = trainer.ModelSpec(run.model_preset, overrides=dict(run.model_overrides),
