@@ -66,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary",
                         expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
     out = Path(args.out or f"runs/{args.preset}")
+    seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
 
     import seqio_tasks  # registers the tasks of every dataset config, the CPU demo's too
 
-    runs = reproduce.runs_for(args.preset, styles=styles, seeds=_seeds(args.seeds),
+    runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
                               checkpoints=checkpoints, sizes=_csv(args.sizes),
                               task_name=seqio_tasks.task_name)
     if args.preset == "paper":
