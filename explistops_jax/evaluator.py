@@ -327,7 +327,6 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
     Parameters are placed on the mesh with the model's logical-axis shardings.
     """
     from explistops_jax import checkpoints as interop
-    from explistops_jax import trainer
     from explistops_jax.model import EncoderDecoderModel
     from explistops_jax.train_state import RunCheckpoints, checkpoint_steps
 
@@ -348,12 +347,12 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
         info = checkpoints.run_info(run_step)
         config = interop.common.config_from_dict(info["model_config"], source=str(run_dir))
         model = EncoderDecoderModel(config)
-        abstract = _abstract_params(model, partitioner)
+        abstract = partitioner.abstract_params(model)
         params = checkpoints.restore_params(abstract, run_step)
         return model, params, run_step, info
     config, host_params = interop.load_any(path)
     model = EncoderDecoderModel(config)
-    params = trainer._place(host_params, _abstract_params(model, partitioner))
+    params = partitioner.place(host_params, partitioner.abstract_params(model))
     return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
 
 
@@ -368,17 +367,6 @@ def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | 
                                       for s in checkpoint_steps(path)):
         return path, step
     return None, None
-
-
-def _abstract_params(model, partitioner: partitioning.Partitioner):
-    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-    from flax.core import meta
-
-    boxed = jax.eval_shape(
-        lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))["params"]
-    shardings = partitioner.logical_to_sharding(partitioning.logical_axes(boxed))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        meta.unbox(boxed), shardings)
 
 
 def evaluate(

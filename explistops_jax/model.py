@@ -89,6 +89,7 @@ class EncoderDecoderModel:
         self.label_smoothing = label_smoothing
         self.loss_normalizing_factor = loss_normalizing_factor
         self.eos_id = eos_id
+        self._abstract: dict | None = None
 
     # ------------------------------------------------------------ variables
 
@@ -105,17 +106,23 @@ class EncoderDecoderModel:
         dec = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
         return self.module.init(rng, enc, dec)
 
+    def abstract_variables(self) -> dict:
+        """``{"params": ...}`` as boxed ``jax.ShapeDtypeStruct`` leaves (their
+        logical axis names kept), without allocating: the one place the
+        parameter shapes are computed (T5's shapes do not depend on lengths)."""
+        if self._abstract is None:
+            shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+            self._abstract = jax.eval_shape(
+                lambda: self.get_initial_variables(jax.random.key(0), shapes))
+        return self._abstract
+
     def param_shapes(self) -> Any:
         """Abstract params (jax.ShapeDtypeStruct pytree, unboxed), no allocation."""
-        shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-        boxed = jax.eval_shape(lambda: self.get_initial_variables(jax.random.key(0), shapes))
-        return nn.unbox(boxed)["params"]
+        return nn.unbox(self.abstract_variables())["params"]
 
     def param_logical_axes(self) -> Any:
         """PartitionSpec of T5X logical axis names per parameter (same tree)."""
-        shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-        boxed = jax.eval_shape(lambda: self.get_initial_variables(jax.random.key(0), shapes))
-        return nn.get_partition_spec(boxed)["params"]
+        return nn.get_partition_spec(self.abstract_variables())["params"]
 
     # ------------------------------------------------------------ forward
 

@@ -33,6 +33,8 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from explistops_jax.errors import UserError
+
 __all__ = [
     "DATA_AXIS",
     "MODEL_AXIS",
@@ -229,6 +231,35 @@ class Partitioner:
             return self.sharding()
 
         return jax.tree_util.tree_map_with_path(one, tree)
+
+    def abstract_params(self, model) -> Any:
+        """The model's parameters as ``jax.ShapeDtypeStruct`` leaves carrying
+        their shardings on this mesh (``model.abstract_variables()``: no
+        allocation). What restoring, placing and compiling ahead of time need."""
+        boxed = model.abstract_variables()["params"]
+        shardings = self.params_shardings(boxed)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            nn.unbox(boxed), shardings)
+
+    def place(self, host_tree: Any, abstract: Any, *, what: str = "checkpoint") -> Any:
+        """Host arrays -> device arrays laid out like ``abstract`` (shapes,
+        dtypes, shardings); a UserError naming every missing, unexpected and
+        mis-shaped leaf if the trees differ."""
+        want = {jax.tree_util.keystr(p): s
+                for p, s in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        have = {jax.tree_util.keystr(p): a
+                for p, a in jax.tree_util.tree_flatten_with_path(host_tree)[0]}
+        problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+        problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+        problems += [f"{k}: shape {tuple(np.shape(have[k]))}, expected {want[k].shape}"
+                     for k in sorted(set(want) & set(have))
+                     if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+        if problems:
+            more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+            raise UserError(f"{what} does not fit the model: "
+                            + "; ".join(problems[:10]) + more)
+        return jax.tree.map(
+            lambda a, s: jax.device_put(np.asarray(a, s.dtype), s.sharding), host_tree, abstract)
 
     def batch_sharding(self) -> NamedSharding:
         """Batch arrays: the leading (batch) axis over ``data``."""

@@ -26,17 +26,16 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.core import meta
 
 from explistops_jax import input_pipeline, optimizers, partitioning, summaries
 from explistops_jax.errors import UserError
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
+from explistops_jax.train_step import initial_state, make_train_step, state_layout
 
 __all__ = [
     "ModelSpec",
@@ -44,8 +43,6 @@ __all__ = [
     "TrainResult",
     "NonFiniteLossError",
     "train",
-    "make_train_step",
-    "initial_state",
 ]
 
 RUN_FILE = "run.json"
@@ -135,147 +132,6 @@ class TrainResult:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving it."""
-
-
-# ----------------------------------------------------------------- the train step
-
-
-def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    num_microbatches: int = 1) -> Callable:
-    """``train_step(state, batch) -> (state, metrics)``.
-
-    With ``num_microbatches > 1`` the batch is split into that many microbatches
-    (rows ``i, i+k, i+2k, ...``, so each device keeps a share of every one),
-    whose gradients are combined in a ``lax.scan`` before one optimizer update;
-    memory is that of one microbatch. The combination reproduces the full
-    batch's loss exactly: for a per-token mean (``loss_normalizing_factor ==
-    "tokens"``) microbatches are weighted by their target tokens, otherwise
-    (sums, or division by a constant) they are summed.
-    """
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-    per_token = getattr(model, "loss_normalizing_factor", "sum") == "tokens"
-
-    def loss_and_grads(params, batch, rng):
-        if num_microbatches == 1:
-            (loss, aux), grads = grad_fn(params, batch, rng)
-            return loss, aux, grads
-        micro = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
-
-        def accumulate(total, inputs):
-            mb, index = inputs
-            (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
-            weight = aux["num_tokens"] if per_token else 1.0
-            scaled = jax.tree.map(lambda x: x * weight, (loss, grads))
-            metrics = {k: v if k in _COUNTS else v * aux["num_tokens"] for k, v in aux.items()}
-            return jax.tree.map(jnp.add, total, (*scaled, metrics)), None
-
-        first = jax.tree.map(lambda x: x[0], micro)
-        (loss_s, aux_s), grads_s = jax.eval_shape(lambda: grad_fn(params, first, rng))
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, grads_s, aux_s))
-        (loss, grads, aux), _ = jax.lax.scan(
-            accumulate, zeros, (micro, jnp.arange(num_microbatches)))
-        tokens = jnp.maximum(aux["num_tokens"], 1e-8)
-        if per_token:
-            loss, grads = jax.tree.map(lambda x: x / tokens, (loss, grads))
-        aux = {k: v if k in _COUNTS else v / tokens for k, v in aux.items()}
-        if "loss" in aux:
-            aux["loss"] = loss
-        return loss, aux, grads
-
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)
-        loss, aux, grads = loss_and_grads(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "param_norm": optax.tree.norm(params),
-                   "learning_rate": schedule(state.step)}
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
-
-    return train_step
-
-
-# Metrics of loss_fn that are counts (summed over microbatches); the others are
-# per-token means (averaged, weighted by each microbatch's tokens).
-_COUNTS = ("num_tokens", "num_examples")
-
-
-def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
-    """[batch, ...] -> [k, batch // k, ...], microbatch i = rows i, i+k, ..."""
-    if x.shape[0] % k:
-        raise ValueError(f"batch size {x.shape[0]} is not divisible by "
-                         f"num_microbatches={k}")
-    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
-
-
-# ----------------------------------------------------------------- state
-
-
-@dataclasses.dataclass
-class StateLayout:
-    """The abstract train state (shapes) with its shardings."""
-
-    abstract: TrainState  # leaves: jax.ShapeDtypeStruct with .sharding
-    shardings: TrainState
-
-
-def state_layout(model, tx, partitioner: partitioning.Partitioner,
-                 input_shapes: Mapping[str, tuple[int, ...]]) -> StateLayout:
-    """Shapes and shardings of the train state, without allocating it."""
-    boxed = jax.eval_shape(
-        lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes))["params"]
-    params_logical = partitioning.logical_axes(boxed)
-    params_shardings = partitioner.logical_to_sharding(params_logical)
-    params = meta.unbox(boxed)
-    opt_state = jax.eval_shape(tx.init, params)
-    opt_shardings = partitioner.state_like_params_shardings(opt_state, params, params_logical)
-    replicated = partitioner.sharding()
-    shardings = TrainState(step=replicated, params=params_shardings,
-                           opt_state=opt_shardings, rng=replicated)
-    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    return StateLayout(abstract, shardings)
-
-
-def initial_state(model, tx, partitioner: partitioning.Partitioner, layout: StateLayout,
-                  input_shapes: Mapping[str, tuple[int, ...]], seed: int,
-                  initial_params: Any | None = None) -> TrainState:
-    """A fresh state, created directly in its shardings; with ``initial_params``
-    (a host tree, e.g. from a pretrained checkpoint) instead of random ones."""
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))  # raw uint32 keys
-
-    if initial_params is None:
-        def init_params(rng):
-            return meta.unbox(model.get_initial_variables(rng, input_shapes)["params"])
-
-        params = partitioner.jit(init_params, in_shardings=None,
-                                 out_shardings=layout.shardings.params)(init_rng)
-    else:
-        params = _place(initial_params, layout.abstract.params)
-    opt_state = partitioner.jit(tx.init, in_shardings=(layout.shardings.params,),
-                                out_shardings=layout.shardings.opt_state)(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
-    rng = jax.device_put(train_rng, layout.shardings.rng)
-    return TrainState(step=step, params=params, opt_state=opt_state, rng=rng)
-
-
-def _place(host_tree: Any, abstract: Any) -> Any:
-    """Host arrays -> device arrays laid out like ``abstract``; a clear error if
-    the trees or shapes differ."""
-    want = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    have = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_flatten_with_path(host_tree)[0]}
-    problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
-    problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
-    problems += [f"{k}: shape {tuple(np.shape(have[k]))}, expected {want[k].shape}"
-                 for k in sorted(set(want) & set(have))
-                 if tuple(np.shape(have[k])) != tuple(want[k].shape)]
-    if problems:
-        raise UserError("initial checkpoint does not fit the model: " + "; ".join(problems[:10]))
-    return jax.tree.map(
-        lambda a, s: jax.device_put(np.asarray(a, s.dtype), s.sharding), host_tree, abstract)
 
 
 # ----------------------------------------------------------------- the loop
@@ -450,11 +306,10 @@ def train(
     if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
         checkpoints.close()
         return _finished(model_dir, checkpoints.latest_step())
-    input_shapes = _input_shapes(data)
-    layout = state_layout(model, tx, partitioner, input_shapes)
+    layout = state_layout(model, tx, partitioner)
     info = _run_info(model, data, total_steps, run_info)
-    state, position = _start(checkpoints, layout, model, tx, partitioner, input_shapes,
-                             seed, initial_checkpoint_path)
+    state, position = _start(checkpoints, layout, model, tx, partitioner, seed,
+                             initial_checkpoint_path)
     start_step = int(jax.device_get(state.step))
     if is_chief:
         summaries.truncate_log(model_dir / summaries.TRAIN_LOG, start_step)
@@ -513,13 +368,7 @@ def _total_steps(train_steps: int | None, stream: input_pipeline.BatchStream) ->
     return min(candidates)
 
 
-def _input_shapes(data: input_pipeline.DataConfig) -> dict[str, tuple[int, int]]:
-    lengths = data.task_feature_lengths
-    return {"encoder_input_tokens": (1, lengths["inputs"]),
-            "decoder_input_tokens": (1, lengths["targets"])}
-
-
-def _start(checkpoints, layout, model, tx, partitioner, input_shapes, seed,
+def _start(checkpoints, layout, model, tx, partitioner, seed,
            initial_checkpoint_path) -> tuple[TrainState, input_pipeline.Position]:
     """The latest checkpoint of this run, else a new state."""
     if checkpoints.latest_step() is not None:
@@ -532,7 +381,7 @@ def _start(checkpoints, layout, model, tx, partitioner, input_shapes, seed,
 
         _, initial_params = interop.load_any(initial_checkpoint_path,
                                              getattr(model, "config", None))
-    state = initial_state(model, tx, partitioner, layout, input_shapes, seed, initial_params)
+    state = initial_state(model, tx, partitioner, layout, seed, initial_params)
     return state, input_pipeline.Position()
 
 

@@ -4,7 +4,7 @@
         [--batch_size 8] [--inputs_length 64] [--targets_length 192] [--steps 10]
         [--microbatches 1] [--dtype float32] [--json out.json]
 
-Times the trainer's own jitted train step (``trainer.make_train_step`` under
+Times the trainer's own jitted train step (``train_step.make_train_step`` under
 ``Partitioner.jit``, state donated, Adafactor) on full synthetic batches (every
 target token counts), after two warm-up steps. Model FLOPs utilisation (MFU) =
 model FLOPs per step (analytic: forward matmuls and attention of the
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from explistops_jax import network, optimizers, partitioning, trainer
+from explistops_jax import network, optimizers, partitioning, train_step, trainer
 from explistops_jax.train_state import CheckpointConfig
 from explistops_jax.model import EncoderDecoderModel
 
@@ -76,11 +76,9 @@ def bench(preset: str, args, peak: float) -> dict:
     model = EncoderDecoderModel(config)
     p = partitioning.Partitioner()
     tx, schedule = optimizers.adafactor().build()
-    shapes = {"encoder_input_tokens": (1, args.inputs_length),
-              "decoder_input_tokens": (1, args.targets_length)}
-    layout = trainer.state_layout(model, tx, p, shapes)
-    state = trainer.initial_state(model, tx, p, layout, shapes, seed=0)
-    step = p.jit(trainer.make_train_step(model, tx, schedule, args.microbatches),
+    layout = train_step.state_layout(model, tx, p)
+    state = train_step.initial_state(model, tx, p, layout, seed=0)
+    step = p.jit(train_step.make_train_step(model, tx, schedule, args.microbatches),
                  in_shardings=(layout.shardings, p.batch_sharding()),
                  out_shardings=(layout.shardings, p.sharding()), donate_argnums=0)
     rng = np.random.default_rng(0)

@@ -18,6 +18,12 @@ def task():
     tiny.register_tiny_task()
 
 
+def _tiny_t5():
+    """A tiny T5 1.1 for the explistops30 tasks' domain vocabulary."""
+    provider = input_pipeline.get_provider("explistops30_short")
+    return trainer.ModelSpec("t5_1_1_tiny").build(provider.output_features["targets"].vocabulary)
+
+
 def _params(model):
     shapes = {"encoder_input_tokens": (1, 12), "decoder_input_tokens": (1, 12)}
     from flax.core import meta
@@ -83,19 +89,20 @@ def _untrained_t5_run(run: Path, step: int) -> Path:
     from explistops_jax import optimizers, partitioning
     from explistops_jax.train_state import RunCheckpoints
 
-    lengths = {"inputs": 64, "targets": 32}
-    data = input_pipeline.DataConfig("explistops30_short", lengths)
-    model = trainer._build_model(trainer.ModelSpec("t5_1_1_tiny"),
-                                 input_pipeline.get_provider(data.mixture_or_task_name))
+    from explistops_jax import train_step
+    from explistops_jax.checkpoints.common import config_to_dict
+
+    model = _tiny_t5()
     p = partitioning.Partitioner()
     tx, _ = optimizers.adafactor().build()
-    shapes = trainer._input_shapes(data)
-    layout = trainer.state_layout(model, tx, p, shapes)
-    state = trainer.initial_state(model, tx, p, layout, shapes, seed=0)
+    layout = train_step.state_layout(model, tx, p)
+    state = train_step.initial_state(model, tx, p, layout, seed=0)
     state = state.replace(step=jnp.asarray(step, jnp.int32))
     checkpoints = RunCheckpoints(run)
     checkpoints.save(state, input_pipeline.Position().to_json(),
-                     trainer._run_info(model, data, step, None))
+                     {"model_config": config_to_dict(model.config),
+                      "mixture_or_task_name": "explistops30_short",
+                      "task_feature_lengths": {"inputs": 64, "targets": 32}})
     checkpoints.close()
     return run
 
@@ -127,27 +134,24 @@ def test_initial_checkpoint_path_reads_our_checkpoints_in_t5x_layout(tmp_path):
 
     import seqio_tasks  # noqa: F401
     from explistops_jax import optimizers, partitioning
-    from explistops_jax.train_state import RunCheckpoints
+
+    from explistops_jax import checkpoints as interop
+    from explistops_jax import train_step
 
     run = _untrained_t5_run(tmp_path / "pretrained", step=2)
     _, saved, _, _ = evaluator.load_model_and_params(run)
-    data = input_pipeline.DataConfig("explistops30_short", {"inputs": 64, "targets": 32})
-    model = trainer._build_model(trainer.ModelSpec("t5_1_1_tiny"),
-                                 input_pipeline.get_provider("explistops30_short"))
+    model = _tiny_t5()
     p = partitioning.Partitioner()
     tx, _ = optimizers.adafactor().build()
-    shapes = trainer._input_shapes(data)
-    layout = trainer.state_layout(model, tx, p, shapes)
-    state, position = trainer._start(RunCheckpoints(tmp_path / "new"), layout, model, tx, p,
-                                     shapes, seed=1, initial_checkpoint_path=str(run))
-    assert int(state.step) == 0 and position == input_pipeline.Position()
+    layout = train_step.state_layout(model, tx, p)
+    _, initial = interop.load_any(str(run), model.config)
+    state = train_step.initial_state(model, tx, p, layout, seed=1, initial_params=initial)
+    assert int(state.step) == 0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     other = trainer.ModelSpec("t5_1_1_tiny", vocab_size=256).build()
     with pytest.raises(UserError, match="wrong shape"):
-        trainer._start(RunCheckpoints(tmp_path / "other"), trainer.state_layout(
-            other, tx, p, shapes), other, tx, p, shapes, seed=1,
-            initial_checkpoint_path=str(run))
+        interop.load_any(str(run), other.config)
 
 
 def test_predict_takes_the_modulus_of_the_tasks_dataset():

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     import json
     import jax
     import numpy as np
-    from explistops_jax import network, optimizers, partitioning, trainer
+    from explistops_jax import network, optimizers, partitioning, train_step
     from explistops_jax.model import EncoderDecoderModel
 
     model = EncoderDecoderModel(network.get_config(
@@ -39,7 +39,6 @@ SCRIPT = textwrap.dedent("""
                 "decoder_target_tokens": targets,
                 "decoder_loss_weights": np.ones((8, 12), np.int32)}
     batches = [batch()] * 3  # the same batch: the loss must go down
-    shapes = {"encoder_input_tokens": (1, 16), "decoder_input_tokens": (1, 12)}
 
     initial = {}
 
@@ -47,12 +46,12 @@ SCRIPT = textwrap.dedent("""
         p = partitioning.Partitioner(partitioning.PartitionConfig(num_partitions),
                                      devices=devices)
         tx, schedule = optimizers.adafactor().build()
-        layout = trainer.state_layout(model, tx, p, shapes)
+        layout = train_step.state_layout(model, tx, p)
         # initialised once (on one device), then laid out on each mesh
-        state = trainer.initial_state(model, tx, p, layout, shapes, seed=0,
-                                      initial_params=initial.get("params"))
+        state = train_step.initial_state(model, tx, p, layout, seed=0,
+                                         initial_params=initial.get("params"))
         initial.setdefault("params", jax.device_get(state.params))
-        step = p.jit(trainer.make_train_step(model, tx, schedule),
+        step = p.jit(train_step.make_train_step(model, tx, schedule),
                      in_shardings=(layout.shardings, p.batch_sharding()),
                      out_shardings=(layout.shardings, p.sharding()), donate_argnums=0)
         losses = []

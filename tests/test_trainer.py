@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tiny_trainer_fixtures as tiny
-from explistops_jax import input_pipeline, optimizers, summaries, trainer
+from explistops_jax import input_pipeline, optimizers, summaries, train_step, trainer
 from explistops_jax.errors import UserError
 from explistops_jax.train_state import checkpoint_steps
 
@@ -92,9 +92,9 @@ def test_microbatches_give_the_full_batch_update():
     params = jax.tree.map(lambda x: getattr(x, "value", x), params,
                           is_leaf=lambda x: hasattr(x, "value"))
     tx, schedule = optimizers.adamw(1e-2).build()
-    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=tx.init(params), rng=jax.random.PRNGKey(1))
-    results = [jax.jit(trainer.make_train_step(model, tx, schedule, k))(state, batch)
+    results = [jax.jit(train_step.make_train_step(model, tx, schedule, k))(state, batch)
                for k in (1, 4)]
     (s1, m1), (s4, m4) = results
     assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)

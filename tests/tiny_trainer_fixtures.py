@@ -106,6 +106,14 @@ class TinyModel:
         dec = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
         return self.module.init(rng, enc, dec)
 
+    def abstract_variables(self) -> dict:
+        """Boxed abstract variables (the model API's shape-only initialisation)."""
+        shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+        return jax.eval_shape(lambda: self.get_initial_variables(jax.random.key(0), shapes))
+
+    def param_logical_axes(self):
+        return nn.get_partition_spec(self.abstract_variables())["params"]
+
     loss_normalizing_factor = "tokens"
 
     def loss_fn(self, params, batch, dropout_rng) -> tuple[jax.Array, dict]:
