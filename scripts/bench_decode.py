@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from flax import linen as nn  # noqa: E402
 
 from explistops_jax import decoding, network  # noqa: E402
 from explistops_jax.model import EncoderDecoderModel  # noqa: E402
+from machine_info import cpu_model, load_average  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -185,9 +185,9 @@ def main() -> None:
     enc, lengths = make_inputs(args, config.vocab_size)
     tokens = int(np.sum(lengths + 1))  # generated tokens including EOS
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} ({jax.default_backend()}), {args.threads} thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {load_average():.1f}")
     print(f"model {args.model} (vocab {config.vocab_size}), batch {args.batch}, "
           f"input {args.input_length} tokens, outputs {lengths.min()}-{lengths.max()} tokens "
           f"(mean {lengths.mean():.0f}), max length {args.max_length}")

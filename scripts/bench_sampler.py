@@ -41,6 +41,7 @@ from explistops_jax.listops import (
     sample_naive,
     sample_with_attempts,
 )
+from machine_info import cpu_model, load_average
 
 CONFIGS = {
     "explistops30 (20-50, depth 10)": SamplerConfig(min_length=20, max_length=50),
@@ -145,18 +146,8 @@ def chi_square_p(left: collections.Counter, right: collections.Counter) -> float
 
 def machine() -> str:
     """One line about the machine: CPU model, cores, Python, load."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load:.1f}")
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average {load_average():.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

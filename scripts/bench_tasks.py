@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import platform
 import re
 import statistics
 import sys
@@ -36,6 +35,7 @@ import sysconfig  # noqa: E402
 
 import seqio_tasks  # noqa: E402
 from explistops_jax import data, explain, listops, vocab  # noqa: E402
+from machine_info import cpu_model, load_average  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md")
 SECTION = "## SeqIO tasks"
@@ -81,16 +81,10 @@ def general_text(max_lines: int) -> list[str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"model name\s*:\s*(.*)", f.read())
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU; load average {load:.1f} at the "
-            f"start (the VM is shared with other jobs, so rates are lower bounds)")
+    """The machine line of the report: cores, CPU model, load at the start."""
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), no GPU; load average "
+            f"{load_average():.1f} at the start (the VM is shared with other jobs, so rates "
+            f"are lower bounds)")
 
 
 def main(argv: list[str] | None = None) -> int:

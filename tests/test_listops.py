@@ -33,6 +33,25 @@ BRACKET = "[MAX 2 9 [MIN 4 7 ] 0 ]"
 TREE = Node("MAX", (2, 9, Node("MIN", (4, 7)), 0))
 
 
+# ------------------------------------------------------------------------- package
+
+
+def test_package_exports_each_name_from_the_module_that_owns_it():
+    from explistops_jax.listops import readers, sampler, tree
+
+    owners = {tree: ["parse", "format", "evaluate", "apply", "median", "length", "depth",
+                     "Node", "canonical_operator", "OPERATORS", "SPELLINGS", "MAX_NESTING"],
+              sampler: ["SamplerConfig", "sample", "sample_with_attempts", "sample_naive",
+                        "example_rng", "MAX_ATTEMPTS"],
+              readers: ["read_listops_tsv", "read_lra_tsv"]}
+    for module, names in owners.items():
+        for name in names:
+            assert getattr(listops, name) is getattr(module, name), name
+    exported = [name for names in owners.values() for name in names] + ["Tree", "ListOpsError"]
+    assert sorted(listops.__all__) == sorted(exported)
+    assert listops.ListOpsError is ListOpsError
+
+
 # ------------------------------------------------------------------------ notation
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "decode a task split with a checkpoint and score it"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",

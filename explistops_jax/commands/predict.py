@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "print a trained model's explanation and answer for one ListOps expression"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from explistops_jax import explain

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "fine-tune a T5 model with gin files (resumes a run directory)"
-
 # flag -> gin macro
 SHORTCUTS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS", "epochs": "EPOCHS",
              "batch_size": "BATCH_SIZE", "task": "MIXTURE_OR_TASK_NAME"}

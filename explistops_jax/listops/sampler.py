@@ -1,25 +1,9 @@
-"""ListOps trees: parse, format, evaluate, measure, sample, and read the original files.
+"""Sampling ListOps trees: LRA's distribution, deterministic per (seed, example index).
 
-A ListOps expression is a value or ``[OP arg arg ... ]`` with the operators MAX, MIN,
-MED (median) and SM (sum modulo M). This module is the single place that knows the
-notation and the arithmetic; everything else (explanations, scoring, datasets) works
-on the :data:`Tree` type defined here. Pure Python, no TensorFlow or JAX, so the
-generator and the parser are cheap to test and reuse.
-
-Two notations are read (and written):
-
-* bracket: ``[MAX 2 9 [MIN 4 7 ] 0 ]``
-* parenthesized, as in the original ListOps and the Long Range Arena (LRA) TSV files:
-  ``( ( ( ( ( [MAX 2 ) 9 ) ( ( ( [MIN 4 ) 7 ) ] ) ) 0 ) ] )``. The parentheses only
-  encode LRA's binarization of the tree, which the brackets already determine, so the
-  parser skips them (unbalanced parentheses are tolerated; unbalanced brackets are not).
-
-Operator spellings seen in released data are accepted case-insensitively and mapped
-to the canonical names: MEDIAN -> MED, SUM -> SM.
-
-Sampling follows LRA's generator (:class:`SamplerConfig`) and is deterministic per
-``(seed, example index)`` (:func:`sample`); :func:`sample_naive` is the plain
-whole-tree rejection procedure it is tested and benchmarked against.
+:class:`SamplerConfig` is LRA's generator, made configurable; :func:`sample` draws
+example ``index`` of the stream ``seed`` from it (shape first, early abort: see
+:func:`sample_with_attempts`); :func:`sample_naive` is the plain whole-tree rejection
+procedure it is tested and benchmarked against. Pure Python, no TensorFlow or JAX.
 """
 
 from __future__ import annotations
@@ -28,255 +12,23 @@ import functools
 import hashlib
 import itertools
 import math
-import os
 import random
-import re
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Callable, Iterator, Union
+from typing import Callable
 
-from explistops_jax.errors import ListOpsError, UserError
+from explistops_jax.errors import UserError
+from explistops_jax.listops.tree import OPERATORS, Node, Tree, canonical_operator
 
 __all__ = [
-    "OPERATORS",
-    "SPELLINGS",
-    "Node",
-    "Tree",
-    "ListOpsError",
-    "canonical_operator",
-    "parse",
-    "format",
-    "evaluate",
-    "apply",
-    "median",
-    "length",
-    "depth",
     "SamplerConfig",
+    "MAX_ATTEMPTS",
+    "example_rng",
     "sample",
     "sample_with_attempts",
     "sample_naive",
-    "read_listops_tsv",
-    "read_lra_tsv",
 ]
-
-OPERATORS: tuple[str, ...] = ("MAX", "MIN", "MED", "SM")
-"""Canonical operator names, in the order the sampler draws from."""
-
-SPELLINGS: dict[str, str] = {
-    "MAX": "MAX",
-    "MIN": "MIN",
-    "MED": "MED",
-    "MEDIAN": "MED",
-    "SM": "SM",
-    "SUM": "SM",
-}
-"""Every accepted operator spelling (upper case) -> canonical name."""
-
-MAX_NESTING = 200
-"""Deepest operator nesting :func:`parse` accepts (generated trees stay below 20).
-
-The tree functions recurse, so a bound keeps a hostile input from hitting Python's
-recursion limit; it is reported as a normal :class:`ListOpsError`.
-"""
-
-_MAX_DIGITS = 100  # longer numbers are rejected: int() of huge digit strings is slow
-
-
-@dataclass(frozen=True)
-class Node:
-    """An operator applied to its arguments (values or other nodes), in order."""
-
-    op: str
-    args: tuple["Tree", ...]
-
-
-Tree = Union[int, Node]
-"""A ListOps tree: a non-negative int (a value) or a :class:`Node`."""
-
-
-def canonical_operator(name: str) -> str | None:
-    """The canonical operator for a spelling (``"median"`` -> ``"MED"``), or None."""
-    return SPELLINGS.get(name.upper())
-
-
-# --------------------------------------------------------------------------- parsing
-
-# One token: a parenthesis, an opening bracket with its operator name ("[MAX", also
-# "[ MAX"), a closing bracket, a number, or a run of anything else (an error).
-_TOKEN = re.compile(r"\(|\)|\[[ \t]*[A-Za-z]*|\]|\d+|[^\s()\[\]]+")
-
-
-def parse(text: str, *, line: int | None = None) -> Tree:
-    """Read one expression in bracket or parenthesized notation.
-
-    Args:
-      text: the expression, e.g. ``"[MAX 2 9 [MIN 4 7 ] 0 ]"``; a bare value such as
-        ``"7"`` is a valid (trivial) tree.
-      line: the line number to put into error messages (the caller knows it).
-
-    Raises:
-      ListOpsError: naming the problem, its column (1-based) and what was expected.
-    """
-    stack: list[tuple[str, list[Tree], int]] = []  # (op, args so far, column of "[OP")
-    result: Tree | None = None
-    result_column = 0
-
-    def error(what: str, column: int, expected: str | None = None) -> ListOpsError:
-        return ListOpsError(what, line=line, column=column, expected=expected)
-
-    def attach(item: Tree, column: int) -> None:
-        nonlocal result, result_column
-        if stack:
-            stack[-1][1].append(item)
-        elif result is None:
-            result, result_column = item, column
-        else:
-            raise error(
-                "extra input after the end of the expression",
-                column,
-                f"the expression to end after the one starting at column {result_column}",
-            )
-
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        column = match.start() + 1
-        first = token[0]
-        if first in "()":
-            continue
-        if first == "[":
-            name = token[1:].strip()
-            op = canonical_operator(name) if name else None
-            if op is None:
-                shown = f"'[{name}'" if name else "'[' without an operator"
-                raise error(f"unknown operator {shown}", column, _EXPECTED_OPERATOR)
-            if result is not None and not stack:
-                raise error("extra input after the end of the expression", column,
-                            "a single expression")
-            if len(stack) >= MAX_NESTING:
-                raise error(f"operators nested deeper than {MAX_NESTING}", column)
-            stack.append((op, [], column))
-        elif first == "]":
-            if not stack:
-                raise error("']' without a matching '[OP'", column)
-            op, args, opened = stack.pop()
-            if not args:
-                raise error(f"operator {op} (column {opened}) has no arguments", column,
-                            "at least one value or expression before ']'")
-            attach(Node(op, tuple(args)), opened)
-        elif first.isdigit():
-            if len(token) > _MAX_DIGITS:
-                raise error(f"number with {len(token)} digits", column,
-                            f"at most {_MAX_DIGITS} digits")
-            attach(int(token), column)
-        else:
-            raise error(f"unexpected {token[:20]!r}", column,
-                        "a number, '[OP', ']' or a parenthesis")
-    if stack:
-        op, _, opened = stack[-1]
-        raise error(f"operator {op} opened at column {opened} is not closed",
-                    len(text) + 1, "']'")
-    if result is None:
-        raise error("empty expression", 1, "a number or '[OP ... ]'")
-    return result
-
-
-_EXPECTED_OPERATOR = "one of " + ", ".join(f"[{name}" for name in SPELLINGS)
-
-
-# -------------------------------------------------------------------------- writing
-
-
-def format(tree: Tree, notation: str = "bracket") -> str:  # noqa: A001 (contract name)
-    """Write a tree as text.
-
-    ``notation="bracket"`` gives ``[MAX 2 9 [MIN 4 7 ] 0 ]``; ``"paren"`` gives the
-    parenthesized notation of the LRA files, which binarizes every operator as
-    ``( ( ( [OP a ) b ) ... ] )``. Both are read back by :func:`parse`.
-    """
-    if notation == "bracket":
-        parts: list[str] = []
-        _bracket_tokens(tree, parts)
-        return " ".join(parts)
-    if notation == "paren":
-        return _paren(tree)
-    raise UserError(f"unknown notation {notation!r}", expected="'bracket' or 'paren'")
-
-
-def _bracket_tokens(tree: Tree, out: list[str]) -> None:
-    if isinstance(tree, Node):
-        out.append("[" + tree.op)
-        for arg in tree.args:
-            _bracket_tokens(arg, out)
-        out.append("]")
-    else:
-        out.append(str(tree))
-
-
-def _paren(tree: Tree) -> str:
-    """LRA's ``to_string`` of the binarized tree ((op, a0), a1), ..., ']')."""
-    if not isinstance(tree, Node):
-        return str(tree)
-    text = f"( [{tree.op} {_paren(tree.args[0])} )"
-    for arg in tree.args[1:]:
-        text = f"( {text} {_paren(arg)} )"
-    return f"( {text} ] )"
-
-
-# ----------------------------------------------------------------------- arithmetic
-
-
-def median(values: tuple[int, ...] | list[int]) -> int:
-    """Median as the ListOps generators compute it: numpy's median, truncated.
-
-    For an even count that is the integer part of the mean of the two middle values:
-    ``[4, 9] -> 6``, ``[0, 9] -> 4``, ``[1, 5, 8, 8] -> 6``.
-    """
-    ordered = sorted(values)
-    n = len(ordered)
-    if n == 0:
-        raise ValueError("median of an empty list")
-    if n % 2:
-        return ordered[n // 2]
-    total = ordered[n // 2 - 1] + ordered[n // 2]
-    return total // 2 if total >= 0 else -((-total) // 2)  # int(total / 2), exactly
-
-
-def apply(op: str, values: tuple[int, ...] | list[int], modulus: int = 30) -> int:
-    """One operator on a list of values (the arithmetic of a single step)."""
-    if op == "MAX":
-        return max(values)
-    if op == "MIN":
-        return min(values)
-    if op == "MED":
-        return median(values)
-    if op == "SM":
-        return sum(values) % modulus
-    raise ValueError(f"unknown operator {op!r}")
-
-
-def evaluate(tree: Tree, modulus: int = 30) -> int:
-    """The value of a tree; SM sums modulo ``modulus`` (10 in the original ListOps)."""
-    if isinstance(tree, Node):
-        return apply(tree.op, [evaluate(arg, modulus) for arg in tree.args], modulus)
-    return tree
-
-
-def length(tree: Tree) -> int:
-    """LRA's length: 1 per value, 2 per operator (its token and its closing bracket)."""
-    if isinstance(tree, Node):
-        return 2 + sum(length(arg) for arg in tree.args)
-    return 1
-
-
-def depth(tree: Tree) -> int:
-    """Nesting depth: a value has depth 0, ``[MAX 1 2 ]`` depth 1."""
-    if isinstance(tree, Node):
-        return 1 + max(depth(arg) for arg in tree.args)
-    return 0
-
-
-# ------------------------------------------------------------------------- sampling
 
 
 @dataclass(frozen=True)
@@ -613,54 +365,3 @@ def sample_naive(config: SamplerConfig, rng: random.Random, *,
         tree, size = operator(1)
         if config.min_length < size < config.max_length:
             return tree
-
-
-# -------------------------------------------------------------------------- readers
-
-
-def read_listops_tsv(path: str | os.PathLike) -> Iterator[tuple[Tree, int]]:
-    """Read an original ListOps file: ``label<TAB>expression`` per line.
-
-    Yields ``(tree, label)``. Blank lines are skipped. Errors name the file, line and
-    column (counted in the file's line, label included).
-    """
-    yield from _read_tsv(path, expression_field=1, header=None)
-
-
-def read_lra_tsv(path: str | os.PathLike) -> Iterator[tuple[Tree, int]]:
-    """Read an LRA ListOps file: header ``Source<TAB>Target``, then ``expression<TAB>label``.
-
-    Yields ``(tree, label)``. The header is skipped when present.
-    """
-    yield from _read_tsv(path, expression_field=0, header="Source")
-
-
-def _read_tsv(path: str | os.PathLike, *, expression_field: int,
-              header: str | None) -> Iterator[tuple[Tree, int]]:
-    source = os.fspath(path)
-    with open(source, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.rstrip("\r\n")
-            if not text.strip():
-                continue
-            fields = text.split("\t")
-            if number == 1 and header is not None and fields[0].strip() == header:
-                continue
-            if len(fields) != 2:
-                raise ListOpsError(f"{len(fields)} tab-separated fields", line=number,
-                                   column=1, source=source,
-                                   expected="2: " + ("expression<TAB>label" if expression_field == 0
-                                                     else "label<TAB>expression"))
-            label_field = 1 - expression_field
-            label_text = fields[label_field].strip()
-            offset = 0 if expression_field == 0 else len(fields[0]) + 1
-            if not label_text.isdigit() or len(label_text) > _MAX_DIGITS:
-                column = 1 if label_field == 0 else len(fields[0]) + 2
-                raise ListOpsError(f"label {label_text[:20]!r} is not a number", line=number,
-                                   column=column, source=source, expected="a non-negative integer")
-            try:
-                tree = parse(fields[expression_field])
-            except ListOpsError as err:
-                raise ListOpsError(err.what, line=number, column=(err.column or 1) + offset,
-                                   expected=err.expected, source=source) from None
-            yield tree, int(label_text)
