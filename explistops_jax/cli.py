@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("explistops_jax.commands.predict", "print a model's explanation and answer for one expression"),
     "convert": ("explistops_jax.commands.convert", "convert T5 weights between Hugging Face, T5X and explistops checkpoints"),
     "params": ("explistops_jax.commands.params", "print a model preset's parameter count and shapes"),
+    "plan": ("explistops_jax.commands.plan", "compile a train step ahead of time: per-device memory, what fits"),
     "report": ("explistops_jax.commands.report", "tables and plots of finished runs, beside the study's published figures"),
     "reproduce": ("explistops_jax.commands.reproduce", "run the study (cpu demo or the paper grid) and write its report"),
 }

@@ -1,0 +1,278 @@
+"""Memory plan of a train step: will this model, mesh and batch fit a device?
+
+``plan(...)`` builds the train state abstractly (``train_step.state_layout``:
+shapes and shardings, nothing allocated), lowers and compiles the sharded train
+step for abstract batches, and reads XLA's memory analysis of the compiled
+per-device program: arguments (state and batch), outputs, what outputs reuse of
+the donated state (aliases) and temporaries (activations, gradients). Their sum
+less the aliased bytes is the step's peak per device: what T5X users ask before
+they rent a pod.
+
+The compiler is the one of the devices given: forced host CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which
+``explistops plan`` sets) answer for any mesh on a laptop; a GPU or TPU backend
+answers for its own kernels and fusions. CPU temporaries are an estimate of an
+accelerator's (XLA's CPU backend fuses less and computes bf16 dots in float32);
+docs/benchmarks.md compares both against a measured peak on an H200.
+
+Runtime overheads outside the program (CUDA context, allocator fragmentation,
+a second copy of the state while a checkpoint is written without donation) are
+not in the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+from explistops_jax.errors import UserError
+
+__all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "parse_mesh", "plan", "largest_batch",
+           "format_plan"]
+
+GIB = 1024 ** 3
+# Common accelerator memory sizes (GiB): v5e/T4, A10/v4-ish, A100-40, A100/H100-80, H200.
+DEVICE_SIZES_GIB = (16, 24, 40, 80, 141)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Per-device bytes of one compiled train step."""
+
+    model: str
+    mesh: dict[str, int]
+    batch_size: int
+    lengths: dict[str, int]
+    dtype: str
+    optimizer: str
+    backend: str
+    num_params: int
+    params_bytes: int  # this device's shard of the parameters
+    optimizer_bytes: int  # this device's shard of the optimizer state
+    argument_bytes: int  # XLA: state + batch
+    output_bytes: int  # XLA: new state + metrics
+    alias_bytes: int  # XLA: outputs written over donated arguments
+    temp_bytes: int  # XLA: activations, gradients, workspace
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, outputs over donated inputs counted once."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def fits(self, device_gib: float) -> bool:
+        return self.peak_bytes <= device_gib * GIB
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["peak_bytes"] = self.peak_bytes
+        out["fits_gib"] = {str(g): self.fits(g) for g in DEVICE_SIZES_GIB}
+        return out
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``"data=1,model=8"`` -> ``{"data": 1, "model": 8}`` (either may be left out: 1)."""
+    mesh = {"data": 1, "model": 1}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in mesh or not value.strip().isdigit() \
+                or int(value) < 1:
+            raise UserError(f"bad mesh entry {part!r}", where="--mesh",
+                            expected="data=N,model=M with positive integers")
+        mesh[name.strip()] = int(value)
+    return mesh
+
+
+def _check(config, mesh: dict[str, int], batch_size: int) -> None:
+    """The mistakes that would otherwise surface as XLA sharding errors."""
+    model_ways = mesh["model"]
+    dims = {"num_heads": config.num_heads, "mlp_dim": config.mlp_dim,
+            "vocab_size": config.vocab_size}
+    bad = [f"{k}={v}" for k, v in dims.items() if v % model_ways]
+    if bad:
+        raise UserError(f"model axis {model_ways} does not divide {', '.join(bad)}",
+                        where="--mesh", expected="a model axis dividing the heads, MLP "
+                                                 "width and vocabulary")
+    if batch_size < 1 or batch_size % mesh["data"]:
+        raise UserError(f"batch {batch_size} is not divisible by the data axis "
+                        f"{mesh['data']}", where="--batch",
+                        expected="a positive multiple of the data axis")
+
+
+def _devices(count: int, backend: str | None) -> list:
+    import jax
+
+    devices = jax.devices(backend) if backend else jax.devices()
+    if len(devices) < count:
+        raise UserError(
+            f"the mesh needs {count} devices, {len(devices)} "
+            f"{devices[0].platform} device(s) are available",
+            where="--mesh", expected=f"at most {len(devices)} devices, or --backend cpu "
+                                     "(forced host devices)")
+    return devices[:count]
+
+
+def _shard_bytes(tree: Any) -> int:
+    """Bytes of one device's shard of every leaf (abstract, with shardings)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def plan(model_name: str, *, mesh: dict[str, int], batch_size: int,
+         lengths: Sequence[int], dtype: str = "float32", optimizer: str = "adafactor",
+         vocab_size: int | None = None, backend: str | None = None,
+         remat_policy: str | None = None) -> MemoryPlan:
+    """Compiles the train step for this shape ahead of time and measures it.
+
+    Args:
+      model_name: a ``network.PRESETS`` name.
+      mesh: ``{"data": D, "model": M}``; the first D*M devices of ``backend`` are used.
+      batch_size: the global batch.
+      lengths: ``(inputs, targets)`` token lengths.
+      dtype: activation dtype (parameters stay float32, as in T5X).
+      optimizer: ``adafactor`` or ``adamw``.
+      backend: ``jax.devices(backend)``; None: the default backend.
+      remat_policy: override the preset's rematerialisation ("none", "full", "dots").
+    """
+    import jax
+    import numpy as np
+
+    from explistops_jax import network, optimizers, partitioning, train_step
+    from explistops_jax.model import EncoderDecoderModel
+
+    if model_name not in network.PRESETS:
+        raise UserError(f"unknown model preset {model_name!r}", where="--model",
+                        expected=", ".join(network.PRESETS))
+    if optimizer not in ("adafactor", "adamw"):
+        raise UserError(f"unknown optimizer {optimizer!r}", where="--optimizer",
+                        expected="adafactor or adamw")
+    if len(lengths) != 2 or min(lengths) < 1:
+        raise UserError(f"bad lengths {tuple(lengths)}", where="--lengths",
+                        expected="INPUTS,TARGETS, two positive integers")
+    try:
+        np.dtype(jax.numpy.dtype(dtype))
+    except TypeError:
+        raise UserError(f"unknown dtype {dtype!r}", where="--dtype",
+                        expected="float32 or bfloat16") from None
+    overrides: dict[str, Any] = {"dtype": dtype}
+    if vocab_size:
+        overrides["vocab_size"] = vocab_size
+    if remat_policy:
+        overrides["remat_policy"] = remat_policy
+    config = network.get_config(model_name, **overrides)
+    _check(config, mesh, batch_size)
+    devices = _devices(mesh["data"] * mesh["model"], backend)
+
+    model = EncoderDecoderModel(config)
+    partitioner = partitioning.Partitioner(
+        partitioning.PartitionConfig(num_partitions=mesh["model"]), devices=devices)
+    tx, schedule = optimizers.get_optimizer(optimizer).build(total_steps=1000)
+    layout = train_step.state_layout(model, tx, partitioner)
+    batch = abstract_batch(partitioner, batch_size, lengths)
+    step = partitioner.jit(train_step.make_train_step(model, tx, schedule),
+                           in_shardings=(layout.shardings, partitioner.batch_sharding()),
+                           out_shardings=(layout.shardings, partitioner.sharding()),
+                           donate_argnums=0)
+    memory = step.lower(layout.abstract, batch).compile().memory_analysis()
+    return MemoryPlan(
+        model=model_name, mesh=dict(mesh), batch_size=batch_size,
+        lengths={"inputs": lengths[0], "targets": lengths[1]}, dtype=str(dtype),
+        optimizer=optimizer, backend=devices[0].platform,
+        num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(layout.abstract.params)),
+        params_bytes=_shard_bytes(layout.abstract.params),
+        optimizer_bytes=_shard_bytes(layout.abstract.opt_state),
+        argument_bytes=int(memory.argument_size_in_bytes),
+        output_bytes=int(memory.output_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes),
+        temp_bytes=int(memory.temp_size_in_bytes))
+
+
+def abstract_batch(partitioner, batch_size: int, lengths: Sequence[int]) -> dict:
+    """The trainer's batch features as sharded ``jax.ShapeDtypeStruct``s."""
+    import jax
+    import jax.numpy as jnp
+
+    sharding = partitioner.batch_sharding()
+    shapes = {"encoder_input_tokens": (batch_size, lengths[0]),
+              "decoder_input_tokens": (batch_size, lengths[1]),
+              "decoder_target_tokens": (batch_size, lengths[1]),
+              "decoder_loss_weights": (batch_size, lengths[1])}
+    return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding)
+            for k, s in shapes.items()}
+
+
+def largest_batch(device_gib: float, first: MemoryPlan, **plan_kwargs) -> tuple[int, MemoryPlan | None]:
+    """The largest global batch (a multiple of the data axis) whose step fits
+    ``device_gib``, and its plan (None if not even one row per data shard fits).
+
+    Peak memory is affine in the batch (state + per-row activations): fitted
+    through two compiled plans, then confirmed by compiling the candidate and
+    refitting (secant steps) until the candidate fits and one more step does not.
+    """
+    limit = device_gib * GIB
+    unit = first.mesh["data"]
+    points = {first.batch_size: first}
+
+    def at(batch: int) -> MemoryPlan:
+        if batch not in points:
+            points[batch] = plan(first.model, batch_size=batch, **plan_kwargs)
+        return points[batch]
+
+    at(2 * first.batch_size if first.batch_size > unit else first.batch_size + unit)
+    for _ in range(6):
+        (b0, p0), (b1, p1) = sorted(points.items())[:1] + sorted(points.items())[-1:]
+        slope = max((p1.peak_bytes - p0.peak_bytes) / (b1 - b0), 1.0)
+        guess = int((limit - p0.peak_bytes) / slope + b0) // unit * unit
+        guess = max(guess, unit)
+        fits, next_fits = at(guess).fits(device_gib), None
+        if fits:
+            next_fits = at(guess + unit).fits(device_gib)
+            if not next_fits:
+                return guess, points[guess]
+        elif guess == unit:
+            return 0, None
+        # Keep the two points closest to the limit for the next secant step.
+        near = sorted(points.items(), key=lambda kv: abs(kv[1].peak_bytes - limit))[:2]
+        points = dict(sorted(near))
+    fitting = [b for b, p in points.items() if p.fits(device_gib)]
+    best = max(fitting, default=0)
+    return best, points.get(best)
+
+
+def format_plan(p: MemoryPlan, *, device_gib: float | None = None,
+                largest: tuple[int, MemoryPlan | None] | None = None) -> str:
+    """The plan as the text ``explistops plan`` prints."""
+    def gib(n: int) -> str:
+        return f"{n / GIB:8.2f} GiB"
+
+    mesh = ",".join(f"{k}={v}" for k, v in p.mesh.items())
+    lines = [
+        f"model {p.model} ({p.num_params / 1e6:.1f}M parameters), mesh {mesh}, "
+        f"batch {p.batch_size}, lengths {p.lengths['inputs']},{p.lengths['targets']}, "
+        f"{p.dtype} activations, {p.optimizer}, compiled for {p.backend}",
+        "per device:",
+        f"  parameters        {gib(p.params_bytes)}",
+        f"  optimizer state   {gib(p.optimizer_bytes)}",
+        f"  XLA arguments     {gib(p.argument_bytes)}   (state + batch)",
+        f"  XLA outputs       {gib(p.output_bytes)}   ({gib(p.alias_bytes).strip()} "
+        "written over the donated state)",
+        f"  XLA temporaries   {gib(p.temp_bytes)}   (activations, gradients)",
+        f"  peak              {gib(p.peak_bytes)}",
+        "fits: " + "  ".join(f"{g} GiB {'yes' if p.fits(g) else 'no'}"
+                             for g in DEVICE_SIZES_GIB),
+    ]
+    if largest is not None and device_gib is not None:
+        batch, best = largest
+        if best is None:
+            lines.append(f"largest batch for {device_gib:g} GiB: none (one row per data "
+                         "shard does not fit)")
+        else:
+            lines.append(f"largest batch for {device_gib:g} GiB: {batch} "
+                         f"(peak {best.peak_bytes / GIB:.2f} GiB)")
+    return "\n".join(lines)
