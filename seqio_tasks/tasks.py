@@ -75,6 +75,8 @@ from explistops_jax.task_spec import SOURCES, MixtureSpec, TaskSpec, dataset_tas
 
 __all__ = [
     "SUBSET_SIZES",
+    "SpecMixture",
+    "SpecTask",
     "TFDS_DATA_DIR_ENV",
     "domain_vocabulary",
     "mixture_names",
