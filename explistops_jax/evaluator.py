@@ -492,39 +492,50 @@ def predict_expressions(
 
 
 def _dataset_modulus(task_name: str) -> int:
-    """The SM modulus of the dataset a task is named after (``{dataset}_{style}...``)."""
-    from explistops_jax import data, scoring
+    """The SM modulus of the dataset a task is named after (default: scoring's)."""
+    from explistops_jax import data, scoring, task_spec
 
-    names = [n for n in data.DATASETS if task_name.startswith(n + "_")]
-    return data.get_config(max(names, key=len)).modulus if names else scoring.DEFAULT_MODULUS
+    try:
+        dataset = task_spec.parse(task_name).dataset
+    except UserError:  # a task of another project
+        return scoring.DEFAULT_MODULUS
+    config = data.DATASETS.get(dataset)
+    return config.modulus if config else scoring.DEFAULT_MODULUS
 
 
 def _task_for(name: str | None, style: str | None) -> seqio.Task:
     """The task to preprocess inputs with: ``name`` (a mixture's member of
     ``style``; a task of another style when ``style`` differs), else
     ``explistops30_<style>``."""
-    from explistops_jax import explain
+    from explistops_jax.task_spec import TaskSpec
 
     if not name:
         if style is None:
             raise UserError("the checkpoint does not say which task it was trained on",
                             expected="--task NAME or --style STYLE")
-        name = f"explistops30_{style}"
+        name = TaskSpec("explistops30", style).name
     provider = input_pipeline.get_provider(name)
     if isinstance(provider, seqio.Mixture):
         members = seqio.get_subtasks(provider)
-        chosen = [t for t in members if style and f"_{style}_" in f"{t.name}_"]
+        chosen = [t for t in members if style and _style_of(t.name) == style]
         if not chosen and style is None:
-            chosen = [t for t in members if "_medium_" in f"{t.name}_"] or members
+            chosen = [t for t in members if _style_of(t.name) == "medium"] or members
         if not chosen:
             raise UserError(f"mixture {name!r} has no member of style {style!r}",
                             expected=", ".join(t.name for t in members))
         return chosen[0]
-    if style is not None:
-        for other in explain.STYLES:
-            marker = f"_{other}"
-            if other != style and marker + "_" in name + "_":
-                candidate = (name + "_").replace(marker + "_", f"_{style}_", 1)[:-1]
-                if candidate in seqio.TaskRegistry.names():
-                    return seqio.get_mixture_or_task(candidate)
+    if style is not None and _style_of(name) not in (None, style):
+        candidate = TaskSpec.parse(name).replace(style=style).name
+        if candidate in seqio.TaskRegistry.names():
+            return seqio.get_mixture_or_task(candidate)
     return provider
+
+
+def _style_of(task_name: str) -> str | None:
+    """The explanation style of one of our tasks; None for another project's task."""
+    from explistops_jax.task_spec import TaskSpec
+
+    try:
+        return TaskSpec.parse(task_name).style
+    except UserError:
+        return None

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from explistops_jax import data, explain
 from explistops_jax.errors import UserError
+from explistops_jax.task_spec import TaskSpec
 
 __all__ = [
     "CPU_DATASET",
@@ -126,11 +127,9 @@ def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = 
              model_overrides: Mapping[str, Any] = CPU_MODEL_OVERRIDES,
              feature_lengths: Mapping[str, Mapping[str, int]] = CPU_FEATURE_LENGTHS,
              eval_feature_lengths: Mapping[str, int] = CPU_EVAL_LENGTHS,
-             eval_period: int | None = CPU_EVAL_PERIOD,
-             task_name: Callable[..., str] | None = None) -> list[Run]:
+             eval_period: int | None = CPU_EVAL_PERIOD) -> list[Run]:
     """The CPU demo: one tiny model from scratch per style and seed, each seeing
     ``epochs`` passes over the same training split (equal examples per style)."""
-    task_name = task_name or _task_name
     train_examples = dataset.split("train").num_examples
     runs = []
     for seed in seeds:
@@ -138,7 +137,7 @@ def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = 
             runs.append(Run(
                 name=f"cpu_{style}_seed{seed}", model="cpu_tiny", model_preset=CPU_MODEL,
                 model_overrides=dict(model_overrides), style=style, seed=seed,
-                dataset=dataset.name, condition="main", task=task_name(dataset.name, style),
+                dataset=dataset.name, condition="main", task=TaskSpec(dataset.name, style).name,
                 train_examples=train_examples, epochs=epochs, batch_size=batch_size,
                 feature_lengths=dict(feature_lengths[style]), optimizer="adamw",
                 learning_rate=CPU_LEARNING_RATE, schedule="linear", warmup_steps=200,
@@ -163,12 +162,10 @@ def paper_runs(styles: Sequence[str] = explain.STYLES, seeds: Sequence[int] = (0
                sizes: Sequence[str] = PAPER_SIZES,
                checkpoints: Mapping[str, str] | None = None,
                conditions: Sequence[str] = ("main", "length_generalization",
-                                            "larger_numbers", "data_efficiency"),
-               task_name: Callable[..., str] | None = None) -> list[Run]:
+                                            "larger_numbers", "data_efficiency")) -> list[Run]:
     """The study's grid. ``checkpoints`` maps a size (``small``) or preset name
     (``t5_1_0_small``) to a pretrained checkpoint; those runs fine-tune it with
     T5's SentencePiece vocabulary, the others train from scratch."""
-    task_name = task_name or _task_name
     checkpoints = dict(checkpoints or {})
     runs: list[Run] = []
 
@@ -182,7 +179,7 @@ def paper_runs(styles: Sequence[str] = explain.STYLES, seeds: Sequence[int] = (0
         runs.append(Run(
             name=f"{preset}_{style}{suffix}_seed{seed}", model=preset, model_preset=preset,
             model_overrides={}, style=style, seed=seed, dataset=dataset, condition=condition,
-            task=task_name(dataset, style, subset=subset, sentencepiece=sp),
+            task=TaskSpec(dataset, style, subset=subset, vocabulary="sp" if sp else "domain").name,
             train_examples=train_examples, epochs=PAPER_EPOCHS, batch_size=PAPER_BATCH_SIZE,
             feature_lengths=lengths, optimizer="adamw", learning_rate=PAPER_LEARNING_RATE,
             pack=False, eval_splits=eval_splits,
@@ -238,28 +235,18 @@ PRESETS = ("cpu", "paper")
 
 def runs_for(preset: str, *, styles: Sequence[str] | None = None,
              seeds: Sequence[int] = (0,), checkpoints: Mapping[str, str] | None = None,
-             sizes: Sequence[str] | None = None,
-             task_name: Callable[..., str] | None = None) -> list[Run]:
+             sizes: Sequence[str] | None = None) -> list[Run]:
     """The runs of a preset (``styles``: default none+medium for cpu, all for paper)."""
     for style in styles or ():
         if style not in explain.STYLES:
             raise UserError(f"unknown explanation style {style!r}",
                             expected="one of " + ", ".join(explain.STYLES))
     if preset == "cpu":
-        return cpu_runs(styles or ("none", "medium"), seeds, task_name=task_name)
+        return cpu_runs(styles or ("none", "medium"), seeds)
     if preset == "paper":
         return paper_runs(styles or explain.STYLES, seeds, sizes or PAPER_SIZES,
-                          checkpoints, task_name=task_name)
+                          checkpoints)
     raise UserError(f"unknown preset {preset!r}", expected="one of " + ", ".join(PRESETS))
-
-
-def _task_name(dataset: str, style: str, *, subset: int | None = None,
-               sentencepiece: bool = False) -> str:
-    """SeqIO task names as seqio_tasks registers them (``{dataset}_{style}[_n{N}][_sp]``)."""
-    name = f"{dataset}_{style}"
-    if subset:
-        name += f"_n{subset}"
-    return name + ("_sp" if sentencepiece else "")
 
 
 # ----------------------------------------------------------------- running

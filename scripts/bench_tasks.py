@@ -35,6 +35,7 @@ import sysconfig  # noqa: E402
 
 import seqio_tasks  # noqa: E402
 from explistops_jax import data, explain, listops, vocab  # noqa: E402
+from explistops_jax.task_spec import TaskSpec  # noqa: E402
 from machine_info import cpu_model, load_average  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md")
@@ -103,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
 
     # Throughput through the registered tasks (domain vocabulary).
-    raw_task = seqio.get_mixture_or_task(f"{args.dataset}_none")
+    raw_task = seqio.get_mixture_or_task(TaskSpec(args.dataset, "none").name)
     raw_rate = rate(lambda: raw_task.source.get_dataset("train", shuffle=False), args.examples)
     speed = {}
     for style in explain.STYLES:
-        task = seqio.get_mixture_or_task(f"{args.dataset}_{style}")
+        task = seqio.get_mixture_or_task(TaskSpec(args.dataset, style).name)
         speed[style] = rate(lambda: task.get_dataset(split="train", shuffle=False), args.examples)
 
     # Token counts on validation targets.
@@ -185,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sp_rate(path: str, args) -> float:
-    names = seqio_tasks.register_dataset_tasks(
+    seqio_tasks.register_dataset_tasks(
         args.dataset, sentencepiece_path=path, domain=False, styles=["medium"], subset_sizes=()
     )
-    task = seqio.get_mixture_or_task(next(n for n in names if n.endswith("_medium_sp")))
+    task = seqio.get_mixture_or_task(TaskSpec(args.dataset, "medium", vocabulary="sp").name)
     task.output_features["targets"].vocabulary.load_model()
     return rate(lambda: task.get_dataset(split="train", shuffle=False), args.examples)
 

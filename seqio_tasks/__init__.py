@@ -17,12 +17,10 @@ or set ``EXPLISTOPS_SPM_PATH``, or call ``seqio_tasks.register_sentencepiece_tas
 from seqio_tasks.tasks import (  # noqa: F401  (the public API)
     SUBSET_SIZES,
     domain_vocabulary,
-    mixture_name,
     mixture_names,
     register_all,
     register_dataset_tasks,
     register_sentencepiece_tasks,
-    task_name,
     task_names,
     tfds_data_dir,
 )

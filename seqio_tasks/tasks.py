@@ -1,6 +1,8 @@
 """SeqIO tasks and mixtures for Explained-ListOps.
 
-Task names: ``{dataset}_{style}[_tagged][_n{N}][_tfds][_sp]``
+Task names: ``{dataset}_{style}[_tagged][_n{N}][_tfds][_sp]``, built from (and
+read back into) an :class:`explistops_jax.task_spec.TaskSpec`; every task is
+registered from its spec and keeps it (``seqio.get_mixture_or_task(name).spec``).
 
 * ``{dataset}_{style}``: every dataset config of :mod:`explistops_jax.data` times
   every style of ``explain.STYLES`` (``explistops30_medium``,
@@ -69,43 +71,26 @@ import tensorflow as tf
 
 from explistops_jax import data, explain, listops, scoring, vocab
 from explistops_jax.errors import UserError
+from explistops_jax.task_spec import SOURCES, MixtureSpec, TaskSpec, dataset_tasks
 
 __all__ = [
     "SUBSET_SIZES",
+    "SpecMixture",
+    "SpecTask",
     "TFDS_DATA_DIR_ENV",
     "domain_vocabulary",
-    "mixture_name",
     "mixture_names",
     "register_all",
     "register_dataset_tasks",
     "register_sentencepiece_tasks",
-    "task_name",
     "task_names",
     "tfds_data_dir",
 ]
 
 SUBSET_SIZES = (2_000, 10_000, 98_000)
 TFDS_DATA_DIR_ENV = "EXPLISTOPS_TFDS_DATA_DIR"
-SOURCES = ("function", "tfds")
-
-RAW_SIGNATURE = {  # the raw examples of every source
-    "id": tf.TensorSpec([], tf.string),
-    "index": tf.TensorSpec([], tf.int64),
-    "expression": tf.TensorSpec([], tf.string),
-    "answer": tf.TensorSpec([], tf.int32),
-    "length": tf.TensorSpec([], tf.int32),
-    "depth": tf.TensorSpec([], tf.int32),
-    "modulus": tf.TensorSpec([], tf.int32),
-}
 
 METRIC_FNS = (scoring.answer_accuracy, scoring.step_metrics, scoring.breakdowns)
-
-# (dataset, source, "domain" | "sp") -> the task and mixture names registered for it,
-# so the SentencePiece variants can be (re)registered for every dataset later.
-_REGISTERED: dict[tuple[str, str, str], list[str]] = {}
-# (dataset, source) -> the options it was registered with (data_dir, styles,
-# subset_sizes), so the "_sp" variants are registered alike.
-_OPTIONS: dict[tuple[str, str], dict] = {}
 
 
 @gin.configurable
@@ -121,37 +106,6 @@ def tfds_data_dir(path: str | None = None) -> str | None:
 def domain_vocabulary() -> vocab.DomainVocabulary:
     """The domain vocabulary every non-``_sp`` task uses (one shared instance)."""
     return vocab.DomainVocabulary()
-
-
-def task_name(
-    dataset: str,
-    style: str,
-    *,
-    tagged: bool = False,
-    subset: int | None = None,
-    source: str = "function",
-    sentencepiece: bool = False,
-) -> str:
-    """The registered name of one task variant."""
-    name = f"{dataset}_{style}"
-    if tagged:
-        name += "_tagged"
-    if subset is not None:
-        name += f"_n{subset}"
-    if source == "tfds":
-        name += "_tfds"
-    if sentencepiece:
-        name += "_sp"
-    return name
-
-
-def mixture_name(dataset: str, *, source: str = "function", sentencepiece: bool = False) -> str:
-    name = f"{dataset}_all_styles"
-    if source == "tfds":
-        name += "_tfds"
-    if sentencepiece:
-        name += "_sp"
-    return name
 
 
 @functools.lru_cache(maxsize=None)
@@ -325,24 +279,63 @@ def select_explanations(dataset: tf.data.Dataset, *, style: str,
 
 
 # -- registration ----------------------------------------------------------------
+#
+# The SeqIO registries are the only record of what is registered: every task and
+# mixture of this module is a SpecTask / SpecMixture carrying its spec, so the
+# registered names, datasets and options are read back from there.
 
 
-def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
-              text_preprocessor, replace: bool) -> None:
-    if name in seqio.TaskRegistry.names():
+class SpecTask(seqio.Task):
+    """A ``seqio.Task`` built from a :class:`TaskSpec`, which it keeps as ``.spec``."""
+
+    def __init__(self, name: str, *, spec: TaskSpec, **kwargs):
+        super().__init__(name, **kwargs)
+        self.spec = spec
+
+
+class SpecMixture(seqio.Mixture):
+    """A ``seqio.Mixture`` built from a :class:`MixtureSpec`, which it keeps as ``.spec``."""
+
+    def __init__(self, name: str, tasks, *, spec: MixtureSpec, **kwargs):
+        super().__init__(name, tasks, **kwargs)
+        self.spec = spec
+
+
+def _registered_tasks() -> list[SpecTask]:
+    """The tasks this module registered, in registration order."""
+    tasks = (seqio.TaskRegistry.get(name) for name in seqio.TaskRegistry.names())
+    return [t for t in tasks if isinstance(getattr(t, "spec", None), TaskSpec)]
+
+
+def _registered_mixtures() -> list[SpecMixture]:
+    mixtures = (seqio.MixtureRegistry.get(name) for name in seqio.MixtureRegistry.names())
+    return [m for m in mixtures if isinstance(getattr(m, "spec", None), MixtureSpec)]
+
+
+def _preprocessor(spec: TaskSpec):
+    """Renders (generated source) or selects (TFDS) the explanation of the spec's style."""
+    prepare = render_explanations if spec.source == "function" else select_explanations
+    return functools.partial(prepare, style=spec.style, tagged=spec.tagged)
+
+
+def _add_task(spec: TaskSpec, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
+              replace: bool) -> None:
+    if spec.name in seqio.TaskRegistry.names():
         if not replace:
             return
-        seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.remove(spec.name)
     features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True),
         "targets": seqio.Feature(vocabulary, add_eos=True),
     }
     seqio.TaskRegistry.add(
-        name,
+        spec.name,
+        task_cls=SpecTask,
+        spec=spec,
         source=source,
         output_features=features,
         preprocessors=[
-            text_preprocessor,
+            _preprocessor(spec),
             seqio.preprocessors.tokenize,
             seqio.preprocessors.append_eos_after_trim,
         ],
@@ -351,12 +344,13 @@ def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
     )
 
 
-def _add_mixture(name: str, tasks: Sequence[str], replace: bool) -> None:
-    if name in seqio.MixtureRegistry.names():
+def _add_mixture(spec: MixtureSpec, members: Sequence[TaskSpec], replace: bool) -> None:
+    if spec.name in seqio.MixtureRegistry.names():
         if not replace:
             return
-        seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(name, list(tasks), default_rate=1.0)
+        seqio.MixtureRegistry.remove(spec.name)
+    seqio.MixtureRegistry.add(spec.name, [m.name for m in members], default_rate=1.0,
+                              mixture_cls=SpecMixture, spec=spec)
 
 
 def register_dataset_tasks(
@@ -395,46 +389,50 @@ def register_dataset_tasks(
     if source == "tfds":
         data_dir = data_dir or tfds_data_dir()
     styles = tuple(styles or explain.STYLES)
-    subset_sizes = tuple(subset_sizes)
     train_size = config.splits["train"].num_examples if "train" in config.splits else 0
-    subsets = [None] + [n for n in subset_sizes if n <= train_size]
+    subset_sizes = tuple(n for n in subset_sizes if n <= train_size)
 
     vocabularies = []
     if domain:
-        vocabularies.append((False, domain_vocabulary()))
+        vocabularies.append(("domain", domain_vocabulary()))
     if sentencepiece_path:
-        vocabularies.append((True, _sentencepiece_vocabulary(sentencepiece_path)))
+        vocabularies.append(("sp", _sentencepiece_vocabulary(sentencepiece_path)))
 
-    prepare = render_explanations if source == "function" else select_explanations
+    sources: dict[int | None, seqio.DataSource] = {}  # one raw source per training subset
     names = []
-    for sentencepiece, vocabulary in vocabularies:
-        group = []
-        for subset in subsets:
-            src = _source(config.name, source, subset, data_dir)
-            for style in styles:
-                for tagged in (False, True) if subset is None else (False,):
-                    name = task_name(config.name, style, tagged=tagged, subset=subset,
-                                     source=source, sentencepiece=sentencepiece)
-                    pre = functools.partial(prepare, style=style, tagged=tagged)
-                    _add_task(name, src, vocabulary, pre, replace)
-                    group.append(name)
-        mixture = mixture_name(config.name, source=source, sentencepiece=sentencepiece)
-        _add_mixture(
-            mixture,
-            [task_name(config.name, s, tagged=True, source=source, sentencepiece=sentencepiece)
-             for s in styles],
-            replace,
-        )
-        group.append(mixture)
-        kind = "sp" if sentencepiece else "domain"
-        known = _REGISTERED.setdefault((config.name, source, kind), [])
-        known.extend(n for n in group if n not in known)
-        names.extend(group)
-    if domain:
-        _OPTIONS[(config.name, source)] = dict(
-            data_dir=data_dir, styles=styles, subset_sizes=subset_sizes
-        )
+    for kind, vocabulary in vocabularies:
+        specs = dataset_tasks(config.name, styles=styles, subset_sizes=subset_sizes,
+                              source=source, vocabulary=kind)
+        for spec in specs:
+            if spec.subset not in sources:
+                sources[spec.subset] = _source(config.name, source, spec.subset, data_dir)
+            _add_task(spec, sources[spec.subset], vocabulary, replace)
+        mixture = MixtureSpec(config.name, source=source, vocabulary=kind)
+        _add_mixture(mixture, mixture.members(styles), replace)
+        names += [spec.name for spec in specs] + [mixture.name]
     return names
+
+
+def _sentencepiece_variants(path: str, *, replace: bool) -> list[str]:
+    """The ``_sp`` variant of every registered task and mixture, with this model.
+
+    Each variant reads the same raw source as its task (so a TFDS task keeps its
+    data directory) and a mixture's variant has the variants of its members.
+    """
+    vocabulary = _sentencepiece_vocabulary(path)
+    names: dict[str, None] = {}  # ordered, without repeats
+    for task in _registered_tasks():
+        spec = task.spec.replace(vocabulary="sp")
+        if spec.name not in names:
+            _add_task(spec, task.source, vocabulary, replace)
+            names[spec.name] = None
+    for mixture in _registered_mixtures():
+        spec = mixture.spec.replace(vocabulary="sp")
+        if spec.name not in names:
+            members = [t.spec.replace(vocabulary="sp") for t in mixture.tasks]
+            _add_mixture(spec, members, replace)
+            names[spec.name] = None
+    return list(names)
 
 
 def register_sentencepiece_tasks(path: str | None = None) -> list[str]:
@@ -445,43 +443,39 @@ def register_sentencepiece_tasks(path: str | None = None) -> list[str]:
     """
     path = path or vocab.sentencepiece_model_path()
     _sentencepiece_vocabulary(path)  # fail here, with a clear message, if unusable
-    names = []
-    for (dataset, source), options in sorted(_OPTIONS.items()):
-        names += register_dataset_tasks(
-            dataset, source=source, sentencepiece_path=path, domain=False, replace=True,
-            **options,
-        )
-    return names
+    return _sentencepiece_variants(path, replace=True)
 
 
 def register_all() -> list[str]:
     """Register every dataset config of ``data.DATASETS`` (what ``import seqio_tasks`` does).
 
     Configs added with ``data.register_config`` before this runs get their tasks
-    too. A dataset registered before keeps the options it was registered with.
+    too. A dataset registered before keeps the tasks it was registered with (its
+    styles, subset sizes and data directory); with a SentencePiece model
+    configured, it gains the ``_sp`` variants it lacks.
+
+    Returns:
+      Every task and mixture name this module has registered.
     """
     spm_path = vocab.sentencepiece_model_path()
     data_dir = tfds_data_dir()
     sources = ("function", "tfds") if data_dir else ("function",)
-    names = []
+    known = {(task.spec.dataset, task.spec.source) for task in _registered_tasks()}
     for dataset in list(data.DATASETS):
         for source in sources:
-            options = _OPTIONS.get((dataset, source)) or (
-                {"data_dir": data_dir} if source == "tfds" else {}
-            )
-            names += register_dataset_tasks(
-                dataset, source=source, sentencepiece_path=spm_path, **options
-            )
-    return names
+            if (dataset, source) not in known:
+                register_dataset_tasks(dataset, source=source, data_dir=data_dir,
+                                       sentencepiece_path=spm_path)
+    if spm_path:
+        _sentencepiece_variants(spm_path, replace=False)
+    return task_names() + mixture_names()
 
 
 def task_names() -> list[str]:
     """Every task this module registered (all datasets, sources, vocabularies)."""
-    tasks = set(seqio.TaskRegistry.names())
-    return [n for group in _REGISTERED.values() for n in group if n in tasks]
+    return [task.name for task in _registered_tasks()]
 
 
 def mixture_names() -> list[str]:
     """Every mixture this module registered."""
-    mixtures = set(seqio.MixtureRegistry.names())
-    return [n for group in _REGISTERED.values() for n in group if n in mixtures]
+    return [mixture.name for mixture in _registered_mixtures()]

@@ -161,3 +161,17 @@ def test_predict_takes_the_modulus_of_the_tasks_dataset():
     assert _dataset_modulus("listops10_none_tagged") == 10
     assert _dataset_modulus("explistops30_len50_100_long_sp") == 30
     assert _dataset_modulus("some_other_task") == 30
+    assert _dataset_modulus("unregistered_config_medium") == 30
+
+
+def test_predict_picks_the_task_of_the_asked_style():
+    import seqio_tasks  # noqa: F401  (registers the explistops tasks)
+    from explistops_jax.evaluator import _task_for
+
+    assert _task_for("explistops30_all_styles", "long").name == "explistops30_long_tagged"
+    assert _task_for("listops10_all_styles", None).name == "listops10_medium_tagged"
+    assert _task_for("explistops30_medium_n2000", "none").name == "explistops30_none_n2000"
+    assert _task_for("explistops30_medium", None).name == "explistops30_medium"
+    assert _task_for(None, "short").name == "explistops30_short"
+    with pytest.raises(UserError, match="unknown explanation style 'verbose'"):
+        _task_for("explistops30_medium", "verbose")

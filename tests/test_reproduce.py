@@ -105,8 +105,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
         model_overrides=dict(num_encoder_layers=1, num_decoder_layers=1),
         feature_lengths={"none": {"inputs": 16, "targets": 4},
                          "medium": {"inputs": 16, "targets": 48}},
-        eval_feature_lengths={"inputs": 24, "targets": 64}, eval_period=2,
-        task_name=tiny_tasks.task_name)
+        eval_feature_lengths={"inputs": 24, "targets": 64}, eval_period=2)
     lines: list[str] = []
     dirs = reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=lines.append)
     for run, run_dir in zip(runs, dirs):

@@ -14,6 +14,7 @@ from explistops_jax import data, explain, listops, scoring, vocab  # noqa: E402
 from explistops_jax.data import DatasetConfig, SplitConfig  # noqa: E402
 from explistops_jax.errors import UserError  # noqa: E402
 from explistops_jax.listops import SamplerConfig  # noqa: E402
+from explistops_jax.task_spec import TaskSpec  # noqa: E402
 
 TINY = "seqio_test_tiny"
 
@@ -126,13 +127,8 @@ def _check_example(ex: dict, task: seqio.Task, style: str, tagged: bool) -> None
 
 
 def _style_of(name: str) -> tuple[str, bool]:
-    for style in explain.STYLES:
-        for dataset in data.DATASETS:
-            if name.startswith(f"{dataset}_{style}"):
-                rest = name[len(f"{dataset}_{style}"):]
-                if rest == "" or rest.startswith("_"):
-                    return style, rest.startswith("_tagged")
-    raise AssertionError(f"no style in {name}")
+    spec = TaskSpec.parse(name)
+    return spec.style, spec.tagged
 
 
 def test_task_count(tasks):
@@ -143,10 +139,8 @@ def test_task_count(tasks):
 
 def _group(tasks, dataset: str, vocabulary: str) -> list[str]:
     """The registered tasks of one dataset (generated source) with one vocabulary."""
-    names = [n for n in tasks.task_names() if n in seqio.TaskRegistry.names()]
-    prefixes = [f"{dataset}_{style}" for style in explain.STYLES]
-    mine = [n for n in names if any(n == p or n.startswith(p + "_") for p in prefixes)]
-    mine = [n for n in mine if "_tfds" not in n and (n.endswith("_sp") == (vocabulary == "sp"))]
+    mine = [spec.name for spec in map(TaskSpec.parse, tasks.task_names())
+            if (spec.dataset, spec.source, spec.vocabulary) == (dataset, "function", vocabulary)]
     assert mine, (dataset, vocabulary)
     return mine
 

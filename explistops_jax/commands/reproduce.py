@@ -68,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.preset}")
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
 
-    import seqio_tasks  # registers the tasks of every dataset config, the CPU demo's too
+    import seqio_tasks  # noqa: F401  (registers the tasks of every config, the CPU demo's too)
 
     runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
-                              checkpoints=checkpoints, sizes=_csv(args.sizes),
-                              task_name=seqio_tasks.task_name)
+                              checkpoints=checkpoints, sizes=_csv(args.sizes))
     if args.preset == "paper":
         commands = reproduce.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
