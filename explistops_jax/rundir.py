@@ -304,7 +304,8 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"output {out} already exists", expected="a new path (remove the old one first)")
+        raise UserError(f"output {out} already exists",
+                        expected="a new path (remove the old one first)")
     tmp = _temporary(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

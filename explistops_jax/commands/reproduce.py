@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         commands = reproduce.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / rundir.T5X_COMMANDS_FILE
-        rundir.write_text(path, "#!/usr/bin/env bash\n# The same runs under T5X (see docs/t5x.md).\n"
-                          + "".join(c + "\n" for c in commands))
+        rundir.write_text(path, "#!/usr/bin/env bash\n"
+                                "# The same runs under T5X (see docs/t5x.md).\n"
+                                + "".join(c + "\n" for c in commands))
         print(f"T5X command lines: {path} ({len(commands)} runs)")
     if args.dry_run:
         for r in runs:
