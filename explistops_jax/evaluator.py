@@ -30,10 +30,8 @@ one :class:`Evaluator`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -43,19 +41,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from explistops_jax import input_pipeline, partitioning  # first: keeps TF off the GPUs
+from explistops_jax import rundir
 from explistops_jax.errors import UserError
+from explistops_jax.rundir import RunDir
 
 import seqio  # noqa: E402  (after input_pipeline)
 
 __all__ = ["Decoder", "Evaluator", "evaluate", "predict_expressions",
            "load_model_and_params", "eval_dir"]
 
-EVAL_DIR = "eval"
-
 
 def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
-    """Where an evaluation of ``task``/``split`` writes its files."""
-    return Path(output_dir) / EVAL_DIR / task / split
+    """Where an evaluation of ``task``/``split`` writes its files
+    (``rundir.RunDir.eval_dir``)."""
+    return RunDir(output_dir).eval_dir(task, split)
 
 
 @dataclasses.dataclass
@@ -216,13 +215,12 @@ class Evaluator:
         return _plain(metrics), rows
 
     def _write(self, task: str, step: int, metrics: Mapping, rows: list[dict]) -> None:
-        out = eval_dir(self.model_dir, task, self.split)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / f"predictions_{step}.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        run = RunDir(self.model_dir)
+        run.eval_dir(task, self.split).mkdir(parents=True, exist_ok=True)
+        rundir.write_jsonl(run.predictions(task, self.split, step), rows)
         summary = {"step": step, "task": task, "split": self.split,
                    "num_examples": len(rows), "metrics": metrics}
-        _atomic_write(out / f"metrics_{step}.json", json.dumps(summary, indent=2) + "\n")
+        rundir.write_json(run.metrics(task, self.split, step), summary)
 
 
 # ----------------------------------------------------------------- rows and values
@@ -309,12 +307,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------- standalone
 
 
@@ -328,7 +320,7 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
     """
     from explistops_jax import checkpoints as interop
     from explistops_jax.model import EncoderDecoderModel
-    from explistops_jax.train_state import RunCheckpoints, checkpoint_steps
+    from explistops_jax.train_state import RunCheckpoints
 
     partitioner = partitioner or partitioning.Partitioner()
     path = Path(checkpoint).expanduser().absolute()
@@ -338,7 +330,7 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
                                  "Hugging Face / T5X / explistops checkpoint")
     run_dir, run_step = _run_dir_and_step(path, step)
     if run_dir is not None:
-        steps = checkpoint_steps(run_dir)
+        steps = RunDir(run_dir).checkpoint_steps()
         run_step = run_step if run_step is not None else steps[-1]
         if run_step not in steps:
             raise UserError(f"no checkpoint at step {run_step}", where=str(run_dir),
@@ -357,16 +349,11 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
 
 
 def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | None]:
-    from explistops_jax.train_state import STEP_PREFIX, checkpoint_steps
-
-    name = path.name
-    if name.startswith(STEP_PREFIX + "_") and name[len(STEP_PREFIX) + 1:].isdigit() \
-            and (path / "run").exists():
-        return path.parent, int(name[len(STEP_PREFIX) + 1:])
-    if checkpoint_steps(path) and any((path / f"{STEP_PREFIX}_{s}" / "run").exists()
-                                      for s in checkpoint_steps(path)):
-        return path, step
-    return None, None
+    found = rundir.find_run_checkpoint(path)
+    if found is None:
+        return None, None
+    run, own_step = found
+    return run.path, own_step if own_step is not None else step
 
 
 def evaluate(

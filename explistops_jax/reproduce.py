@@ -25,15 +25,14 @@ only names them, so the library stays free of the task registry.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from explistops_jax import data, explain
+from explistops_jax import data, explain, rundir
 from explistops_jax.errors import UserError
+from explistops_jax.rundir import RunDir
 from explistops_jax.task_spec import TaskSpec
 
 __all__ = [
@@ -46,8 +45,6 @@ __all__ = [
     "runs_for",
     "t5x_commands",
 ]
-
-DONE_FILE = "done.json"
 
 # ----------------------------------------------------------------- the CPU preset
 
@@ -261,7 +258,7 @@ def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
         dirs.append(run_dir)
-        if (run_dir / DONE_FILE).exists():
+        if RunDir(run_dir).done_json.exists():
             log(f"[{i}/{len(runs)}] {run.name}: done (skipped)")
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
@@ -269,8 +266,9 @@ def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
         started = time.time()
         result = train_run(run, run_dir, preset=preset, progress=progress)
         metrics = evaluate_run(run, run_dir, result.step, log=log)
-        _write_json(run_dir / DONE_FILE, {"step": result.step, "metrics": metrics,
-                                          "seconds": round(time.time() - started, 1)})
+        rundir.write_json(RunDir(run_dir).done_json,
+                          {"step": result.step, "metrics": metrics,
+                           "seconds": round(time.time() - started, 1)}, sort_keys=True)
     return dirs
 
 
@@ -315,12 +313,12 @@ def evaluate_run(run: Run, run_dir: Path, step: int, *,
 
     results = {}
     for split in run.eval_splits:
-        path = evaluator.eval_dir(run_dir, run.task, split) / f"metrics_{step}.json"
+        path = RunDir(run_dir).metrics(run.task, split, step)
         if not path.exists():
             evaluator.evaluate(run_dir, run.task, split, step=step,
                                task_feature_lengths=run.eval_feature_lengths,
                                batch_size=100, max_examples=run.eval_max_examples)
-        record = json.loads(path.read_text())
+        record = rundir.read_json(path)
         metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
         metrics["num_examples"] = record["num_examples"]
         log(f"    {split}: accuracy {metrics.get('accuracy', float('nan')):.3f} "
@@ -328,8 +326,3 @@ def evaluate_run(run: Run, run_dir: Path, step: int, *,
         results[split] = metrics
     return results
 
-
-def _write_json(path: Path, value: Mapping) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)

@@ -15,29 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["MetricsWriter", "Progress", "truncate_log", "read_log"]
+from explistops_jax import rundir
+from explistops_jax.rundir import RunDir
 
-TRAIN_LOG = "train_log.jsonl"
-EVAL_LOG = "eval_log.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["MetricsWriter", "Progress", "truncate_log"]
 
 
 def truncate_log(path: str | Path, last_step: int) -> None:
     """Drops the lines of a JSONL log whose ``step`` is past ``last_step``
-    (atomically: the file is rewritten beside and renamed)."""
+    (atomically: ``rundir.write_text``); the lines kept are kept byte for byte."""
     path = Path(path)
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and _step_of(line) <= last_step]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    rundir.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> float:
@@ -45,17 +41,6 @@ def _step_of(line: str) -> float:
         return json.loads(line).get("step", math.inf)
     except json.JSONDecodeError:  # a line cut short by a kill
         return math.inf
-
-
-def read_log(path: str | Path) -> list[dict]:
-    """The records of a JSONL log (an unfinished last line is ignored)."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _jsonable(value: Any) -> Any:
@@ -71,7 +56,7 @@ class MetricsWriter:
 
     def __init__(self, model_dir: str | Path, *, enabled: bool = True,
                  tensorboard: bool = True):
-        self.model_dir = Path(model_dir)
+        self.run = RunDir(model_dir)
         self.enabled = enabled
         self._tb: dict[str, Any] = {}
         self._use_tb = tensorboard and enabled
@@ -82,18 +67,15 @@ class MetricsWriter:
         if kind not in self._tb:
             from tensorboardX import SummaryWriter
 
-            self._tb[kind] = SummaryWriter(str(self.model_dir / TENSORBOARD_DIR / kind))
+            self._tb[kind] = SummaryWriter(str(self.run.tensorboard(kind)))
         return self._tb[kind]
-
-    def _append(self, name: str, record: Mapping[str, Any]) -> None:
-        with open(self.model_dir / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def write_train(self, step: int, metrics: Mapping[str, float]) -> None:
         """One step's metrics (scalars) to train_log.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        self._append(TRAIN_LOG, {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}})
+        rundir.append_jsonl(self.run.train_log,
+                            {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}})
         if self._use_tb:
             writer = self._writer("train")
             for name, value in metrics.items():
@@ -105,8 +87,8 @@ class MetricsWriter:
         (nested dicts, e.g. breakdowns, go to the JSONL only)."""
         if not self.enabled:
             return
-        self._append(EVAL_LOG, {"step": step, "task": task, "split": split,
-                                **{k: _jsonable(v) for k, v in metrics.items()}})
+        rundir.append_jsonl(self.run.eval_log, {"step": step, "task": task, "split": split,
+                                                **{k: _jsonable(v) for k, v in metrics.items()}})
         if self._use_tb:
             writer = self._writer("eval")
             for name, value in metrics.items():

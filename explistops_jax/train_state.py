@@ -34,10 +34,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir
+
 __all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps"]
-
-STEP_PREFIX = "checkpoint"
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -77,13 +76,9 @@ class CheckpointConfig:
 
 
 def checkpoint_steps(model_dir: str | Path) -> list[int]:
-    """Steps of the finished checkpoints in ``model_dir``, ascending."""
-    steps = []
-    for child in Path(model_dir).glob(f"{STEP_PREFIX}_*"):
-        suffix = child.name[len(STEP_PREFIX) + 1:]
-        if suffix.isdigit() and (child / "state").is_dir():
-            steps.append(int(suffix))
-    return sorted(steps)
+    """Steps of the finished checkpoints in ``model_dir``, ascending
+    (``rundir.RunDir.checkpoint_steps``)."""
+    return RunDir(model_dir).checkpoint_steps()
 
 
 class RunCheckpoints:
@@ -94,12 +89,12 @@ class RunCheckpoints:
         self.config = config
         self.directory = Path(model_dir).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else config.keep, step_prefix=STEP_PREFIX,
+            max_to_keep=None if read_only else config.keep, step_prefix=CHECKPOINT_PREFIX,
             save_interval_steps=0 if read_only else 1, create=not read_only,
             cleanup_tmp_directories=not read_only, read_only=read_only,
             enable_async_checkpointing=config.async_save)
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "run"))
+            self.directory, options=options, item_names=CHECKPOINT_ITEMS)
         self._started: set[int] = set()  # saves begun by this process
 
     def latest_step(self) -> int | None:

@@ -21,7 +21,6 @@ from the step number.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -32,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from explistops_jax import input_pipeline, optimizers, partitioning, summaries
+from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
 from explistops_jax.errors import UserError
+from explistops_jax.rundir import RunDir
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
 from explistops_jax.train_step import initial_state, make_train_step, state_layout
 
@@ -44,9 +44,6 @@ __all__ = [
     "NonFiniteLossError",
     "train",
 ]
-
-RUN_FILE = "run.json"
-
 
 # ----------------------------------------------------------------- configuration
 
@@ -312,9 +309,10 @@ def train(
                              initial_checkpoint_path)
     start_step = int(jax.device_get(state.step))
     if is_chief:
-        summaries.truncate_log(model_dir / summaries.TRAIN_LOG, start_step)
-        summaries.truncate_log(model_dir / summaries.EVAL_LOG, start_step)
-        _write_json(model_dir / RUN_FILE, info)
+        run = RunDir(model_dir)
+        summaries.truncate_log(run.train_log, start_step)
+        summaries.truncate_log(run.eval_log, start_step)
+        rundir.write_json(run.run_json, info)
 
     step_fn = partitioner.jit(
         make_train_step(model, tx, schedule, num_microbatches),
@@ -340,16 +338,16 @@ def train(
 
 def _finished(model_dir: Path, step: int) -> TrainResult:
     """The result of a run that already reached its last step, from its logs."""
-    def records(name):
-        path = model_dir / name
-        return [r for r in summaries.read_log(path) if r.get("step") == step] if path.exists() else []
+    def records(path):
+        return [r for r in rundir.read_jsonl(path, lenient=True) if r.get("step") == step]
 
-    train_records = records(summaries.TRAIN_LOG)
+    run = RunDir(model_dir)
+    train_records = records(run.train_log)
     metrics = {k: v for k, v in (train_records[-1] if train_records else {}).items()
                if k != "step"}
     evals = {f"{r['task']}/{r['split']}": {k: v for k, v in r.items()
                                            if k not in ("step", "task", "split")}
-             for r in records(summaries.EVAL_LOG)}
+             for r in records(run.eval_log)}
     logging.info("%s is already trained to step %d", model_dir, step)
     return TrainResult(str(model_dir), step, metrics, evals)
 
@@ -429,8 +427,3 @@ def _config_dict(config) -> dict | None:
         out[field.name] = value
     return out
 
-
-def _write_json(path: Path, data: Mapping) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)

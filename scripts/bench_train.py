@@ -129,7 +129,7 @@ def bench_loop(preset: str, args) -> dict:
     import tempfile
 
     import seqio_tasks  # noqa: F401
-    from explistops_jax import input_pipeline, summaries
+    from explistops_jax import input_pipeline, rundir
 
     data = input_pipeline.DataConfig(
         args.task, {"inputs": args.inputs_length, "targets": args.targets_length},
@@ -139,7 +139,7 @@ def bench_loop(preset: str, args) -> dict:
     with tempfile.TemporaryDirectory() as run:
         trainer.train(spec, data, run, train_steps=args.steps + 2, progress=False,
                       checkpoint=CheckpointConfig(period=0, keep=1))
-        log = summaries.read_log(os.path.join(run, summaries.TRAIN_LOG))[2:]
+        log = rundir.read_jsonl(rundir.RunDir(run).train_log, lenient=True)[2:]
     return {"loop_task": args.task, "loop_pack": args.pack,
             "loop_step_s": float(np.median([r["step_time_s"] for r in log])),
             "loop_target_tokens_per_s": float(np.median([r["tokens_per_s"] for r in log])),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from explistops_jax import data, reproduce
+from explistops_jax import data, reproduce, rundir
 from explistops_jax.errors import UserError
 from explistops_jax.listops import SamplerConfig
 
@@ -109,7 +109,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     lines: list[str] = []
     dirs = reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=lines.append)
     for run, run_dir in zip(runs, dirs):
-        done = json.loads((run_dir / reproduce.DONE_FILE).read_text())
+        done = rundir.read_json(rundir.RunDir(run_dir).done_json)
         assert set(done["metrics"]) == {"test", "longer"}
         assert done["metrics"]["test"]["num_examples"] == 8
         assert 0.0 <= done["metrics"]["test"]["accuracy"] <= 1.0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tiny_trainer_fixtures as tiny
-from explistops_jax import input_pipeline, optimizers, summaries, train_step, trainer
+from explistops_jax import input_pipeline, optimizers, rundir, train_step, trainer
 from explistops_jax.errors import UserError
 from explistops_jax.train_state import checkpoint_steps
 
@@ -31,7 +31,7 @@ def task():
 
 
 def _log(model_dir) -> list[dict]:
-    return summaries.read_log(Path(model_dir) / summaries.TRAIN_LOG)
+    return rundir.read_jsonl(rundir.RunDir(model_dir).train_log, lenient=True)
 
 
 def _decode_rows(batch) -> list[str]:
@@ -148,7 +148,7 @@ def test_sigkill_resumes_the_same_loss_curve(tmp_path):
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            logged = _log(killed) if (killed / summaries.TRAIN_LOG).exists() else []
+            logged = _log(killed)
             if 10 in checkpoint_steps(killed) and logged and logged[-1]["step"] >= 12:
                 break
             time.sleep(0.02)

@@ -1,6 +1,7 @@
 """What every checkpoint format shares: flat parameter dicts, the shapes a config
 expects, the loud check of a loaded tree against them, config inference from
-shapes, config <-> JSON, and output directories that appear whole or not at all.
+shapes, and config <-> JSON. Output directories that appear whole or not at all and
+JSON files are :mod:`explistops_jax.rundir`'s (``atomic_directory`` is re-exported).
 
 Parameters travel between formats as a *flat* dict of numpy arrays keyed by the
 T5X path, ``"encoder/layers_0/attention/query/kernel"``. The network's own tree
@@ -9,20 +10,15 @@ T5X path, ``"encoder/layers_0/attention/query/kernel"``. The network's own tree
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import json
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from explistops_jax.errors import UserError
+from explistops_jax.rundir import atomic_directory  # noqa: F401  (checkpoints' API)
 
 FlatParams = dict[str, np.ndarray]  # T5X path ("a/b/kernel") -> array
 
@@ -209,50 +205,3 @@ def infer_config(flat: Mapping[str, Any], *, source: str, **overrides):
     )
     values.update(overrides)
     return network.T5Config(**values)
-
-
-# -------------------------------------------------------- atomic directories
-
-
-@contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yields a fresh temporary directory next to ``out_dir``; renames it to
-    ``out_dir`` when the block succeeds, deletes it when the block raises.
-
-    ``out_dir`` must not exist yet (an empty directory is accepted and replaced),
-    so a failed or interrupted conversion never leaves a half-written checkpoint
-    where a complete one is expected.
-    """
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"output {out} already exists", expected="a new path (remove the old one first)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot create output directory {out}: {e.strerror}") from None
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON: {e.msg}", where=f"{path}:{e.lineno}:{e.colno}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise UserError("expected a JSON object", where=str(path))
-    return data

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from explistops_jax.errors import UserError
+from explistops_jax import rundir
 from explistops_jax.checkpoints import common
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def read_hf_tensors(directory: Path) -> dict[str, np.ndarray]:
             return reader(directory / name)
         index = directory / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(common.read_json(index).get("weight_map", {}).values()))
+            shards = sorted(set(rundir.read_json(index).get("weight_map", {}).values()))
             tensors: dict[str, np.ndarray] = {}
             for shard in shards:
                 tensors.update(reader(directory / shard))
@@ -310,7 +311,7 @@ def import_hf(path: str | Path):
     source = str(directory)
     if not directory.is_dir():
         raise UserError("not a directory", where=source, expected="a Hugging Face T5 directory")
-    hf = common.read_json(directory / "config.json")
+    hf = rundir.read_json(directory / "config.json")
     if hf.get("model_type", "t5") not in ("t5", "mt5"):
         raise UserError(f"model_type is {hf.get('model_type')!r}", where=f"{source}/config.json",
                         expected="'t5' (T5ForConditionalGeneration)")
@@ -401,6 +402,6 @@ def export_hf(config, params: Mapping[str, Any], out_dir: str | Path) -> Path:
     tensors = hf_tensors(config, params)
     cfg = hf_config(config)
     with common.atomic_directory(out_dir) as tmp:
-        common.write_json(tmp / "config.json", cfg)
+        rundir.write_json(tmp / "config.json", cfg, sort_keys=True)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     return Path(out_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from explistops_jax.errors import UserError
+from explistops_jax import rundir
 from explistops_jax.checkpoints import common
 
 CONFIG_FILE = "config.json"
@@ -27,7 +28,7 @@ def save_params(directory: str | Path, config, params: Mapping[str, Any]) -> Pat
     flat = common.to_numpy(common.flatten(params))
     common.check_params(flat, config, source="params")
     with common.atomic_directory(directory) as tmp:
-        common.write_json(tmp / CONFIG_FILE, common.config_to_dict(config))
+        rundir.write_json(tmp / CONFIG_FILE, common.config_to_dict(config), sort_keys=True)
         checkpointer = ocp.PyTreeCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, common.unflatten(flat))
     return Path(directory)
@@ -44,7 +45,7 @@ def load_params(directory: str | Path):
             where=str(d),
             expected=f"a directory with {CONFIG_FILE} and {PARAMS_DIR}/",
         )
-    config = common.config_from_dict(common.read_json(d / CONFIG_FILE), source=str(d / CONFIG_FILE))
+    config = common.config_from_dict(rundir.read_json(d / CONFIG_FILE), source=str(d / CONFIG_FILE))
     flat = common.to_numpy(t5x.read_orbax_tree(d / PARAMS_DIR))
     common.check_params(flat, config, source=str(d))
     return config, common.unflatten(flat)

@@ -26,16 +26,15 @@ when told to build the missing optimizer state from scratch
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from explistops_jax import rundir
 from explistops_jax.errors import UserError
 from explistops_jax.checkpoints import common
 
-_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 _ORBAX_METADATA = "_METADATA"
 _LEGACY_FILE = "checkpoint"
 _STATE_ITEM = "state"
@@ -62,7 +61,8 @@ def locate(path: str | Path) -> tuple[str, Path]:
     if (p / _STATE_ITEM).is_dir():  # Orbax item dir (older Orbax lacks _METADATA)
         return "orbax", p / _STATE_ITEM
     steps = sorted(
-        (int(m.group(1)), child) for child in p.iterdir() if (m := _STEP_DIR.match(child.name)) and child.is_dir()
+        (step, child) for child in p.iterdir()
+        if (step := rundir.parse_checkpoint_name(child.name)) is not None and child.is_dir()
     )
     if steps:
         return locate(steps[-1][1])
@@ -219,11 +219,11 @@ def export_t5x(config, params: Mapping[str, Any], out_dir: str | Path, *, step: 
         manager = ocp.CheckpointManager(
             tmp,
             item_handlers={_STATE_ITEM: ocp.PyTreeCheckpointHandler(use_ocdbt=True)},
-            options=ocp.CheckpointManagerOptions(step_prefix="checkpoint", create=True),
+            options=ocp.CheckpointManagerOptions(step_prefix=rundir.CHECKPOINT_PREFIX, create=True),
         )
         try:
             manager.save(step, args=ocp.args.Composite(**{_STATE_ITEM: ocp.args.PyTreeSave(tree)}), force=True)
             manager.wait_until_finished()
         finally:
             manager.close()
-    return Path(out_dir) / f"checkpoint_{step}"
+    return rundir.RunDir(out_dir).checkpoint(step)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from explistops_jax import rundir
 from explistops_jax.data import DATASETS, examples, get_config
 from explistops_jax.errors import UserError
 from explistops_jax.explain import STYLES, explain
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out == "-":
         write(sys.stdout)
     else:
-        _write_atomically(Path(args.out), write)
+        with rundir.atomic_open(Path(args.out)) as handle:
+            write(handle)
     if not args.quiet:
         print(f"wrote {stop - start} examples ({start}..{stop - 1}) of {config.name}/{args.split} "
               f"to {args.out}", file=sys.stderr)
@@ -112,14 +113,3 @@ def _line(example: dict[str, Any], style: str, notation: str, modulus: int, fmt:
     }
     return json.dumps(record, ensure_ascii=False) + "\n"
 
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file next to ``path``, renamed into place at the end."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from explistops_jax import rundir
 from explistops_jax.errors import UserError
 
 
@@ -75,11 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if args.preset == "paper":
         commands = reproduce.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "t5x_commands.sh"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("#!/usr/bin/env bash\n# The same runs under T5X (see docs/t5x.md).\n"
-                       + "".join(c + "\n" for c in commands))
-        os.replace(tmp, path)
+        path = out / rundir.T5X_COMMANDS_FILE
+        rundir.write_text(path, "#!/usr/bin/env bash\n"
+                                "# The same runs under T5X (see docs/t5x.md).\n"
+                                + "".join(c + "\n" for c in commands))
         print(f"T5X command lines: {path} ({len(commands)} runs)")
     if args.dry_run:
         for r in runs:

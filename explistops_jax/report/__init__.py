@@ -1,0 +1,85 @@
+"""Tables and plots of finished runs, measured figures beside the study's published ones.
+
+:func:`collect` reads run directories (:mod:`.runs`, through
+:mod:`explistops_jax.rundir`); :func:`write_report` writes ``report.md``
+(:mod:`.markdown`, atomically) and PNG plots (:mod:`.plots`) beside it. The study's
+table has models as rows and explanation styles as columns; runs that differ only
+in their seed are pooled into one cell, shown as mean ± sample standard deviation
+and the number of seeds (:mod:`.statistics`); the study's own figures are
+:mod:`.published`.
+
+Reading never fails on a missing or half-written file: what is absent shows as
+"—" (not measured) and is listed under the run's problems, and a metric that does
+not apply (step faithfulness without explanations: ``null`` in the metrics file)
+shows as "n/a". Output is deterministic: rows and columns are sorted, and there is
+no timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from explistops_jax import rundir
+from explistops_jax.report.markdown import render_markdown
+from explistops_jax.report.plots import write_plots
+from explistops_jax.report.published import (PUBLISHED, STUDY_DATASET, STUDY_TRAIN_EXAMPLES,
+                                             Published, published_rows)
+from explistops_jax.report.runs import (CONDITIONS, LONGER_SPLITS, NOT_HELD_OUT, TEST_SPLIT,
+                                        RunResult, SplitResult, collect, find_runs,
+                                        longer_split, model_rank, read_run)
+from explistops_jax.report.statistics import (MISSING, NOT_APPLICABLE, GroupKey, Margin, Stat,
+                                              format_stat, margins)
+
+__all__ = [
+    "CONDITIONS",
+    "GroupKey",
+    "LONGER_SPLITS",
+    "MISSING",
+    "Margin",
+    "NOT_APPLICABLE",
+    "NOT_HELD_OUT",
+    "PUBLISHED",
+    "Published",
+    "RunResult",
+    "STUDY_DATASET",
+    "STUDY_TRAIN_EXAMPLES",
+    "SplitResult",
+    "Stat",
+    "TEST_SPLIT",
+    "collect",
+    "find_runs",
+    "format_stat",
+    "longer_split",
+    "margins",
+    "model_rank",
+    "published_rows",
+    "read_run",
+    "render_markdown",
+    "write_plots",
+    "write_report",
+    "write_report_from_runs",
+]
+
+
+def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathLike],
+                 out_dir: str | os.PathLike) -> Path:
+    """Reads the runs and writes ``out_dir/report.md`` plus its PNG plots.
+
+    Returns the path of report.md.
+
+    Raises:
+      UserError: no run found under the given paths.
+    """
+    return write_report_from_runs(collect(run_dirs_or_parent), out_dir)
+
+
+def write_report_from_runs(runs: Sequence[RunResult], out_dir: str | os.PathLike) -> Path:
+    """:func:`write_report` for runs already read by :func:`collect`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(runs, out_dir)
+    path = out_dir / rundir.REPORT_FILE
+    rundir.write_text(path, render_markdown(runs, out_dir, plots))
+    return path

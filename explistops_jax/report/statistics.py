@@ -1,0 +1,181 @@
+"""The report's numbers: runs grouped into table rows, mean ± standard deviation
+over seeds, and the margin of explanations over none.
+
+A row (:data:`GroupKey`) is the runs that differ only in style and seed; a cell
+pools a row's runs of one style (the seeds) into a :class:`Stat`. Cell texts:
+:data:`MISSING` for what was not measured, :data:`NOT_APPLICABLE` for a metric
+that does not apply (``null`` in the metrics file, NaN in a run).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from explistops_jax.report.runs import (TEST_SPLIT, RunResult, condition_key, model_rank,
+                                        seed_key, style_key)
+
+MISSING = "—"
+"""Cell text for a value that was not measured (no run, no metrics file)."""
+NOT_APPLICABLE = "n/a"
+"""Cell text for a metric that does not apply (``null`` in the metrics file)."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over seeds (None with one value).
+    ``mean`` is NaN when every value is NaN (not applicable)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> "Stat | None":
+        """None when nothing was measured; NaN values (not applicable) are left out
+        unless all are NaN."""
+        measured = [v for v in values if v is not None]
+        if not measured:
+            return None
+        finite = [v for v in measured if not math.isnan(v)]
+        if not finite:
+            return cls(math.nan, None, 0)
+        std = statistics.stdev(finite) if len(finite) > 1 else None
+        return cls(statistics.fmean(finite), std, len(finite))
+
+
+def format_stat(stat: Stat | None, *, scale: float = 100.0, sign: bool = False,
+                seeds: bool = True) -> str:
+    """``"87.5 ± 1.2 (n=3)"``; one value: ``"87.5"``; "—" / "n/a" as documented."""
+    if stat is None:
+        return MISSING
+    if math.isnan(stat.mean):
+        return NOT_APPLICABLE
+    text = f"{scale * stat.mean:{'+' if sign else ''}.1f}"
+    if stat.std is not None:
+        text += f" ± {scale * stat.std:.1f}"
+    if seeds and stat.n > 1:
+        text += f" (n={stat.n})"
+    return text
+
+
+def pct(value: float | None, sign: bool = False) -> str:
+    """A fraction as a percentage with one decimal; "—" / "n/a" as documented."""
+    if value is None:
+        return MISSING
+    if math.isnan(value):
+        return NOT_APPLICABLE
+    return f"{100 * value:{'+' if sign else ''}.1f}"
+
+
+# ---------------------------------------------------------------- rows (groups)
+
+GroupKey = tuple[str, str, str, "int | None"]
+"""(condition, model, dataset, train_examples): runs that share a table row."""
+
+
+def _group_key(run: RunResult) -> GroupKey:
+    return (run.condition, run.model, run.dataset or "", run.train_examples)
+
+
+def group_order(key: GroupKey) -> tuple:
+    """Report order of rows: condition, model size, model, dataset, examples."""
+    condition, model, dataset, examples = key
+    return (condition_key(condition), model_rank(model), model, dataset, examples or 0)
+
+
+def group_runs(runs: Iterable[RunResult]) -> dict[GroupKey, dict[str, list[RunResult]]]:
+    """Runs by row (group key), then by style; both sorted."""
+    grouped: dict[GroupKey, dict[str, list[RunResult]]] = {}
+    for run in runs:
+        grouped.setdefault(_group_key(run), {}).setdefault(run.style, []).append(run)
+    return {key: dict(sorted(grouped[key].items(), key=lambda item: style_key(item[0])))
+            for key in sorted(grouped, key=group_order)}
+
+
+def row_labels(keys: Sequence[GroupKey]) -> dict[GroupKey, str]:
+    """The model name, plus dataset / training examples when these vary."""
+    vary_data = len({(k[2], k[3]) for k in keys}) > 1
+    labels = {}
+    for key in keys:
+        label = key[1]
+        if vary_data:
+            extra = [key[2] or "?"] + ([f"{key[3]:,} ex."] if key[3] is not None else [])
+            label += f" ({', '.join(extra)})"
+        labels[key] = label
+    return labels
+
+
+def styles_of(groups: Mapping[GroupKey, Mapping[str, list[RunResult]]]) -> list[str]:
+    """The styles of the groups' runs, in report order."""
+    return sorted({style for by_style in groups.values() for style in by_style}, key=style_key)
+
+
+def metric_stat(runs: Sequence[RunResult], metric: str, split: str = TEST_SPLIT) -> Stat | None:
+    """:class:`Stat` of one metric of a split over runs (seeds)."""
+    return Stat.of(run.metric(metric, split) for run in runs)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Accuracy of an explained style minus accuracy without explanation, per seed."""
+
+    group: GroupKey
+    style: str
+    per_seed: tuple[tuple[int | None, float], ...]
+    stat: Stat | None
+    paired: bool
+    """False when no seed has both runs: the margin is then the difference of means."""
+    headline: bool = False
+    best: bool = False
+
+
+def margins(runs: Iterable[RunResult], *, condition: str = "main",
+            split: str = TEST_SPLIT) -> list[Margin]:
+    """Margins of every explained style over ``none`` for each row of a condition.
+
+    Seeds are paired (the same seed with and without explanations); a row's
+    headline margin is that of ``medium`` (the study's most consistent style) when
+    measured, else that of its best style; ``best`` marks the largest mean margin.
+    """
+    out: list[Margin] = []
+    selected = [run for run in runs if run.condition == condition]
+    for key, by_style in group_runs(selected).items():
+        baseline = _accuracy_by_seed(by_style.get("none", []), split)
+        if not baseline:
+            continue
+        row = [_margin(key, style, baseline, _accuracy_by_seed(style_runs, split))
+               for style, style_runs in by_style.items() if style != "none"]
+        row = [m for m in row if m is not None]
+        if not row:
+            continue
+        best = max(row, key=lambda m: (m.stat.mean, -style_key(m.style)[0]))
+        headline = next((m for m in row if m.style == "medium"), best)
+        out.extend(Margin(m.group, m.style, m.per_seed, m.stat, m.paired,
+                          headline=m is headline, best=m is best) for m in row)
+    return out
+
+
+def _accuracy_by_seed(runs: Sequence[RunResult], split: str) -> dict[int | None, float]:
+    values = {}
+    for run in runs:
+        accuracy = run.metric("accuracy", split)
+        if accuracy is not None and not math.isnan(accuracy):
+            values[run.seed] = accuracy
+    return values
+
+
+def _margin(key: GroupKey, style: str, baseline: Mapping[int | None, float],
+            explained: Mapping[int | None, float]) -> Margin | None:
+    if not explained:
+        return None
+    seeds = sorted(set(baseline) & set(explained), key=seed_key)
+    if seeds:
+        per_seed = tuple((seed, explained[seed] - baseline[seed]) for seed in seeds)
+        return Margin(key, style, per_seed, Stat.of(d for _, d in per_seed), True)
+    difference = statistics.fmean(explained.values()) - statistics.fmean(baseline.values())
+    return Margin(key, style, (), Stat(difference, None, 1), False)
+
+
