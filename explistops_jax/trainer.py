@@ -35,7 +35,7 @@ import optax
 from flax.core import meta
 
 from explistops_jax import input_pipeline, optimizers, partitioning, summaries
-from explistops_jax.errors import UserError
+from explistops_jax.errors import ConfigError, UserError
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
 
 __all__ = [
@@ -204,7 +204,7 @@ _COUNTS = ("num_tokens", "num_examples")
 def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
     """[batch, ...] -> [k, batch // k, ...], microbatch i = rows i, i+k, ..."""
     if x.shape[0] % k:
-        raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+        raise ConfigError(f"batch size {x.shape[0]} is not divisible by "
                          f"num_microbatches={k}")
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
@@ -440,6 +440,11 @@ def train(
         model_dir.mkdir(parents=True, exist_ok=True)
     partitioner = partitioning.Partitioner(partition)
     partitioner.local_batch_size(data.batch_size)  # validates the batch size
+    if num_microbatches < 1 or data.batch_size % num_microbatches:
+        raise ConfigError(f"batch size {data.batch_size} is not divisible by "
+                          f"num_microbatches={num_microbatches}",
+                          where="train.num_microbatches",
+                          expected=f"a divisor of {data.batch_size}")
     shard_index, num_shards = partitioner.data_shard
     stream = input_pipeline.BatchStream(data, shard_index=shard_index, num_shards=num_shards)
     model = _build_model(model, stream.provider)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "decode a task split with a checkpoint and score it"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
@@ -51,16 +49,20 @@ def lengths(args: argparse.Namespace) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
+    feature_lengths = lengths(args)  # flags are checked before TensorFlow and JAX load
+    from explistops_jax import runtime
+
+    runtime.setup()
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import eval as eval_cli
     from explistops_jax import evaluator, partitioning
 
-    results = evaluator.evaluate(
-        args.checkpoint, args.task, args.split, step=args.step,
-        task_feature_lengths=lengths(args), batch_size=args.batch_size,
-        max_examples=args.max_examples, output_dir=args.output_dir,
-        partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
-        decode={"method": args.decode})
+    with runtime.new_output(args.output_dir, "--output_dir"):
+        results = evaluator.evaluate(
+            args.checkpoint, args.task, args.split, step=args.step,
+            task_feature_lengths=feature_lengths, batch_size=args.batch_size,
+            max_examples=args.max_examples, output_dir=args.output_dir,
+            partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
+            decode={"method": args.decode})
     eval_cli.print_results(results)
     return 0
