@@ -187,6 +187,10 @@ class _gin_errors:
             return False
         if isinstance(error, UserError):  # gin's proxy keeps the original message
             raise UserError(error.what, where=error.where, expected=error.expected) from None
+        unset = _unset_macros()
+        if unset:
+            raise UserError(f"gin macro {', '.join(unset)} is not set",
+                            expected=" ".join(f"--gin.{m}=..." for m in unset)) from None
         if isinstance(error, (ValueError, KeyError, TypeError, ImportError, SyntaxError,
                               RuntimeError, AttributeError)):
             first = str(error.args[0] if isinstance(error, KeyError) and error.args
@@ -195,6 +199,36 @@ class _gin_errors:
                             expected="bindings of configurables and parameters that exist "
                                      "(see gin_configs/runs/*.gin)") from None
         return False
+
+
+def _unset_macros() -> list[str]:
+    """Macros (``%NAME``) that the configuration uses but does not bind, or
+    binds to ``%gin.REQUIRED``."""
+    from gin import config as gin_internals
+
+    bound, required, used = set(), set(), set()
+
+    def walk(value):
+        if isinstance(value, gin_internals.ConfigurableReference):
+            scope, _, name = value.scoped_selector.rpartition("/")
+            if name == "gin.macro":
+                used.add(scope)
+        elif isinstance(value, (list, tuple, set)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    for (scope, selector), parameters in gin_internals._CONFIG.items():
+        if selector == "gin.macro":
+            bound.add(scope)
+            value = parameters.get("value")
+            if getattr(value, "scoped_selector", "").startswith("gin.REQUIRED"):
+                required.add(scope)
+        for value in parameters.values():
+            walk(value)
+    return sorted((used - bound) | required)
 
 
 # ----------------------------------------------------------------- the bound calls
@@ -208,6 +242,11 @@ def _bound_arguments(name: str, expected_file: str) -> dict[str, Any]:
     signature = inspect.signature(configurable.library_function)
     missing = [p.name for p in signature.parameters.values()
                if p.default is inspect.Parameter.empty and p.name not in arguments]
+    missing += [k for k, v in arguments.items() if v is gin.REQUIRED]
+    unset = _unset_macros()
+    if missing and unset:
+        raise UserError(f"gin macro {', '.join(unset)} is not set",
+                        expected=" ".join(f"--gin.{m}=..." for m in unset))
     if missing:
         raise UserError(f"gin configuration: {', '.join(f'{name}.{m}' for m in missing)} "
                         "not bound", expected=f"a gin file that includes {expected_file}")
