@@ -128,7 +128,10 @@ def main(argv: Sequence[str] | None, prog: str, description: str,
     argv, dot_bindings = split_dot_flags(argv)
     parser = runtime.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error (already printed)
+        return stop.code if isinstance(stop.code, int) else 2
     return runtime.run_guarded(lambda: run(args, dot_bindings))
 
 
@@ -157,7 +160,7 @@ def parse(files: Sequence[str], bindings: Sequence[str],
     for path in paths + default_search_paths():
         gin.add_config_file_search_path(path)
     resolved = [_find(f, paths) for f in files]
-    with _gin_errors("gin configuration"):
+    with _gin_errors("gin configuration", parsing=True):
         gin.parse_config_files_and_bindings(resolved, list(bindings),
                                             finalize_config=False)
 
@@ -176,8 +179,9 @@ class _gin_errors:
     """Context: what gin raises (and a UserError raised inside a configurable,
     which gin lengthens with its own lines) as one-line UserErrors."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, *, parsing: bool = False):
         self.what = what
+        self.parsing = parsing  # while parsing, any error is the configuration's
 
     def __enter__(self) -> None:
         return None
@@ -187,15 +191,19 @@ class _gin_errors:
             return False
         if isinstance(error, UserError):  # gin's proxy keeps the original message
             raise UserError(error.what, where=error.where, expected=error.expected) from None
-        unset = _unset_macros()
+        unset = [] if self.parsing else _unset_macros()
         if unset:
             raise UserError(f"gin macro {', '.join(unset)} is not set",
                             expected=" ".join(f"--gin.{m}=..." for m in unset)) from None
-        if isinstance(error, (ValueError, KeyError, TypeError, ImportError, SyntaxError,
-                              RuntimeError, AttributeError)):
-            first = str(error.args[0] if isinstance(error, KeyError) and error.args
-                        else error).strip().splitlines()
-            raise UserError(f"{self.what}: {first[0] if first else type(error).__name__}",
+        if self.parsing and isinstance(error, Exception) or isinstance(
+                error, (ValueError, KeyError, TypeError, ImportError, SyntaxError,
+                        RuntimeError, AttributeError)):
+            text = str(error.args[0] if isinstance(error, KeyError) and error.args
+                       else error)
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            what = lines[0] if lines else type(error).__name__
+            where = ": ".join(lines[1:3]) or None  # gin's "In file ..., line N", the text
+            raise UserError(f"{self.what}: {what}", where=where,
                             expected="bindings of configurables and parameters that exist "
                                      "(see gin_configs/runs/*.gin)") from None
         return False

@@ -45,6 +45,10 @@ def lengths(args: argparse.Namespace) -> dict | None:
 
     if args.inputs_length is None or args.targets_length is None:
         raise UserError("give both --inputs_length and --targets_length, or neither")
+    for flag, value in (("--inputs_length", args.inputs_length),
+                        ("--targets_length", args.targets_length)):
+        if value < 2:
+            raise UserError(f"{flag} {value}", expected="at least 2 (a token and EOS)")
     return {"inputs": args.inputs_length, "targets": args.targets_length}
 
 
