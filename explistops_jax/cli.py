@@ -71,10 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_name(argv))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, --version, or a usage error (already printed)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parser.parse_args(argv)  # exits for --help and (one line, 2) usage errors
     return runtime.run_guarded(lambda: args.run(args))
 
 

@@ -128,10 +128,7 @@ def main(argv: Sequence[str] | None, prog: str, description: str,
     argv, dot_bindings = split_dot_flags(argv)
     parser = runtime.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, --version, or a usage error (already printed)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parser.parse_args(argv)  # exits for --help and (one line, 2) usage errors
     return runtime.run_guarded(lambda: run(args, dot_bindings))
 
 

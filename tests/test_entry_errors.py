@@ -81,6 +81,14 @@ def a_file(tmp_path) -> Path:
     return path
 
 
+def status_of(main, argv) -> int:
+    """``main(argv)``'s exit status, also when argparse exits (a usage error)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
 def one_line_error(status: int, err: str, *names: str) -> str:
     """Asserts exit status 2 and one line naming ``names``; returns the line."""
     assert status == 2, err
@@ -139,9 +147,9 @@ def test_train_mistakes_are_one_line(front, tmp_path, task, a_file, capsys):
     assert len(cases) >= 10
     for argv, names in cases:
         if front == "module":
-            status = train_main.main(argv)
+            status = status_of(train_main.main, argv)
         else:
-            status = cli.main(["train", *argv])
+            status = status_of(cli.main, ["train", *argv])
         one_line_error(status, capsys.readouterr().err, *names)
         assert not run.exists(), (argv, "left a run directory behind")
 
@@ -172,7 +180,7 @@ def test_eval_module_mistakes_are_one_line(tmp_path, task, checkpoint, corrupt, 
         (good + [f"--gin.EVAL_OUTPUT_DIR='{a_file}/out'"], [str(a_file)]),
     ]
     for argv, names in cases:
-        one_line_error(eval_main.main(argv), capsys.readouterr().err, *names)
+        one_line_error(status_of(eval_main.main, argv), capsys.readouterr().err, *names)
         assert not out.exists(), (argv, "left an output directory behind")
 
 
@@ -197,7 +205,8 @@ def test_eval_command_mistakes_are_one_line(tmp_path, task, checkpoint, corrupt,
         ([str(checkpoint), "--output_dir", str(out)], ["task"]),
     ]
     for argv, names in cases:
-        one_line_error(cli.main(["eval", *argv]), capsys.readouterr().err, *names)
+        status = status_of(cli.main, ["eval", *argv])
+        one_line_error(status, capsys.readouterr().err, *names)
         assert not out.exists(), (argv, "left an output directory behind")
 
 
@@ -221,7 +230,8 @@ def test_predict_mistakes_are_one_line(tmp_path, task, checkpoint, corrupt, caps
         ([expr, *ckpt, "--task", "no_such_task"], ["no_such_task"]),
     ]
     for argv, names in cases:
-        one_line_error(cli.main(["predict", *argv]), capsys.readouterr().err, *names)
+        status = status_of(cli.main, ["predict", *argv])
+        one_line_error(status, capsys.readouterr().err, *names)
 
 
 # ----------------------------------------------------------------- reproduce
@@ -246,11 +256,13 @@ def test_reproduce_mistakes_are_one_line(tmp_path, a_file, monkeypatch, capsys):
         (["--out", f"{a_file}/runs", "--dry-run"], [str(a_file)]),
     ]
     for argv, names in cases:
-        one_line_error(cli.main(["reproduce", *argv]), capsys.readouterr().err, *names)
+        status = status_of(cli.main, ["reproduce", *argv])
+        one_line_error(status, capsys.readouterr().err, *names)
         assert not out.exists(), (argv, "left an output directory behind")
     monkeypatch.setenv("EXPLISTOPS_SPM_PATH", str(a_file))
     argv = good + ["--preset", "paper", "--checkpoint", f"huge={a_file}"]
-    one_line_error(cli.main(["reproduce", *argv]), capsys.readouterr().err, "huge")
+    status = status_of(cli.main, ["reproduce", *argv])
+    one_line_error(status, capsys.readouterr().err, "huge")
     assert not out.exists()
 
 
@@ -276,15 +288,16 @@ def test_convert_and_params_mistakes_are_one_line(tmp_path, checkpoint, corrupt,
         ([*src, f"{a_file}/out"], [str(a_file)]),
     ]
     for argv, names in cases:
-        one_line_error(cli.main(["convert", *argv]), capsys.readouterr().err, *names)
+        status = status_of(cli.main, ["convert", *argv])
+        one_line_error(status, capsys.readouterr().err, *names)
         assert not out.exists(), (argv, "left an output directory behind")
-    one_line_error(cli.main(["convert", *src, str(corrupt)]), capsys.readouterr().err,
-                   str(corrupt), "exists")
+    status = status_of(cli.main, ["convert", *src, str(corrupt)])
+    one_line_error(status, capsys.readouterr().err, str(corrupt), "exists")
     assert [p.name for p in corrupt.iterdir()] == ["config.json"]  # left as it was
-    one_line_error(cli.main(["params", "--model", "t5_nosuch"]), capsys.readouterr().err,
-                   "t5_nosuch")
-    one_line_error(cli.main(["params", "--model", "t5_1_0_tiny", "--vocab-size", "0"]),
-                   capsys.readouterr().err, "--vocab-size")
+    status = status_of(cli.main, ["params", "--model", "t5_nosuch"])
+    one_line_error(status, capsys.readouterr().err, "t5_nosuch")
+    status = status_of(cli.main, ["params", "--model", "t5_1_0_tiny", "--vocab-size", "0"])
+    one_line_error(status, capsys.readouterr().err, "--vocab-size")
 
 
 # ----------------------------------------------------------------- real processes
