@@ -7,20 +7,21 @@ while ``explistops --help`` still lists every command. To add a command, add a l
 to the table.
 
 Errors the user can fix (:class:`~explistops_jax.errors.UserError`, a file that
-cannot be opened) are printed as ``explistops: error: <message>`` with exit status 2
-and no traceback; a traceback means a bug.
+cannot be opened, a usage error) are printed as one line, ``explistops: error:
+<message>``, with exit status 2 and no traceback (the boundary is
+:func:`explistops_jax.runtime.run_guarded`); a traceback means a bug. Commands
+that load JAX or TensorFlow call :func:`explistops_jax.runtime.setup` first.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Sequence
 
 from explistops_jax import __version__
-from explistops_jax.errors import UserError
+from explistops_jax import runtime
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -43,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported to add its arguments."""
-    parser = argparse.ArgumentParser(
+    parser = runtime.ArgumentParser(
         prog="explistops",
         description="Explained-ListOps: build datasets, explain expressions, score predictions, "
                     "and train and evaluate T5 models on them.",
@@ -70,24 +71,9 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     parser = build_parser(_command_name(argv))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UserError as err:
-        return _fail(err.message)
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        return _fail(f"{where}{err.strerror or err}")
-    except KeyboardInterrupt:
-        print("explistops: interrupted", file=sys.stderr)
-        return 130
-
-
-def _fail(message: str) -> int:
-    print(f"explistops: error: {message}", file=sys.stderr)
-    return 2
+    args = parser.parse_args(argv)  # exits for --help and (one line, 2) usage errors
+    return runtime.run_guarded(lambda: args.run(args))
 
 
 if __name__ == "__main__":

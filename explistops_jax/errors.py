@@ -10,7 +10,7 @@ use it.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ListOpsError"]
+__all__ = ["UserError", "ListOpsError", "ConfigError", "UnknownNameError", "UnknownFieldError"]
 
 
 class UserError(Exception):
@@ -66,6 +66,28 @@ class ListOpsError(UserError, ValueError):
             expected=self.expected,
             source=self.source if source is None else source,
         )
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value that cannot work (a mesh that does not divide the
+    devices, feature lengths too short for the data, ...).
+
+    Also a ``ValueError``, which library callers caught before it existed.
+    """
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not in its registry (a model preset, a mesh axis, ...).
+
+    Also a ``KeyError``, which library callers caught before it existed.
+    """
+
+
+class UnknownFieldError(UserError, TypeError):
+    """A keyword (e.g. a ``T5Config`` field) that the receiver does not have.
+
+    Also a ``TypeError``, as for an unexpected keyword argument.
+    """
 
 
 def _position(source: str | None, line: int | None, column: int | None) -> str | None:

@@ -15,56 +15,29 @@ predictions):
     EVAL_OUTPUT_DIR        None: the run directory
 
 Writes ``<output>/eval/<task>/<split>/{predictions,metrics}_<step>.*``
-(see :mod:`explistops_jax.evaluator`). A thin wrapper of
+(see :mod:`explistops_jax.evaluator`). A thin shim: :mod:`explistops_jax.runtime`
+prepares the process and is the error boundary, :mod:`explistops_jax.gin_config`
+turns flags and gin bindings into arguments of
 :func:`explistops_jax.evaluator.evaluate`.
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m explistops_jax.eval` runs this file as __main__; hand over to the
-    # module under its own name, which is what gin files `import` (otherwise its
-    # configurables would be registered twice).
-    import sys
-
-    from explistops_jax.eval import main
-
-    sys.exit(main())
-
 import argparse
 import json
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import gin
+from explistops_jax import runtime
 
-from explistops_jax import evaluator, partitioning
-from explistops_jax import train as train_cli  # gin registrations, flag helpers
-from explistops_jax.errors import UserError
-
-__all__ = ["evaluate_from_gin", "main"]
+__all__ = ["add_arguments", "print_results", "run", "main"]
 
 
-@gin.configurable("evaluate", module="explistops")
-def evaluate_from_gin(
-    *,
-    checkpoint_path: str = gin.REQUIRED,
-    mixture_or_task_name: str | None = None,
-    split: str = "test",
-    step: int | None = None,
-    task_feature_lengths: Mapping[str, int] | None = None,
-    batch_size: int = 32,
-    max_examples: int | None = None,
-    output_dir: str | None = None,
-    partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
-    decode: Mapping[str, Any] | None = None,
-    use_cached_tasks: bool = False,
-) -> dict:
-    """The gin face of :func:`evaluator.evaluate` (``evaluate.*`` bindings)."""
-    return evaluator.evaluate(
-        checkpoint_path, mixture_or_task_name, split, step=step,
-        task_feature_lengths=task_feature_lengths, batch_size=batch_size,
-        max_examples=max_examples, output_dir=output_dir, partition=partition,
-        decode=decode, use_cached=use_cached_tasks)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gin flags and the multi-host flags."""
+    from explistops_jax import gin_config
+
+    gin_config.add_arguments(parser)
+    runtime.add_distributed_arguments(parser)
 
 
 def print_results(results: Mapping) -> None:
@@ -75,15 +48,29 @@ def print_results(results: Mapping) -> None:
 
 
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
-    train_cli.initialize(args)
-    if not args.gin_file:
-        raise UserError("no gin file given", expected="--gin_file=gin_configs/runs/eval.gin")
-    train_cli.parse_gin(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
-                        args.gin_search_paths)
-    print_results(evaluate_from_gin())
+    """Sets up the process, parses the gin configuration, evaluates; the exit status."""
+    runtime.setup(**runtime.distributed_options(args))
+    import seqio_tasks  # noqa: F401  (registers the tasks gin files name)
+    from explistops_jax import evaluator, gin_config
+
+    gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
+                     args.gin_search_paths,
+                     expected_file="--gin_file=gin_configs/runs/eval.gin")
+    arguments = gin_config.evaluate_arguments()
+    with runtime.new_output(arguments.get("output_dir"), "evaluation output directory"):
+        print_results(evaluator.evaluate(**arguments))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return train_cli.gin_main(argv, "python -m explistops_jax.eval",
-                              __doc__.split("\n\n")[0], run)
+    """``python -m explistops_jax.eval``; the exit status."""
+    from explistops_jax import gin_config
+
+    return gin_config.main(argv, "python -m explistops_jax.eval",
+                           __doc__.split("\n\n")[0], add_arguments, run)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

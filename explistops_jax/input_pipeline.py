@@ -48,7 +48,7 @@ except RuntimeError:  # TensorFlow was initialised already
 
 import seqio  # noqa: E402  (after TF is confined to the CPU)
 
-from explistops_jax.errors import UserError  # noqa: E402
+from explistops_jax.errors import ConfigError, UserError  # noqa: E402
 
 
 class _DropUncachedWarning(logging.Filter):
@@ -104,6 +104,22 @@ class DataConfig:
     use_cached: bool = False
     shuffle_buffer_size: int | None = None
     num_epochs: int | None = None
+
+    def __post_init__(self):
+        lengths = dict(self.task_feature_lengths or {})
+        if set(lengths) != {"inputs", "targets"} or not all(
+                isinstance(n, int) and n >= 2 for n in lengths.values()):
+            raise ConfigError(
+                f"feature lengths {lengths} cannot hold an example",
+                where="TASK_FEATURE_LENGTHS",
+                expected="{'inputs': n, 'targets': m}, each at least 2 (a token and EOS)")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size!r}", where="BATCH_SIZE",
+                              expected="a positive integer")
+        if self.num_epochs is not None and (not isinstance(self.num_epochs, int)
+                                            or self.num_epochs < 1):
+            raise ConfigError(f"{self.num_epochs!r} epochs", where="EPOCHS",
+                              expected="a positive integer or None")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +183,9 @@ class BatchStream:
 
     def __init__(self, config: DataConfig, *, shard_index: int = 0, num_shards: int = 1):
         if config.batch_size % num_shards:
-            raise ValueError(f"batch size {config.batch_size} is not divisible by "
-                             f"the number of processes {num_shards}")
+            raise ConfigError(f"batch size {config.batch_size} is not divisible by "
+                              f"the number of processes {num_shards}", where="BATCH_SIZE",
+                              expected=f"a multiple of {num_shards}")
         self.config = config
         self.local_batch_size = config.batch_size // num_shards
         self.provider = get_provider(config.mixture_or_task_name)

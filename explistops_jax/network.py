@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from explistops_jax.errors import ConfigError, UnknownFieldError, UnknownNameError
+
 Array = jax.Array
 # Added to attention logits where attention is not allowed. Finite, so that a row
 # with nothing to attend to gives a uniform (not NaN) distribution.
@@ -81,18 +83,23 @@ class T5Config:
     def __post_init__(self):
         for act in self.mlp_activations:
             if act not in _ACTIVATIONS:
-                raise ValueError(
-                    f"T5Config.mlp_activations: unknown activation {act!r}; "
-                    f"known: {sorted(_ACTIVATIONS)}")
+                raise ConfigError(
+                    f"T5Config.mlp_activations: unknown activation {act!r}",
+                    expected="one of " + ", ".join(sorted(_ACTIVATIONS)))
         if self.scan_layers:
-            raise ValueError(
+            raise ConfigError(
                 "T5Config.scan_layers=True is not supported: layers are unrolled so "
-                "that the parameter tree keeps T5X's `layers_{i}` names.")
+                "that the parameter tree keeps T5X's `layers_{i}` names",
+                expected="scan_layers = False")
         if self.remat_policy not in _REMAT_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"T5Config.remat_policy: {self.remat_policy!r} is not one of "
-                f"{sorted(_REMAT_POLICIES)}")
-        jnp.dtype(self.dtype)  # raises a clear TypeError for an unknown dtype
+                f"{sorted(_REMAT_POLICIES)}", expected="one of " + ", ".join(_REMAT_POLICIES))
+        try:
+            jnp.dtype(self.dtype)
+        except TypeError:
+            raise UnknownFieldError(f"T5Config.dtype: unknown dtype {self.dtype!r}",
+                                    expected="e.g. 'float32' or 'bfloat16'") from None
 
     def replace(self, **changes) -> "T5Config":
         """A copy with some fields changed."""
@@ -145,11 +152,13 @@ def get_config(name: str, **overrides) -> T5Config:
     """The preset `name` with some fields overridden, e.g.
     ``get_config("t5_1_1_tiny", vocab_size=128, dtype="bfloat16")``."""
     if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+        raise UnknownNameError(f"unknown model preset {name!r}",
+                               expected="one of " + ", ".join(PRESETS))
     fields = {f.name for f in dataclasses.fields(T5Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"get_config({name!r}): unknown T5Config fields {unknown}")
+        raise UnknownFieldError(f"get_config({name!r}): unknown T5Config fields {unknown}",
+                                expected="fields of T5Config")
     return PRESETS[name].replace(**overrides)
 
 

@@ -33,7 +33,7 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from explistops_jax.errors import UserError
+from explistops_jax.errors import ConfigError, UnknownNameError, UserError
 
 __all__ = [
     "DATA_AXIS",
@@ -116,15 +116,17 @@ def create_mesh(
     if model_parallel_submesh is not None:
         submesh_size = math.prod(model_parallel_submesh)
         if num_partitions not in (1, submesh_size):
-            raise ValueError(
+            raise ConfigError(
                 f"num_partitions={num_partitions} disagrees with "
                 f"model_parallel_submesh={tuple(model_parallel_submesh)} "
-                f"(product {submesh_size})")
+                f"(product {submesh_size})", where="PartitionConfig",
+                expected=f"num_partitions = 1 or {submesh_size}")
         num_partitions = submesh_size
     if num_partitions < 1 or len(devices) % num_partitions:
-        raise ValueError(
+        raise ConfigError(
             f"num_partitions={num_partitions} must divide the number of devices "
-            f"({len(devices)})")
+            f"({len(devices)})", where="PartitionConfig.num_partitions",
+            expected="a divisor of " + str(len(devices)))
     shape = (len(devices) // num_partitions, num_partitions)
     try:  # topology-aware order on TPU; a plain reshape elsewhere
         grid = mesh_utils.create_device_mesh(shape, devices)
@@ -165,6 +167,14 @@ class Partitioner:
         self.mesh = create_mesh(config.num_partitions, config.model_parallel_submesh,
                                 devices)
         extra = tuple(config.logical_axis_rules or ())
+        for rule in extra:
+            axes = rule[1] if isinstance(rule, (tuple, list)) and len(rule) == 2 else ()
+            axes = axes if isinstance(axes, (tuple, list)) else (axes,)
+            if not axes or any(a not in (DATA_AXIS, MODEL_AXIS, None) for a in axes):
+                raise UnknownNameError(
+                    f"logical axis rule {rule!r} names no mesh axis",
+                    where="PartitionConfig.logical_axis_rules",
+                    expected=f"(logical name, {DATA_AXIS!r} | {MODEL_AXIS!r} | None) pairs")
         self.rules: tuple[tuple[str, str | None], ...] = extra + tuple(
             r for r in STANDARD_LOGICAL_AXIS_RULES if r[0] not in {n for n, _ in extra})
 
@@ -186,11 +196,12 @@ class Partitioner:
     def local_batch_size(self, global_batch_size: int) -> int:
         """Rows of the global batch this process loads; checks divisibility."""
         if global_batch_size % self.data_parallel_size:
-            raise ValueError(
+            raise ConfigError(
                 f"batch size {global_batch_size} is not divisible by the "
                 f"data-parallel size {self.data_parallel_size} "
                 f"({len(self.mesh.devices.flat)} devices / "
-                f"{self.model_parallel_size} model partitions)")
+                f"{self.model_parallel_size} model partitions)", where="BATCH_SIZE",
+                expected=f"a multiple of {self.data_parallel_size}")
         return global_batch_size // jax.process_count()
 
     # ------------------------------------------------------------ shardings

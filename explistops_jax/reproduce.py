@@ -240,6 +240,10 @@ def runs_for(preset: str, *, styles: Sequence[str] | None = None,
                             expected="one of " + ", ".join(explain.STYLES))
     if preset == "cpu":
         return cpu_runs(styles or ("none", "medium"), seeds)
+    for size in list(sizes or ()) + list(checkpoints or ()):
+        if size not in PAPER_SIZES and size.removeprefix("t5_1_0_") not in PAPER_SIZES:
+            raise UserError(f"unknown T5 size {size!r}",
+                            expected="one of " + ", ".join(PAPER_SIZES))
     if preset == "paper":
         return paper_runs(styles or explain.STYLES, seeds, sizes or PAPER_SIZES,
                           checkpoints)

@@ -18,6 +18,7 @@ import optax
 from flax.core import meta
 
 from explistops_jax import partitioning
+from explistops_jax.errors import ConfigError
 from explistops_jax.train_state import TrainState
 
 __all__ = ["StateLayout", "TrainState", "make_train_step", "state_layout", "initial_state",
@@ -92,8 +93,8 @@ _COUNTS = ("num_tokens", "num_examples")
 def _split_microbatches(x: jax.Array, k: int) -> jax.Array:
     """[batch, ...] -> [k, batch // k, ...], microbatch i = rows i, i+k, ..."""
     if x.shape[0] % k:
-        raise ValueError(f"batch size {x.shape[0]} is not divisible by "
-                         f"num_microbatches={k}")
+        raise ConfigError(f"batch size {x.shape[0]} is not divisible by "
+                          f"num_microbatches={k}")
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
-from explistops_jax.errors import UserError
+from explistops_jax.errors import ConfigError, UserError
 from explistops_jax.rundir import RunDir
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
 from explistops_jax.train_step import initial_state, make_train_step, state_layout
@@ -293,6 +293,11 @@ def train(
         model_dir.mkdir(parents=True, exist_ok=True)
     partitioner = partitioning.Partitioner(partition)
     partitioner.local_batch_size(data.batch_size)  # validates the batch size
+    if num_microbatches < 1 or data.batch_size % num_microbatches:
+        raise ConfigError(f"batch size {data.batch_size} is not divisible by "
+                          f"num_microbatches={num_microbatches}",
+                          where="train.num_microbatches",
+                          expected=f"a divisor of {data.batch_size}")
     shard_index, num_shards = partitioner.data_shard
     stream = input_pipeline.BatchStream(data, shard_index=shard_index, num_shards=num_shards)
     model = _build_model(model, stream.provider)

@@ -15,7 +15,7 @@ import pytest
 import seqio
 
 import seqio_tasks  # noqa: F401  (the experiments' `import seqio_tasks`)
-from explistops_jax import network, train, trainer
+from explistops_jax import gin_config, network, trainer
 from explistops_jax.checkpoints import common
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def clean_gin():
 
 
 def _parse(files, *bindings):
-    train.parse_gin([str(GIN / f) for f in files], list(bindings), [str(ROOT)])
+    gin_config.parse([str(GIN / f) for f in files], list(bindings), [str(ROOT)])
 
 
 def _model_spec() -> trainer.ModelSpec:
@@ -90,7 +90,7 @@ def test_eval_and_infer_files_parse(name):
 SHRINK = ("TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}", "BATCH_SIZE = 2",
           "TRAIN_STEPS = 1", "EPOCHS = None", "EVAL_PERIOD = None",
           "train.evaluation = None", "train.progress = False",
-          "train.shuffle = False")  # no shuffle buffer to fill: the first batch at once
+          "input_pipeline.DataConfig.shuffle = False")  # no shuffle buffer to fill: the first batch at once
 
 
 @pytest.mark.parametrize("files, tiny", [
@@ -103,6 +103,7 @@ def test_one_training_step(files, tiny, tmp_path):
     extra = ["MIXTURE_OR_TASK_NAME = 'explistops30_medium_n2000'"] if "runs/finetune.gin" in files else []
     _parse(files, f"MODEL_DIR = '{tmp_path}'", f"trainer.ModelSpec.preset = '{tiny}'",
            *SHRINK, *extra)
-    result = train.train_from_gin()
+    result = trainer.train(**gin_config.train_arguments())
+    gin_config.write_config(tmp_path)
     assert result.step == 1 and math.isfinite(result.metrics["loss"])
     assert (tmp_path / "checkpoint_1").is_dir() and (tmp_path / "config.gin").is_file()

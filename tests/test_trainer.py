@@ -201,10 +201,10 @@ def test_run_needs_a_length(tmp_path):
 def test_command_line_flags_become_gin_bindings():
     import argparse
 
-    from explistops_jax import train
+    from explistops_jax import gin_config
     from explistops_jax.commands import train as train_command
 
-    rest, bindings = train.split_gin_dot_flags(
+    rest, bindings = gin_config.split_dot_flags(
         ["--gin_file=x.gin", '--gin.MODEL_DIR="/tmp/run"', "--gin.TRAIN_STEPS=5"])
     assert rest == ["--gin_file=x.gin"]
     assert bindings == ['MODEL_DIR = "/tmp/run"', "TRAIN_STEPS = 5"]
@@ -214,4 +214,4 @@ def test_command_line_flags_become_gin_bindings():
         "MODEL_DIR = 'runs/a'", "TRAIN_STEPS = 10",
         "MIXTURE_OR_TASK_NAME = 'explistops30_medium'"]
     with pytest.raises(UserError, match="gin file not found"):
-        train.parse_gin(["no/such/file.gin"], [])
+        gin_config.parse(["no/such/file.gin"], [])

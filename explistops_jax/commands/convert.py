@@ -17,6 +17,7 @@ import argparse
 from explistops_jax import checkpoints
 from explistops_jax.errors import UserError
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     formats = checkpoints.FORMATS
     parser.add_argument("--from", dest="source_format", choices=formats, required=True,
@@ -44,6 +45,12 @@ def _preset(name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from explistops_jax import runtime
+
+    if args.step < 0:
+        raise UserError(f"--step {args.step}", expected="a step number >= 0")
+    runtime.check_writable(args.out, "output directory OUT")
+    runtime.setup(tensorflow=False)
     config, params = checkpoints.load(args.source, args.source_format, _preset(args.model))
     written = checkpoints.save(config, params, args.out, args.target_format, step=args.step)
     count = sum(int(x.size) for x in checkpoints.flatten(params).values())

@@ -45,20 +45,28 @@ def lengths(args: argparse.Namespace) -> dict | None:
 
     if args.inputs_length is None or args.targets_length is None:
         raise UserError("give both --inputs_length and --targets_length, or neither")
+    for flag, value in (("--inputs_length", args.inputs_length),
+                        ("--targets_length", args.targets_length)):
+        if value < 2:
+            raise UserError(f"{flag} {value}", expected="at least 2 (a token and EOS)")
     return {"inputs": args.inputs_length, "targets": args.targets_length}
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
+    feature_lengths = lengths(args)  # flags are checked before TensorFlow and JAX load
+    from explistops_jax import runtime
+
+    runtime.setup()
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import eval as eval_cli
     from explistops_jax import evaluator, partitioning
 
-    results = evaluator.evaluate(
-        args.checkpoint, args.task, args.split, step=args.step,
-        task_feature_lengths=lengths(args), batch_size=args.batch_size,
-        max_examples=args.max_examples, output_dir=args.output_dir,
-        partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
-        decode={"method": args.decode})
+    with runtime.new_output(args.output_dir, "--output_dir"):
+        results = evaluator.evaluate(
+            args.checkpoint, args.task, args.split, step=args.step,
+            task_feature_lengths=feature_lengths, batch_size=args.batch_size,
+            max_examples=args.max_examples, output_dir=args.output_dir,
+            partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
+            decode={"method": args.decode})
     eval_cli.print_results(results)
     return 0

@@ -44,6 +44,11 @@ def describe(name: str, vocab_size: int | None = None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from explistops_jax import runtime
+
+    if args.vocab_size is not None and args.vocab_size < 1:
+        raise UserError(f"--vocab-size {args.vocab_size}", expected="a positive integer")
+    runtime.setup(tensorflow=False)
     info = describe(args.model, args.vocab_size)
     if args.json:
         print(json.dumps(info, indent=1, default=str))

@@ -30,7 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
+    from explistops_jax import listops, runtime
+
+    listops.parse(args.expression)  # a malformed expression fails before the model loads
+    if args.modulus is not None and args.modulus < 1:
+        from explistops_jax.errors import UserError
+
+        raise UserError(f"--modulus {args.modulus}", expected="a positive integer")
+    runtime.setup()
     import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import evaluator
 

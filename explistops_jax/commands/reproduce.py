@@ -57,7 +57,7 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import explain, reproduce
+    from explistops_jax import explain, reproduce, runtime
 
     styles = _csv(args.styles)
     if styles == ["all"]:
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                         expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
     out = Path(args.out or f"runs/{args.preset}")
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
+    runtime.check_writable(out, "--out directory")
+    runtime.setup()
 
     import seqio_tasks  # noqa: F401  (registers the tasks of every config, the CPU demo's too)
 
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.name}: task {r.task}, {r.train_examples} examples x {r.epochs} epochs, "
                   f"batch {r.batch_size}, eval {','.join(r.eval_splits)}")
         return 0
-    dirs = reproduce.run_all(runs, out, preset=args.preset)
+    with runtime.new_output(out, "--out directory"):
+        dirs = reproduce.run_all(runs, out, preset=args.preset)
     if not args.no_report:
         from explistops_jax import report
 

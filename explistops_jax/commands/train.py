@@ -22,7 +22,7 @@ SHORTCUTS = {"model_dir": "MODEL_DIR", "train_steps": "TRAIN_STEPS", "epochs": "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from explistops_jax import train
 
-    train.add_gin_arguments(parser)
+    train.add_arguments(parser)
     parser.add_argument("--model_dir", metavar="DIR", help="the run directory (MODEL_DIR)")
     parser.add_argument("--train_steps", type=int, metavar="N", help="TRAIN_STEPS")
     parser.add_argument("--epochs", type=int, metavar="N", help="EPOCHS")
@@ -41,8 +41,6 @@ def shortcut_bindings(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explistops_jax import input_pipeline  # noqa: F401  (first: keeps TF off the GPUs)
-    import seqio_tasks  # noqa: F401  (registers the tasks)
     from explistops_jax import train
 
     return train.run(args, shortcut_bindings(args))

@@ -1,0 +1,217 @@
+"""What every process runs first, and the one error boundary of every entry point.
+
+:func:`setup` is called by each entry point (``python -m explistops_jax.train``
+and ``.eval``, every ``explistops`` command that uses JAX or TensorFlow) before
+anything imports TensorFlow or touches a JAX device:
+
+* quiet start-up: TensorFlow's C++ logging level is set before TensorFlow loads,
+  and the lines its libraries print to standard error while loading (oneDNN, "could
+  not find cuda drivers", CPU-feature notes, absl's pre-initialisation warning)
+  are dropped; any other line is passed through;
+* TensorFlow only feeds data: it is kept off the GPUs, which JAX uses;
+* Python logging (and absl's) at the requested level;
+* ``jax.distributed.initialize`` when a multi-host job is asked for.
+
+:func:`run_guarded` is the error boundary: a user mistake
+(:class:`~explistops_jax.errors.UserError`, or an ``OSError`` about a path the
+user gave) is printed as one line, ``explistops: error: <message>``, with exit
+status 2 and no traceback; anything else is a bug and keeps its traceback.
+:func:`new_output` removes an output directory that a failed command created,
+so that a mistake leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from explistops_jax.errors import UserError
+
+__all__ = ["setup", "add_distributed_arguments", "distributed_options", "ArgumentParser",
+           "run_guarded", "fail", "new_output", "check_writable", "PROG"]
+
+PROG = "explistops"
+
+# Lines TensorFlow's and XLA's shared libraries print while loading, before any
+# logging level applies (TensorFlow >= 2.20 logs them through absl's C++ logging,
+# which ignores TF_CPP_MIN_LOG_LEVEL until it is initialised).
+_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations|"
+    r"cuda drivers|cudart_stub|cpu_feature_guard|To enable the following instructions|"
+    r"rebuild TensorFlow with the appropriate compiler flags|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|"
+    r"TF-TRT Warning|This TensorFlow binary is optimized")
+
+_done = {"setup": False, "tensorflow": False, "distributed": False}
+
+
+def setup(*, tensorflow: bool = True, verbosity: str = "warning",
+          coordinator_address: str | None = None, num_processes: int | None = None,
+          process_id: int | None = None) -> None:
+    """Prepares this process; call it first, before TensorFlow or JAX is used.
+
+    Args:
+      tensorflow: load TensorFlow now (quietly) and keep it off the GPUs; commands
+        that read no data (``convert``, ``params``) pass False and never load it.
+      verbosity: level of Python's and absl's logging (``debug`` ... ``error``).
+      coordinator_address, num_processes, process_id: a multi-host job (see
+        :func:`explistops_jax.partitioning.initialize_distributed`); all None
+        for one process.
+
+    Safe to call more than once: each part runs once per process.
+    """
+    if not _done["setup"]:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        level = getattr(logging, verbosity.upper(), logging.WARNING)
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(level)
+        try:
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(verbosity.lower())
+        except ImportError:  # absl comes with TensorFlow; nothing to quiet without it
+            pass
+        _done["setup"] = True
+    if tensorflow and not _done["tensorflow"]:
+        _confine_tensorflow()
+        _done["tensorflow"] = True
+    asked = (coordinator_address, num_processes, process_id) != (None, None, None)
+    if (asked or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1") and not _done["distributed"]:
+        from explistops_jax import partitioning
+
+        partitioning.initialize_distributed(coordinator_address, num_processes, process_id)
+        _done["distributed"] = True
+
+
+def _confine_tensorflow() -> None:
+    """Imports TensorFlow with its loading chatter dropped, and hides the GPUs
+    from it (this must happen before TensorFlow first touches a device)."""
+    with _filtered_stderr():
+        import tensorflow as tf
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow initialised its devices already
+        logging.warning("TensorFlow initialised its devices before "
+                        "explistops_jax.runtime.setup(); it may hold GPU memory")
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Captures file descriptor 2 (C++ libraries write there directly) and
+    passes on every line except known start-up noise."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines()
+                    if line.strip() and not _NOISE.search(line)]
+            for line in kept:
+                print(line, file=sys.stderr)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-host flags (passed on to :func:`setup`)."""
+    group = parser.add_argument_group(
+        "multi-host", "for jobs over several hosts (jax.distributed.initialize); "
+        "every process runs the same command with its own --process_id")
+    group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                       help="address of process 0")
+    group.add_argument("--num_processes", type=int, help="number of processes")
+    group.add_argument("--process_id", type=int, help="this process's index, 0-based")
+
+
+def distributed_options(args: argparse.Namespace) -> dict:
+    """:func:`setup`'s multi-host keyword arguments from the parsed flags."""
+    return {k: getattr(args, k, None)
+            for k in ("coordinator_address", "num_processes", "process_id")}
+
+
+# ----------------------------------------------------------------- the error boundary
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line too
+    (``explistops: error: <what> (see <prog> --help)``, exit status 2)."""
+
+    def error(self, message: str):  # argparse's hook; never returns
+        sys.exit(fail(f"{message} (see {self.prog} --help)"))
+
+
+def fail(message: str) -> int:
+    """Prints ``explistops: error: <message>`` as one line; returns 2."""
+    line = " ".join(str(message).split())  # never more than one line
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    return 2
+
+
+def run_guarded(fn: Callable[[], int | None]) -> int:
+    """Runs ``fn``; returns its exit status, or 2 after a one-line message for a
+    user mistake, or 130 when interrupted. Bugs keep their traceback."""
+    try:
+        return int(fn() or 0)
+    except UserError as err:
+        return fail(err.message)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        return fail(f"{where}{err.strerror or err}")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def check_writable(path: str | Path, what: str = "output directory") -> Path:
+    """Raises a UserError unless ``path`` is, or can be created as, a writable
+    directory; creates nothing."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"cannot create the {what}: {probe} is a file", where=str(path),
+                        expected="a directory, or a path under one")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the {what}: {probe} is not writable",
+                        where=str(path), expected="a writable directory")
+    return path
+
+
+@contextlib.contextmanager
+def new_output(path: str | Path | None, what: str = "output directory") -> Iterator[None]:
+    """Checks that ``path`` can be written; if it did not exist and the block
+    stops on a user mistake before anything worth keeping (a ``checkpoint_*``)
+    was written there, removes it again: a mistake leaves nothing half-written.
+    A directory that existed before is never removed, nor one after a bug or an
+    interruption (its contents are evidence, or work)."""
+    if path is None:
+        yield
+        return
+    path = check_writable(path, what)
+    existed = path.exists()
+    try:
+        yield
+    except (UserError, OSError):
+        if not existed and path.is_dir() and not any(path.rglob("checkpoint_*")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
