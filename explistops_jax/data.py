@@ -125,6 +125,8 @@ def _builtin() -> dict[str, DatasetConfig]:
 
 
 DATASETS: dict[str, DatasetConfig] = _builtin()
+# The names of the configs this module defines (DATASETS also holds registered ones).
+BUILTIN: tuple[str, ...] = tuple(DATASETS)
 """Every known dataset by name (built-ins plus :func:`register_config` additions)."""
 
 
