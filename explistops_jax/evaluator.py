@@ -41,14 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from explistops_jax import input_pipeline, partitioning  # first: keeps TF off the GPUs
-from explistops_jax import rundir
+from explistops_jax import rundir, train_state
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
 
 import seqio  # noqa: E402  (after input_pipeline)
 
-__all__ = ["Decoder", "Evaluator", "evaluate", "predict_expressions",
-           "load_model_and_params", "eval_dir"]
+__all__ = ["Decoder", "Evaluator", "evaluate", "describe_prediction", "eval_dir"]
 
 
 def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
@@ -283,6 +282,17 @@ def _scoring_fields(text: str, target: Mapping) -> dict:
     return scored
 
 
+def describe_prediction(example: Mapping, task: seqio.Task, text: str) -> dict:
+    """A decoded example as plain JSON values: expression, input, prediction and
+    the scoring fields (answer, true answer, correct, steps, ...)."""
+    vocab = task.output_features["targets"].vocabulary
+    target = task.postprocess_fn(_target_text(example, vocab), example=example, is_target=True)
+    row = {"expression": _text(example["expression"]), "input": _input_text(example, task),
+           "prediction": text}
+    row.update(_scoring_fields(text, target))
+    return _plain(row)
+
+
 def _plain(value: Any) -> Any:
     """JSON-ready: numpy scalars/arrays, seqio metric values, dataclasses,
     tuples and nested dicts become plain Python."""
@@ -308,52 +318,6 @@ def _plain(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------- standalone
-
-
-def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
-                          partitioner: partitioning.Partitioner | None = None):
-    """``(model, params, step, run_info)`` from a run directory of this trainer,
-    one of its ``checkpoint_N`` directories, or any checkpoint
-    ``checkpoints.load_any`` reads (Hugging Face, T5X, explistops params).
-
-    Parameters are placed on the mesh with the model's logical-axis shardings.
-    """
-    from explistops_jax import checkpoints as interop
-    from explistops_jax.model import EncoderDecoderModel
-    from explistops_jax.train_state import RunCheckpoints
-
-    partitioner = partitioner or partitioning.Partitioner()
-    path = Path(checkpoint).expanduser().absolute()
-    if not path.exists():
-        raise UserError("no such checkpoint", where=str(path),
-                        expected="a run directory, a checkpoint_N directory or a "
-                                 "Hugging Face / T5X / explistops checkpoint")
-    run_dir, run_step = _run_dir_and_step(path, step)
-    if run_dir is not None:
-        steps = RunDir(run_dir).checkpoint_steps()
-        run_step = run_step if run_step is not None else steps[-1]
-        if run_step not in steps:
-            raise UserError(f"no checkpoint at step {run_step}", where=str(run_dir),
-                            expected="one of " + ", ".join(map(str, steps)))
-        checkpoints = RunCheckpoints(run_dir, read_only=True)
-        info = checkpoints.run_info(run_step)
-        config = interop.common.config_from_dict(info["model_config"], source=str(run_dir))
-        model = EncoderDecoderModel(config)
-        abstract = partitioner.abstract_params(model)
-        params = checkpoints.restore_params(abstract, run_step)
-        return model, params, run_step, info
-    config, host_params = interop.load_any(path)
-    model = EncoderDecoderModel(config)
-    params = partitioner.place(host_params, partitioner.abstract_params(model))
-    return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
-
-
-def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | None]:
-    found = rundir.find_run_checkpoint(path)
-    if found is None:
-        return None, None
-    run, own_step = found
-    return run.path, own_step if own_step is not None else step
 
 
 def evaluate(
@@ -388,15 +352,15 @@ def evaluate(
       ``{(task, split): metrics}``.
     """
     partitioner = partitioning.Partitioner(partition)
-    model, params, step, info = load_model_and_params(checkpoint, step=step,
-                                                      partitioner=partitioner)
+    model, params, step, info = train_state.load_model_and_params(checkpoint, step=step,
+                                                                  partitioner=partitioner)
     task = mixture_or_task_name or info.get("mixture_or_task_name")
     lengths = task_feature_lengths or info.get("task_feature_lengths")
     if not task or not lengths:
         raise UserError("which task and lengths to evaluate is not known for this "
                         "checkpoint", expected="a task name and --task_feature_lengths")
-    run_dir, _ = _run_dir_and_step(Path(checkpoint).expanduser().absolute(), None)
-    output_dir = output_dir or run_dir
+    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+    output_dir = output_dir or (found[0].path if found else None)
     if output_dir is None:
         raise UserError("an output directory is needed for a checkpoint from "
                         "another tool", expected="--output_dir")
@@ -405,124 +369,3 @@ def evaluate(
                           model_dir=output_dir, partitioner=partitioner,
                           use_cached=use_cached, decode=decode)
     return evaluator.evaluate(params, step)
-
-
-# ----------------------------------------------------------------- single inputs
-
-
-def predict_expressions(
-    checkpoint: str | Path,
-    expressions: Sequence[str],
-    *,
-    mixture_or_task_name: str | None = None,
-    style: str | None = None,
-    modulus: int | None = None,
-    task_feature_lengths: Mapping[str, int] | None = None,
-    decode: Mapping[str, Any] | None = None,
-    step: int | None = None,
-) -> list[dict]:
-    """The model's explanation and parsed answer for ListOps expressions.
-
-    Each expression (bracket or parenthesized notation) goes through the
-    task's own preprocessors (so a ``_tagged`` task gets its style prefix, the
-    task's vocabulary tokenizes it) and is decoded like an evaluation example.
-
-    Args:
-      checkpoint: as for :func:`evaluate`.
-      expressions: ListOps expressions.
-      mixture_or_task_name: default: the run's task (for a mixture, the member
-        of ``style``); a checkpoint from another tool needs it or ``style``
-        (``explistops30_<style>``).
-      style: the explanation style to ask for, for runs on several styles
-        (``_all_styles`` mixtures) or to pick the task of a foreign checkpoint.
-      modulus: of SM, for the true answer and the scoring; default: the
-        modulus of the task's dataset config (30 when the task names none).
-
-    Returns:
-      one dict per expression: ``expression``, ``input``, ``prediction`` (text),
-      ``answer``, ``true_answer``, ``correct``, ``steps`` and the other fields
-      of ``scoring.score_example``.
-    """
-    import tensorflow as tf
-
-    from explistops_jax import listops
-
-    model, params, _, info = load_model_and_params(checkpoint, step=step)
-    task = _task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style)
-    if modulus is None:
-        modulus = _dataset_modulus(task.name)
-    lengths = dict(task_feature_lengths or info.get("task_feature_lengths")
-                   or {"inputs": 512, "targets": 512})
-    trees = [listops.parse(e) for e in expressions]
-    raw = {"id": [f"predict/{i}" for i in range(len(trees))],
-           "index": np.arange(len(trees), dtype=np.int64),
-           "expression": [listops.format(t) for t in trees],
-           "answer": np.array([listops.evaluate(t, modulus) for t in trees], np.int32),
-           "length": np.array([listops.length(t) for t in trees], np.int32),
-           "depth": np.array([listops.depth(t) for t in trees], np.int32),
-           "modulus": np.full(len(trees), modulus, np.int32)}
-    ds = task.preprocess_precache(tf.data.Dataset.from_tensor_slices(raw))
-    ds = task.preprocess_postcache(ds, sequence_length=lengths)
-    examples = list(ds.as_numpy_iterator())
-    features = list(input_pipeline.feature_converter(False)(ds, lengths).as_numpy_iterator())
-    decoder = Decoder(model, batch_size=len(features), decode=decode)
-    vocab = task.output_features["targets"].vocabulary
-    results = []
-    for ex, tokens in zip(examples, decoder.predict_tokens(params, features)):
-        text = vocab.decode(tokens.tolist())
-        target = task.postprocess_fn(_target_text(ex, vocab), example=ex, is_target=True)
-        row = {"expression": _text(ex["expression"]), "input": _input_text(ex, task),
-               "prediction": text}
-        row.update(_scoring_fields(text, target))
-        results.append(_plain(row))
-    return results
-
-
-def _dataset_modulus(task_name: str) -> int:
-    """The SM modulus of the dataset a task is named after (default: scoring's)."""
-    from explistops_jax import data, scoring, task_spec
-
-    try:
-        dataset = task_spec.parse(task_name).dataset
-    except UserError:  # a task of another project
-        return scoring.DEFAULT_MODULUS
-    config = data.DATASETS.get(dataset)
-    return config.modulus if config else scoring.DEFAULT_MODULUS
-
-
-def _task_for(name: str | None, style: str | None) -> seqio.Task:
-    """The task to preprocess inputs with: ``name`` (a mixture's member of
-    ``style``; a task of another style when ``style`` differs), else
-    ``explistops30_<style>``."""
-    from explistops_jax.task_spec import TaskSpec
-
-    if not name:
-        if style is None:
-            raise UserError("the checkpoint does not say which task it was trained on",
-                            expected="--task NAME or --style STYLE")
-        name = TaskSpec("explistops30", style).name
-    provider = input_pipeline.get_provider(name)
-    if isinstance(provider, seqio.Mixture):
-        members = seqio.get_subtasks(provider)
-        chosen = [t for t in members if style and _style_of(t.name) == style]
-        if not chosen and style is None:
-            chosen = [t for t in members if _style_of(t.name) == "medium"] or members
-        if not chosen:
-            raise UserError(f"mixture {name!r} has no member of style {style!r}",
-                            expected=", ".join(t.name for t in members))
-        return chosen[0]
-    if style is not None and _style_of(name) not in (None, style):
-        candidate = TaskSpec.parse(name).replace(style=style).name
-        if candidate in seqio.TaskRegistry.names():
-            return seqio.get_mixture_or_task(candidate)
-    return provider
-
-
-def _style_of(task_name: str) -> str | None:
-    """The explanation style of one of our tasks; None for another project's task."""
-    from explistops_jax.task_spec import TaskSpec
-
-    try:
-        return TaskSpec.parse(task_name).style
-    except UserError:
-        return None

@@ -34,9 +34,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir
+from explistops_jax.errors import UserError
+from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir, find_run_checkpoint
 
-__all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps"]
+__all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps",
+           "load_model_and_params"]
 
 @flax.struct.dataclass
 class TrainState:
@@ -174,3 +176,53 @@ def _restore_args(leaf: Any) -> ocp.RestoreArgs:
         return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=leaf.shape,
                                     dtype=leaf.dtype)
     return ocp.RestoreArgs(restore_type=np.ndarray)
+
+
+# ----------------------------------------------------------------- lookup
+
+def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
+                          partitioner=None):
+    """``(model, params, step, run_info)`` from a run directory of this trainer,
+    one of its ``checkpoint_N`` directories, or any checkpoint
+    ``checkpoints.load_any`` reads (Hugging Face, T5X, explistops params).
+
+    Parameters are placed on the mesh with the model's logical-axis shardings.
+    """
+    from explistops_jax import checkpoints as interop
+    from explistops_jax import partitioning
+    from explistops_jax.model import EncoderDecoderModel
+
+    partitioner = partitioner or partitioning.Partitioner()
+    path = Path(checkpoint).expanduser().absolute()
+    if not path.exists():
+        raise UserError("no such checkpoint", where=str(path),
+                        expected="a run directory, a checkpoint_N directory or a "
+                                 "Hugging Face / T5X / explistops checkpoint")
+    found = find_run_checkpoint(path)
+    if found is not None:
+        run_dir = found[0].path
+        run_step = found[1] if found[1] is not None else step
+        steps = RunDir(run_dir).checkpoint_steps()
+        run_step = run_step if run_step is not None else steps[-1]
+        if run_step not in steps:
+            raise UserError(f"no checkpoint at step {run_step}", where=str(run_dir),
+                            expected="one of " + ", ".join(map(str, steps)))
+        checkpoints = RunCheckpoints(run_dir, read_only=True)
+        info = checkpoints.run_info(run_step)
+        config = interop.common.config_from_dict(info["model_config"], source=str(run_dir))
+        model = EncoderDecoderModel(config)
+        abstract = partitioner.abstract_params(model)
+        params = checkpoints.restore_params(abstract, run_step)
+        return model, params, run_step, info
+    config, host_params = interop.load_any(path)
+    model = EncoderDecoderModel(config)
+    params = partitioner.place(host_params, partitioner.abstract_params(model))
+    return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
+
+
+def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | None]:
+    found = rundir.find_run_checkpoint(path)
+    if found is None:
+        return None, None
+    run, own_step = found
+    return run.path, own_step if own_step is not None else step

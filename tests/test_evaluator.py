@@ -9,7 +9,7 @@ import jax
 import pytest
 
 import tiny_trainer_fixtures as tiny
-from explistops_jax import evaluator, input_pipeline, scoring, trainer
+from explistops_jax import evaluator, input_pipeline, scoring, train_state, trainer
 from explistops_jax.errors import UserError
 
 
@@ -139,7 +139,7 @@ def test_initial_checkpoint_path_reads_our_checkpoints_in_t5x_layout(tmp_path):
     from explistops_jax import train_step
 
     run = _untrained_t5_run(tmp_path / "pretrained", step=2)
-    _, saved, _, _ = evaluator.load_model_and_params(run)
+    _, saved, _, _ = train_state.load_model_and_params(run)
     model = _tiny_t5()
     p = partitioning.Partitioner()
     tx, _ = optimizers.adafactor().build()
@@ -155,23 +155,23 @@ def test_initial_checkpoint_path_reads_our_checkpoints_in_t5x_layout(tmp_path):
 
 
 def test_predict_takes_the_modulus_of_the_tasks_dataset():
-    from explistops_jax.evaluator import _dataset_modulus
+    from explistops_jax.predict import dataset_modulus
 
-    assert _dataset_modulus("explistops10_cpu_medium") == 10
-    assert _dataset_modulus("listops10_none_tagged") == 10
-    assert _dataset_modulus("explistops30_len50_100_long_sp") == 30
-    assert _dataset_modulus("some_other_task") == 30
-    assert _dataset_modulus("unregistered_config_medium") == 30
+    assert dataset_modulus("explistops10_cpu_medium") == 10
+    assert dataset_modulus("listops10_none_tagged") == 10
+    assert dataset_modulus("explistops30_len50_100_long_sp") == 30
+    assert dataset_modulus("some_other_task") == 30
+    assert dataset_modulus("unregistered_config_medium") == 30
 
 
 def test_predict_picks_the_task_of_the_asked_style():
     import seqio_tasks  # noqa: F401  (registers the explistops tasks)
-    from explistops_jax.evaluator import _task_for
+    from explistops_jax.predict import task_for
 
-    assert _task_for("explistops30_all_styles", "long").name == "explistops30_long_tagged"
-    assert _task_for("listops10_all_styles", None).name == "listops10_medium_tagged"
-    assert _task_for("explistops30_medium_n2000", "none").name == "explistops30_none_n2000"
-    assert _task_for("explistops30_medium", None).name == "explistops30_medium"
-    assert _task_for(None, "short").name == "explistops30_short"
+    assert task_for("explistops30_all_styles", "long").name == "explistops30_long_tagged"
+    assert task_for("listops10_all_styles", None).name == "listops10_medium_tagged"
+    assert task_for("explistops30_medium_n2000", "none").name == "explistops30_none_n2000"
+    assert task_for("explistops30_medium", None).name == "explistops30_medium"
+    assert task_for(None, "short").name == "explistops30_short"
     with pytest.raises(UserError, match="unknown explanation style 'verbose'"):
-        _task_for("explistops30_medium", "verbose")
+        task_for("explistops30_medium", "verbose")

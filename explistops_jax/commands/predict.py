@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--modulus {args.modulus}", expected="a positive integer")
     runtime.setup()
     import seqio_tasks  # noqa: F401  (registers the tasks)
-    from explistops_jax import evaluator
+    from explistops_jax import predict
 
-    [result] = evaluator.predict_expressions(
+    [result] = predict.predict_expressions(
         args.checkpoint, [args.expression], mixture_or_task_name=args.task,
         style=args.style, modulus=args.modulus, step=args.step,
         decode={"method": args.decode})
