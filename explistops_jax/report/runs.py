@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from explistops_jax import rundir
+from explistops_jax import rundir, task_spec
 from explistops_jax.errors import UserError
 from explistops_jax.explain import STYLES
 from explistops_jax.rundir import RunDir
@@ -247,10 +247,13 @@ def _style_name(info: Mapping[str, Any]) -> str:
 
 def style_of_task(task_name: str) -> str | None:
     """The explanation style a task name carries (``explistops30_medium_sp`` ->
-    ``medium``), for runs whose run.json does not say; None if there is none."""
-    # task-name parsing: to be replaced by the task spec (TaskSpec.parse)
-    found = [word for word in task_name.split("_") if word in STYLES]
-    return found[-1] if found else None
+    ``medium``), for runs whose run.json does not say; None for a mixture of
+    styles or a task that is not one of ours."""
+    try:
+        spec = task_spec.parse(task_name)
+    except UserError:
+        return None
+    return spec.style if isinstance(spec, task_spec.TaskSpec) else None
 
 
 def _as_int(value: Any) -> int | None:
