@@ -102,7 +102,11 @@ def _check(config, mesh: dict[str, int], batch_size: int) -> None:
 def _devices(count: int, backend: str | None) -> list:
     import jax
 
-    devices = jax.devices(backend) if backend else jax.devices()
+    try:
+        devices = jax.devices(backend) if backend else jax.devices()
+    except RuntimeError as e:  # a platform JAX has no backend for here
+        raise UserError(f"no {backend} devices: {str(e).splitlines()[0]}", where="--backend",
+                        expected="cpu, or the platform of this machine's accelerator") from None
     if len(devices) < count:
         raise UserError(
             f"the mesh needs {count} devices, {len(devices)} "

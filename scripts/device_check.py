@@ -44,12 +44,15 @@ FULL = {
     "decode": {"model": "t5_1_0_small", "batch": 64, "input_length": 64,
                "decode_length": 192, "repeats": 3},
 }
+# Tiny: the same code paths, a 512-token vocabulary instead of T5's 32,128.
 TINY = {
     "peak": {"n": 256, "repeats": 3},
-    "throughput": {"models": ["t5_1_0_tiny"], "batch": 8, "lengths": [16, 32], "steps": 3},
-    "big": {"model": "t5_1_0_tiny", "batch": 4, "lengths": [16, 32], "steps": 2},
+    "throughput": {"models": ["t5_1_0_tiny"], "batch": 8, "lengths": [16, 32], "steps": 3,
+                   "vocab_size": 512},
+    "big": {"model": "t5_1_0_tiny", "batch": 4, "lengths": [16, 32], "steps": 2,
+            "vocab_size": 512},
     "decode": {"model": "t5_1_0_tiny", "batch": 4, "input_length": 16,
-               "decode_length": 8, "repeats": 1},
+               "decode_length": 8, "repeats": 1, "vocab_size": 512},
 }
 
 
@@ -88,7 +91,7 @@ def _synthetic_batch(rng, batch: int, lengths, vocab: int) -> dict:
 
 
 def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloat16",
-           random_init: bool = True) -> dict:
+           random_init: bool = True, vocab_size: int | None = None) -> dict:
     """Compiles and times ``steps`` train steps of a fresh model (Adafactor).
 
     ``random_init=False`` fills the parameters with a constant instead of
@@ -100,7 +103,8 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
     from explistops_jax import network, optimizers, partitioning, train_step
     from explistops_jax.model import EncoderDecoderModel
 
-    config = network.get_config(model_name, dtype=dtype)
+    config = network.get_config(model_name, dtype=dtype,
+                                **({"vocab_size": vocab_size} if vocab_size else {}))
     model = EncoderDecoderModel(config)
     p = partitioning.Partitioner()
     tx, schedule = optimizers.adafactor().build()
@@ -171,8 +175,8 @@ def section_peak(cfg: dict) -> dict:
 
 
 def section_throughput(cfg: dict) -> dict:
-    return {"runs": [_train(m, cfg["batch"], cfg["lengths"], cfg["steps"])
-                     for m in cfg["models"]]}
+    return {"runs": [_train(m, cfg["batch"], cfg["lengths"], cfg["steps"],
+                            vocab_size=cfg.get("vocab_size")) for m in cfg["models"]]}
 
 
 def section_big(cfg: dict) -> dict:
@@ -188,8 +192,10 @@ def section_big(cfg: dict) -> dict:
     predicted = plan_lib.plan(cfg["model"], mesh={"data": 1, "model": 1},
                               batch_size=cfg["batch"], lengths=cfg["lengths"],
                               dtype="bfloat16", optimizer="adafactor",
+                              vocab_size=cfg.get("vocab_size"),
                               backend=jax.devices()[0].platform)
-    run = _train(cfg["model"], cfg["batch"], cfg["lengths"], cfg["steps"], random_init=False)
+    run = _train(cfg["model"], cfg["batch"], cfg["lengths"], cfg["steps"], random_init=False,
+                 vocab_size=cfg.get("vocab_size"))
     run["peak_bytes_measured"] = _peak_bytes()
     run["plan"] = predicted.to_json()
     run["plan_peak_bytes"] = predicted.peak_bytes
@@ -206,7 +212,8 @@ def section_decode(cfg: dict) -> dict:
     from explistops_jax import checkpoints, network
     from explistops_jax.model import EncoderDecoderModel
 
-    config = network.get_config(cfg["model"], dtype="bfloat16")
+    config = network.get_config(cfg["model"], dtype="bfloat16",
+                                **({"vocab_size": cfg["vocab_size"]} if "vocab_size" in cfg else {}))
     model = EncoderDecoderModel(config)
     params = jax.jit(lambda r: model.get_initial_variables(r, {
         "encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}))(jax.random.key(0))

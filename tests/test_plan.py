@@ -1,0 +1,106 @@
+"""`explistops plan`: the ahead-of-time memory plan of a train step.
+
+The plan compiles the sharded step for abstract inputs; on a case small enough
+to allocate (a tiny T5 1.1 on a 2 x 2 mesh of forced host devices) its
+per-device parameter and optimizer-state bytes must equal the bytes of the real
+arrays' shards on one device, exactly: both come from the same shapes and
+shardings, so any difference is a bug, not rounding.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import jax
+    import numpy as np
+    from explistops_jax import network, optimizers, partitioning, plan, train_step
+    from explistops_jax.model import EncoderDecoderModel
+
+    kwargs = dict(mesh={"data": 2, "model": 2}, batch_size=4, lengths=(16, 8),
+                  dtype="float32", optimizer="adafactor", backend="cpu")
+    predicted = plan.plan("t5_1_1_tiny", **kwargs)
+    model = EncoderDecoderModel(network.get_config("t5_1_1_tiny"))
+    p = partitioning.Partitioner(partitioning.PartitionConfig(num_partitions=2))
+    tx, _ = optimizers.adafactor().build(1000)
+    layout = train_step.state_layout(model, tx, p)
+    state = train_step.initial_state(model, tx, p, layout, seed=0)
+    device = jax.devices()[0]
+
+    def on_device(tree):
+        return sum(s.data.nbytes for leaf in jax.tree.leaves(tree)
+                   for s in leaf.addressable_shards if s.device == device)
+
+    batch = {k: np.zeros(v.shape, np.int32)
+             for k, v in plan.abstract_batch(p, 4, (16, 8)).items()}
+    print(json.dumps({"plan": predicted.to_json(),
+                      "params": on_device(state.params), "opt": on_device(state.opt_state),
+                      "state": on_device(state), "batch": on_device(p.shard_batch(batch))}))
+""")
+
+
+def _env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def test_plan_equals_the_measured_shards_of_the_real_state():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=_env(4), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    plan = got["plan"]
+    assert plan["params_bytes"] == got["params"] > 0
+    assert plan["optimizer_bytes"] == got["opt"] > 0
+    # XLA's argument bytes are the state and batch shards, less what the
+    # compiled program does not read at all (scalars: a few hundred bytes here)
+    assert abs(plan["argument_bytes"] - (got["state"] + got["batch"])) <= 1e-3 * plan["argument_bytes"]
+    # the state is donated: the new state is written over it (all of it but a
+    # few scalars, such as the optimizer's step count)
+    assert plan["alias_bytes"] >= 0.999 * (got["params"] + got["opt"])
+    assert plan["peak_bytes"] == (plan["argument_bytes"] + plan["output_bytes"]
+                                  - plan["alias_bytes"] + plan["temp_bytes"])
+    assert plan["temp_bytes"] > 0 and plan["fits_gib"]["16"] is True
+    # a 2-way model axis halves the sharded (mlp, heads, vocab) parameters
+    assert plan["num_params"] * 4 / 2 < plan["params_bytes"] < plan["num_params"] * 4
+
+
+def _cli(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "explistops_jax.cli", "plan", *args],
+                          env=_env(devices), capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+def test_plan_command_prints_the_plan_and_the_largest_batch():
+    proc = _cli("--model", "t5_1_1_tiny", "--mesh", "data=2", "--batch", "2",
+                "--lengths", "8,8", "--device-memory", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["mesh"] == {"data": 2, "model": 1} and out["backend"] == "cpu"
+    largest = out["largest_batch"]
+    assert largest["batch"] % 2 == 0 and largest["batch"] > 2  # batch 2 peaks near 0.08 GiB
+    assert largest["peak_bytes"] <= 0.2 * 2 ** 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "t5_9_9", "--batch", "8"], "unknown model preset"),
+    (["--model", "t5_1_1_tiny", "--batch", "3", "--mesh", "data=2"], "not divisible by the data axis"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--mesh", "model=3"], "does not divide num_heads=2"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--mesh", "data=2;model=2"], "bad mesh entry"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--lengths", "16"], "bad lengths"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--dtype", "float7"], "unknown dtype"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--backend", "tpu"], "no tpu devices"),
+])
+def test_plan_mistakes_are_one_line(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, lines
