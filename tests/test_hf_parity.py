@@ -155,6 +155,7 @@ def test_export_loads_in_transformers_with_same_logits(hf_checkpoint, tmp_path):
     np.testing.assert_allclose(logits, hf_logits, atol=1e-4, rtol=0)
 
 
+TIE = 1e-3  # nats: a near-tie that float32 rounding may break either way
 GEN_LEN = 20  # > 16: the decoder's logarithmic buckets are reached while decoding
 
 
@@ -187,4 +188,17 @@ def test_greedy_decoding_matches_transformers_generate(hf_checkpoint):
     expected = _hf_greedy(model, enc)
     stopped = (expected == 1).any(axis=1)
     assert stopped.any() and not stopped.all()  # early EOS and full length both covered
-    np.testing.assert_array_equal(_our_greedy(config, params, enc), expected)
+    ours = _our_greedy(config, params, enc)
+    # Equal sequences, except after a near-tie: where the two first differ, the
+    # top two of transformers' own logits for that (common) prefix must be within
+    # TIE nats of each other (float32 kernels of two libraries, and of two
+    # processors, may order a near-tie either way; a real bug differs by far more).
+    for row in np.nonzero((ours != expected).any(axis=1))[0]:
+        step = int(np.argmax(ours[row] != expected[row]))
+        prefix = torch.tensor([[0, *expected[row, :step]]], dtype=torch.long)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor(enc[row:row + 1], dtype=torch.long),
+                           attention_mask=torch.tensor(enc[row:row + 1] != 0, dtype=torch.long),
+                           decoder_input_ids=prefix).logits[0, -1].numpy()
+        top2 = np.sort(logits)[-2:]
+        assert top2[1] - top2[0] < TIE, (row, step, ours[row], expected[row], top2)
