@@ -23,6 +23,24 @@ target styles:
       SUM operator so we have to add the numbers [15, 27, 1], sum is 43, 43 modulo 30 is 13, so the answer is 13
       Final answer: 13
 
+The other four operators of the ListOps family (FIRST, LAST, PM, FLSUM; none of the
+built-in datasets samples them) have lines of the same shapes, this project's
+wording: short ``FIRST, 3`` / ``LAST, 2`` / ``PM, 4`` / ``FLSUM, 8``; medium::
+
+      First, first number of [3, 2] is 3
+      Last, last number of [3, 2] is 2
+      PM, multiply [2, 3, 4], product is 24, answer is 4
+      FLSUM, add first two of [3, 5, 7], sum is 8, answer is 8
+
+and long::
+
+      FIRST operator so we have to take the first of the numbers [3, 2], the first number is 3, so the answer is 3
+      LAST operator so we have to take the last of the numbers [3, 2], the last number is 2, so the answer is 2
+      PM operator so we have to multiply the numbers [2, 3, 4], product is 24, 24 modulo 30 is 24, so the answer is 24
+      FLSUM operator so we have to add the first two of the numbers [3, 5, 7], sum is 8, 8 modulo 30 is 8, so the answer is 8
+
+(FLSUM adds the first and the second argument, as the original generator does.)
+
 Lines are joined with ``"\\n"``. T5's SentencePiece turns newlines into spaces, so
 :func:`read_steps` never relies on them. Every word a renderer can emit is in
 :data:`WORDS` (the compact vocabulary is built from it); :func:`tokenize` is the
@@ -36,7 +54,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from explistops_jax.errors import UserError
-from explistops_jax.listops import Node, Tree, apply, canonical_operator, evaluate
+from explistops_jax.listops import Node, Tree, apply, canonical_operator, evaluate, unreduced
 
 __all__ = [
     "STYLES",
@@ -60,12 +78,13 @@ class Step:
     """One evaluation step.
 
     Attributes:
-      op: canonical operator (MAX, MIN, MED, SM).
+      op: canonical operator (MAX, MIN, MED, SM, FIRST, LAST, PM, FLSUM).
       operands: the arguments' values in the original order. Read back from text they
         are as written: sorted for medium MED (only the sorted list is shown), empty
         for the short style (no list is shown).
       result: the step's value (for SM the sum modulo the modulus).
-      total: for SM the sum before the modulus, else None.
+      total: for the modular operators the value before the modulus (SM and FLSUM:
+        the sum; PM: the product), else None.
     """
 
     op: str
@@ -85,7 +104,7 @@ def _collect(tree: Tree, modulus: int, out: list[Step]) -> int:
     if not isinstance(tree, Node):
         return tree
     operands = tuple(_collect(arg, modulus, out) for arg in tree.args)
-    total = sum(operands) if tree.op == "SM" else None
+    total = unreduced(tree.op, operands)
     out.append(Step(tree.op, operands, apply(tree.op, operands, modulus), total))
     return out[-1].result
 
@@ -108,6 +127,16 @@ def _medium(step: Step, modulus: int) -> str:
         return f"Min, smallest number of {_numbers(step.operands)} is {step.result}"
     if step.op == "MED":
         return f"MED, sorted list, {_numbers(sorted(step.operands))}, MEDIAN is {step.result}"
+    if step.op == "FIRST":
+        return f"First, first number of {_numbers(step.operands)} is {step.result}"
+    if step.op == "LAST":
+        return f"Last, last number of {_numbers(step.operands)} is {step.result}"
+    if step.op == "PM":
+        return (f"PM, multiply {_numbers(step.operands)}, product is {_total(step)}, "
+                f"answer is {step.result}")
+    if step.op == "FLSUM":
+        return (f"FLSUM, add first two of {_numbers(step.operands)}, sum is {_total(step)}, "
+                f"answer is {step.result}")
     return (f"SUM, add {_numbers(step.operands)}, sum is {_total(step)}, "
             f"answer is {step.result}")
 
@@ -125,16 +154,27 @@ def _long(step: Step, modulus: int) -> str:
         return (f"MEDIAN operator so we have to find the median of the numbers {numbers}, "
                 f"sorted they are {_numbers(sorted(step.operands))}, "
                 f"the median is {step.result}, {answer}")
+    if step.op in ("FIRST", "LAST"):
+        which = step.op.lower()
+        return (f"{step.op} operator so we have to take the {which} of the numbers {numbers}, "
+                f"the {which} number is {step.result}, {answer}")
     total = _total(step)
+    if step.op == "PM":
+        return (f"PM operator so we have to multiply the numbers {numbers}, "
+                f"product is {total}, {total} modulo {modulus} is {step.result}, {answer}")
+    if step.op == "FLSUM":
+        return (f"FLSUM operator so we have to add the first two of the numbers {numbers}, "
+                f"sum is {total}, {total} modulo {modulus} is {step.result}, {answer}")
     return (f"SUM operator so we have to add the numbers {numbers}, sum is {total}, "
             f"{total} modulo {modulus} is {step.result}, {answer}")
 
 
-def _total(step: Step) -> int:
-    return sum(step.operands) if step.total is None else step.total
+def _total(step: Step) -> int | None:
+    return unreduced(step.op, step.operands) if step.total is None else step.total
 
 
-_SHORT_NAMES = {"MAX": "MAX", "MIN": "MIN", "MED": "MED", "SM": "SUM"}
+_SHORT_NAMES = {"MAX": "MAX", "MIN": "MIN", "MED": "MED", "SM": "SUM",
+                "FIRST": "FIRST", "LAST": "LAST", "PM": "PM", "FLSUM": "FLSUM"}
 _RENDERERS: dict[str, Callable[[Step, int], str]] = {
     "short": _short,
     "medium": _medium,
@@ -171,12 +211,16 @@ def explain(tree: Tree, style: str, modulus: int = 30) -> str:
 # --------------------------------------------------------------------------- reading
 
 # A step starts where an operator name is followed by a comma (short, medium) or by
-# the word "operator" (long). "MEDIAN is" and "sum is" inside steps do not match.
-_HEAD = re.compile(r"\b(MAX|MIN|MEDIAN|MED|SUM|SM)\b\s*(?:,|operator\b)", re.IGNORECASE)
+# the word "operator" (long). "MEDIAN is", "sum is", "first number" and "last of"
+# inside steps do not match (no renderer puts a comma after those words).
+_HEAD = re.compile(r"\b(MAX|MIN|MEDIAN|MED|SUM|SM|FIRST|LAST|PM|FLSUM)\b\s*(?:,|operator\b)",
+                   re.IGNORECASE)
 _FINAL = re.compile(r"final\s+answer", re.IGNORECASE)
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _INT = re.compile(r"\d+")
 _SUM_IS = re.compile(r"\bsum\s+is\s+(\d+)", re.IGNORECASE)
+_PRODUCT_IS = re.compile(r"\bproduct\s+is\s+(\d+)", re.IGNORECASE)
+_TOTAL_IS = {"SM": _SUM_IS, "FLSUM": _SUM_IS, "PM": _PRODUCT_IS}  # the modular operators
 _MAX_DIGITS = 30  # longer digit runs are not read as numbers (int() of them is slow)
 
 
@@ -191,7 +235,8 @@ def read_steps(text: str | bytes | None) -> list[Step]:
     runs from an operator head (``MAX,`` / ``Max,`` / ``SUM operator`` ...) to the next
     head or ``Final answer``. Within it: operands are the integers of its first
     ``[...]`` list (none for the short style); the result is its last integer outside
-    the lists; for SM the total is the number after ``sum is``. A head with no result
+    the lists; for SM and FLSUM the total is the number after ``sum is``, for PM the
+    number after ``product is``. A head with no result
     number is dropped; anything unreadable is skipped, so garbage gives ``[]``.
     """
     if isinstance(text, (bytes, bytearray)):
@@ -217,8 +262,8 @@ def _read_segment(op: str, segment: str) -> Step | None:
     if not outside:
         return None
     total = None
-    if op == "SM":
-        match = _SUM_IS.search(segment)
+    if op in _TOTAL_IS:
+        match = _TOTAL_IS[op].search(segment)
         if match and len(match.group(1)) <= _MAX_DIGITS:
             total = int(match.group(1))
     return Step(op, operands, outside[-1], total)
@@ -237,14 +282,26 @@ def tokenize(text: str) -> list[str]:
 def _words() -> tuple[str, ...]:
     """Every non-number token the renderers emit, found by rendering one example of
     every operator (odd and even lists) in every style. Templates do not depend on the
-    data beyond the numbers, so this is complete (a test checks random trees)."""
-    example = Node("MAX", (Node("MIN", (1, 2)), Node("MED", (3, 4, 5)), Node("MED", (1, 2)),
-                           Node("SM", (6, 7)), 8))
-    tokens: set[str] = set()
-    for style in STYLES:
-        tokens.update(tokenize(explain(example, style, modulus=10)))
-    return tuple(sorted(token for token in tokens if not token.isdigit()))
+    data beyond the numbers, so this is complete (a test checks random trees).
+
+    Two blocks, each sorted: the words of the study's four operators, then the words
+    that only the other four operators of the family use. The compact vocabulary
+    numbers the words in this order, so the family's words came after every id that
+    existed before them and no checkpoint's ids moved."""
+    study = Node("MAX", (Node("MIN", (1, 2)), Node("MED", (3, 4, 5)), Node("MED", (1, 2)),
+                         Node("SM", (6, 7)), 8))
+    family = Node("FIRST", (Node("LAST", (1, 2)), Node("PM", (3, 4)),
+                            Node("FLSUM", (5, 6, 7)), 8))
+    blocks: list[str] = []
+    for example in (study, family):
+        tokens: set[str] = set()
+        for style in STYLES:
+            tokens.update(tokenize(explain(example, style, modulus=10)))
+        blocks.extend(sorted(t for t in tokens if not t.isdigit() and t not in blocks))
+    return tuple(blocks)
 
 
 WORDS: tuple[str, ...] = _words()
-"""Every non-number token any style can emit (sorted): the vocabulary's word list."""
+"""Every non-number token any style can emit, unique: the study's operators' words
+(sorted), then the words only FIRST, LAST, PM and FLSUM use (sorted). The order is
+the compact vocabulary's id order; never re-sort it."""

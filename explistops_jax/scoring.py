@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from explistops_jax.errors import ListOpsError, UserError
 from explistops_jax.explain import Step, explain, read_steps, steps
-from explistops_jax.listops import Tree, apply, depth, evaluate, length, parse
+from explistops_jax.listops import Tree, apply, depth, evaluate, length, parse, unreduced
 
 __all__ = [
     "DEFAULT_MODULUS",
@@ -98,7 +98,8 @@ def step_is_valid(step: Step, modulus: int = DEFAULT_MODULUS) -> bool | None:
     """Is a stated step arithmetically right given its own operands?
 
     None when the step shows no operands (the short style), which cannot be checked.
-    For SM a stated total (``sum is N``) must be the sum as well.
+    For the modular operators a stated total must be right as well: the sum for SM
+    and FLSUM (``sum is N``), the product for PM (``product is N``).
     """
     if not step.operands:
         return None
@@ -107,15 +108,15 @@ def step_is_valid(step: Step, modulus: int = DEFAULT_MODULUS) -> bool | None:
             return False
     except (ValueError, ZeroDivisionError):
         return False
-    return step.total is None or step.total == sum(step.operands)
+    return step.total is None or step.total == unreduced(step.op, step.operands)
 
 
 def same_step(predicted: Step, true: Step) -> bool:
     """Does a predicted step state the true step?
 
     Operator and result must match; operands too when the prediction shows them (as a
-    multiset for MED, whose medium form shows them sorted); an SM total too when
-    stated. A short-style step (no operands) is compared on operator and result.
+    multiset for MED, whose medium form shows them sorted); a total (SM, PM, FLSUM)
+    too when stated. A short-style step (no operands) is compared on operator and result.
     """
     if predicted.op != true.op or predicted.result != true.result:
         return False

@@ -40,7 +40,8 @@ def test_package_exports_each_name_from_the_module_that_owns_it():
     from explistops_jax.listops import readers, sampler, tree
 
     owners = {tree: ["parse", "format", "evaluate", "apply", "median", "length", "depth",
-                     "Node", "canonical_operator", "OPERATORS", "SPELLINGS", "MAX_NESTING"],
+                     "Node", "canonical_operator", "OPERATORS", "SPELLINGS", "MAX_NESTING",
+                     "ALL_OPERATORS", "MODULAR_OPERATORS", "MIN_ARGS", "unreduced"],
               sampler: ["SamplerConfig", "sample", "sample_with_attempts", "sample_naive",
                         "example_rng", "MAX_ATTEMPTS"],
               readers: ["read_listops_tsv", "read_lra_tsv"]}

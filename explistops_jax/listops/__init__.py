@@ -32,7 +32,10 @@ from explistops_jax.listops.sampler import (
     sample_with_attempts,
 )
 from explistops_jax.listops.tree import (
+    ALL_OPERATORS,
     MAX_NESTING,
+    MIN_ARGS,
+    MODULAR_OPERATORS,
     OPERATORS,
     SPELLINGS,
     Node,
@@ -45,6 +48,7 @@ from explistops_jax.listops.tree import (
     length,
     median,
     parse,
+    unreduced,
 )
 
 __all__ = ["ListOpsError", *tree.__all__, *sampler.__all__, *readers.__all__]

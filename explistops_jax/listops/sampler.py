@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from explistops_jax.errors import UserError
-from explistops_jax.listops.tree import OPERATORS, Node, Tree, canonical_operator
+from explistops_jax.listops.tree import (
+    ALL_OPERATORS,
+    MIN_ARGS,
+    OPERATORS,
+    Node,
+    Tree,
+    canonical_operator,
+)
 
 __all__ = [
     "SamplerConfig",
@@ -44,6 +51,9 @@ class SamplerConfig:
       ``depth(tree) <= max_depth - 1``.
     * An operator is drawn uniformly from ``operators`` and has ``min_args..max_args``
       arguments (uniform); values are uniform in ``min_value..max_value``.
+      ``operators`` may be any of the family's eight (:data:`ALL_OPERATORS`, any
+      spelling; FLSUM needs ``min_args >= 2``); the default is the study's four
+      (:data:`OPERATORS`), which every built-in dataset uses.
     * A tree is kept only when ``min_length < length(tree) < max_length`` (strict).
 
     About ``value_p``: LRA's code emits a value when ``random() > VALUE_P``, so its
@@ -67,9 +77,13 @@ class SamplerConfig:
         ops = tuple(self.operators)
         canonical = tuple(canonical_operator(op) for op in ops)
         if not ops or None in canonical:
-            raise UserError(f"bad operators {ops!r}", expected=f"a non-empty subset of {OPERATORS}")
+            raise UserError(f"bad operators {ops!r}",
+                            expected=f"a non-empty subset of {ALL_OPERATORS}")
         object.__setattr__(self, "operators", canonical)
+        fewest = max(MIN_ARGS.get(op, 1) for op in canonical)
         checks = [
+            (self.min_args >= fewest,
+             f"min_args must be at least {fewest} for the operators {canonical}"),
             (self.max_depth >= 2, "max_depth must be at least 2 (the root has depth 1)"),
             (1 <= self.min_args <= self.max_args, "need 1 <= min_args <= max_args"),
             (0.0 <= self.value_p <= 1.0, "value_p must be a probability"),

@@ -1,8 +1,11 @@
 """ListOps trees: the notation (parse, format) and the arithmetic (evaluate, measure).
 
-A ListOps expression is a value or ``[OP arg arg ... ]`` with the operators MAX, MIN,
-MED (median) and SM (sum modulo M). This module is the single place that knows the
-notation and the arithmetic; everything else (explanations, scoring, datasets) works
+A ListOps expression is a value or ``[OP arg arg ... ]``. The study uses the
+operators MAX, MIN, MED (median) and SM (sum modulo M); the original ListOps generator
+(nyu-mll/spinn, ``python/spinn/data/listops/make_data.py``) also has FIRST, LAST,
+PM (product modulo M) and FLSUM (first plus *second* argument, modulo M), and all
+eight are read, written and evaluated here (:data:`ALL_OPERATORS`). This module is
+the single place that knows the notation and the arithmetic; everything else (explanations, scoring, datasets) works
 on the :data:`Tree` type defined here. Pure Python, no TensorFlow or JAX.
 
 Two notations are read (and written):
@@ -27,6 +30,9 @@ from explistops_jax.errors import ListOpsError, UserError
 
 __all__ = [
     "OPERATORS",
+    "ALL_OPERATORS",
+    "MODULAR_OPERATORS",
+    "MIN_ARGS",
     "SPELLINGS",
     "MAX_NESTING",
     "Node",
@@ -36,13 +42,32 @@ __all__ = [
     "format",
     "evaluate",
     "apply",
+    "unreduced",
     "median",
     "length",
     "depth",
 ]
 
 OPERATORS: tuple[str, ...] = ("MAX", "MIN", "MED", "SM")
-"""Canonical operator names, in the order the sampler draws from."""
+"""The study's operators, in the order the sampler draws from: the default of
+:class:`~explistops_jax.listops.sampler.SamplerConfig`, so every built-in dataset
+keeps exactly these (and its bytes)."""
+
+ALL_OPERATORS: tuple[str, ...] = OPERATORS + ("FIRST", "LAST", "PM", "FLSUM")
+"""Every canonical operator of the ListOps family (the original generator's eight).
+
+Semantics, as the original generator computes them (checked against every revision
+of its ``make_data.py`` and its released test files): FIRST is the first argument,
+LAST the last, PM the product modulo M, FLSUM the sum of the first and the *second*
+argument modulo M (``(l[1][0] + l[1][1]) % 10`` in the generator, despite the name),
+so FLSUM needs at least two arguments. M is the ``modulus`` argument, as for SM; the
+original files use 10."""
+
+MODULAR_OPERATORS: frozenset[str] = frozenset({"SM", "PM", "FLSUM"})
+"""Operators whose result is reduced modulo M (:func:`unreduced` gives the value before)."""
+
+MIN_ARGS: dict[str, int] = {"FLSUM": 2}
+"""Fewest arguments an operator takes when more than one (the rest take one or more)."""
 
 SPELLINGS: dict[str, str] = {
     "MAX": "MAX",
@@ -51,6 +76,10 @@ SPELLINGS: dict[str, str] = {
     "MEDIAN": "MED",
     "SM": "SM",
     "SUM": "SM",
+    "FIRST": "FIRST",
+    "LAST": "LAST",
+    "PM": "PM",
+    "FLSUM": "FLSUM",
 }
 """Every accepted operator spelling (upper case) -> canonical name."""
 
@@ -149,6 +178,10 @@ def parse(text: str, *, line: int | None = None) -> Tree:
             if not args:
                 raise error(f"operator {op} (column {opened}) has no arguments", column,
                             "at least one value or expression before ']'")
+            fewest = MIN_ARGS.get(op, 1)
+            if len(args) < fewest:
+                raise error(f"operator {op} (column {opened}) has {len(args)} argument",
+                            column, f"at least {fewest} arguments before ']'")
             attach(Node(op, tuple(args)), opened)
         elif first.isdigit():
             if len(token) > MAX_DIGITS:
@@ -229,20 +262,59 @@ def median(values: tuple[int, ...] | list[int]) -> int:
 
 
 def apply(op: str, values: tuple[int, ...] | list[int], modulus: int = 30) -> int:
-    """One operator on a list of values (the arithmetic of a single step)."""
+    """One operator on a list of values (the arithmetic of a single step).
+
+    Raises ValueError for an unknown operator, an empty list, or FLSUM of fewer than
+    two values (the original generator has no value for those either).
+    """
     if op == "MAX":
         return max(values)
     if op == "MIN":
         return min(values)
     if op == "MED":
         return median(values)
-    if op == "SM":
-        return sum(values) % modulus
+    if op == "FIRST" or op == "LAST":
+        if not values:
+            raise ValueError(f"{op} of an empty list")
+        return values[0] if op == "FIRST" else values[-1]
+    if op == "PM":
+        if not values:
+            raise ValueError("PM of an empty list")
+        product = 1
+        for value in values:  # reduced as it goes: the same residue, no huge integers
+            product = product * value % modulus
+        return product
+    if op in MODULAR_OPERATORS:
+        return unreduced(op, values) % modulus
     raise ValueError(f"unknown operator {op!r}")
 
 
+def unreduced(op: str, values: tuple[int, ...] | list[int]) -> int | None:
+    """A modular operator's value before the modulus, or None for the others.
+
+    SM: the sum; PM: the product; FLSUM: the first plus the second value. The
+    explanations show it (``sum is 43``) and scoring checks a stated one against it.
+    Raises ValueError where :func:`apply` does.
+    """
+    if op == "SM":
+        return sum(values)
+    if op == "PM":
+        if not values:
+            raise ValueError("PM of an empty list")
+        product = 1
+        for value in values:
+            product *= value
+        return product
+    if op == "FLSUM":
+        if len(values) < 2:
+            raise ValueError(f"FLSUM needs at least two values, got {len(values)}")
+        return values[0] + values[1]
+    return None
+
+
 def evaluate(tree: Tree, modulus: int = 30) -> int:
-    """The value of a tree; SM sums modulo ``modulus`` (10 in the original ListOps)."""
+    """The value of a tree; SM, PM and FLSUM reduce modulo ``modulus`` (10 in the
+    original ListOps)."""
     if isinstance(tree, Node):
         return apply(tree.op, [evaluate(arg, modulus) for arg in tree.args], modulus)
     return tree
