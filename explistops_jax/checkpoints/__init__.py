@@ -11,11 +11,13 @@ Every export writes a new directory whole or not at all.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from explistops_jax.errors import UserError
 from explistops_jax.checkpoints.common import atomic_directory, expected_shapes, flatten, unflatten
 from explistops_jax.checkpoints.hf import HF_RULES, export_hf, import_hf, is_hf_directory
+from explistops_jax.checkpoints.hub import is_hub_id, resolve
 from explistops_jax.checkpoints.native import is_params_directory, load_params, save_params
 from explistops_jax.checkpoints.t5x import export_t5x, import_t5x, is_t5x_checkpoint
 
@@ -29,9 +31,12 @@ __all__ = [
     "flatten",
     "import_hf",
     "import_t5x",
+    "is_hub_id",
     "load_any",
     "load_params",
+    "resolve",
     "save_params",
+    "sentencepiece_model",
     "unflatten",
 ]
 
@@ -39,8 +44,8 @@ FORMATS = ("hf", "t5x", "explistops")
 
 
 def detect_format(path: str | Path) -> str:
-    """"hf", "t5x" or "explistops" for an existing checkpoint path."""
-    p = Path(path).expanduser()
+    """"hf", "t5x" or "explistops" for an existing checkpoint path or a Hub id."""
+    p = resolve(path)
     if not p.exists():
         raise UserError("no such file or directory", where=str(p), expected="a checkpoint")
     if p.is_dir() and is_params_directory(p):
@@ -59,7 +64,9 @@ def detect_format(path: str | Path) -> str:
 
 def load(path: str | Path, fmt: str, config=None):
     """(config, params) from ``path`` read as format ``fmt``. ``config`` is used
-    as is for T5X (instead of inferring it) and must match for the others."""
+    as is for T5X (instead of inferring it) and must match for the others.
+    ``path`` may be a Hugging Face Hub model id (``hf://owner/name``)."""
+    path = resolve(path)
     if fmt == "hf":
         loaded = import_hf(path)
     elif fmt == "t5x":
@@ -77,6 +84,28 @@ def load(path: str | Path, fmt: str, config=None):
                 "checkpoint's model differs from the requested one: " + "; ".join(diffs), where=str(path)
             )
     return loaded
+
+
+# T5X's model gin files name their vocabulary like this (config.gin beside the
+# checkpoints records the gin of the run).
+_GIN_SPM = re.compile(r"""sentencepiece_model_file\s*=\s*['"]([^'"]+)['"]""")
+
+
+def sentencepiece_model(path: str | Path) -> str | None:
+    """T5's SentencePiece model that comes with a checkpoint, if it has one:
+    ``spiece.model`` of a Hugging Face checkpoint (a Hub id is resolved first),
+    else the vocabulary path recorded in a T5X run's ``config.gin`` (in the
+    checkpoint's directory or the run directory above it). None otherwise."""
+    local = resolve(path)
+    if (local / "spiece.model").is_file():
+        return str(local / "spiece.model")
+    for directory in (local, local.parent):
+        gin_file = directory / "config.gin"
+        if gin_file.is_file():
+            found = _GIN_SPM.search(gin_file.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+    return None
 
 
 def load_any(path: str | Path, config=None):

@@ -45,15 +45,34 @@ def _seeds(text: str) -> list[int]:
 
 
 def _checkpoints(items: list[str]) -> dict[str, str]:
+    """SIZE=PATH pairs; a PATH may be a Hugging Face Hub model id
+    (``google-t5/t5-small`` or ``hf://...``), resolved (downloaded or found in the
+    cache) before anything else runs."""
+    from explistops_jax import checkpoints
+
     out = {}
     for item in items:
         size, sep, path = item.partition("=")
         if not sep or not size or not path:
-            raise UserError(f"--checkpoint {item!r}", expected="SIZE=PATH, e.g. small=/ckpt/t5-small")
-        if not Path(path).exists():
-            raise UserError(f"--checkpoint {size}: {path} does not exist")
-        out[size] = path
+            raise UserError(f"--checkpoint {item!r}",
+                            expected="SIZE=PATH or SIZE=HUB_ID, e.g. small=google-t5/t5-small")
+        local = checkpoints.resolve(path)
+        if not local.exists():
+            raise UserError(f"--checkpoint {size}: {path} does not exist",
+                            expected="a checkpoint directory or a Hub model id")
+        out[size] = str(local)
     return out
+
+
+def _sentencepiece_from(checkpoints_by_size: dict[str, str]) -> str | None:
+    """The SentencePiece model that comes with the first checkpoint that has one."""
+    from explistops_jax import checkpoints
+
+    for path in checkpoints_by_size.values():
+        found = checkpoints.sentencepiece_model(path)
+        if found:
+            return found
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
         styles = list(explain.STYLES)
     checkpoints = _checkpoints(args.checkpoint)
     if checkpoints and not os.environ.get("EXPLISTOPS_SPM_PATH"):
-        raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary",
-                        expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
+        spm = _sentencepiece_from(checkpoints)
+        if spm is None:
+            raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary, and "
+                            "none of them comes with one (spiece.model)",
+                            expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
+        os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
     out = Path(args.out or f"runs/{args.preset}")
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
     runtime.check_writable(out, "--out directory")
