@@ -50,10 +50,15 @@ import os
 from typing import Iterable, Sequence
 
 import gin
-import seqio
-import tensorflow as tf
 
-from explistops_jax.errors import UserError
+from explistops_jax import tf_loader
+
+tf_loader.confine()  # TensorFlow off the GPUs before SeqIO loads it
+
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from explistops_jax.errors import UserError  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_VALUE",
