@@ -123,6 +123,7 @@ class GrainSource:
 
     def count_epoch_batches(self, seed: int) -> int:
         """Batches of one epoch (packing: packs it)."""
-        if not self.pack:
-            return math.ceil(self.num_local_examples() / self.local_batch_size)
+        if not self.pack:  # every process counts the largest shard, so all agree
+            largest = math.ceil(self.task.num_examples(self.split) / self.num_shards)
+            return math.ceil(largest / self.local_batch_size)
         return sum(1 for _ in self.epoch_batches(seed))

@@ -31,12 +31,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from explistops_jax.errors import UserError
 
-__all__ = ["setup", "confine_tensorflow", "add_distributed_arguments", "distributed_options",
-           "ArgumentParser",
+__all__ = ["setup", "confine_tensorflow", "register_tasks_for", "run_task",
+           "add_distributed_arguments", "distributed_options", "ArgumentParser",
            "run_guarded", "fail", "new_output", "check_writable", "PROG"]
 
 PROG = "explistops"
@@ -88,6 +88,34 @@ def confine_tensorflow() -> None:
     from explistops_jax import tf_loader
 
     tf_loader.confine()
+
+
+def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain") -> bool:
+    """Registers the SeqIO tasks (``import seqio_tasks``, which loads TensorFlow)
+    when any of ``names`` is read by the SeqIO backend
+    (``input_pipeline.resolve_backend``); the grain backend needs no registry.
+    Returns whether they were registered."""
+    from explistops_jax import input_pipeline
+
+    if not any(input_pipeline.resolve_backend(name, data_backend, training=False) == "seqio"
+               or input_pipeline.resolve_backend(name, data_backend) == "seqio"
+               for name in names if name):
+        return False
+    import seqio_tasks  # noqa: F401  (registers the tasks)
+
+    return True
+
+
+def run_task(checkpoint: str | Path) -> str | None:
+    """The task a run directory (or one of its checkpoints) trained on, from its
+    run.json; None for a checkpoint from another tool."""
+    from explistops_jax import rundir
+
+    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+    if found is None:
+        return None
+    info, _ = rundir.read_json_lenient(found[0].run_json)
+    return info.get("mixture_or_task_name") if isinstance(info, dict) else None
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
