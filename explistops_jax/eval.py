@@ -50,13 +50,14 @@ def print_results(results: Mapping) -> None:
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     """Sets up the process, parses the gin configuration, evaluates; the exit status."""
     runtime.setup(**runtime.distributed_options(args))
-    import seqio_tasks  # noqa: F401  (registers the tasks gin files name)
     from explistops_jax import evaluator, gin_config
 
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
                      args.gin_search_paths,
                      expected_file="--gin_file=gin_configs/runs/eval.gin")
     arguments = gin_config.evaluate_arguments()
+    task = arguments.get("mixture_or_task_name") or runtime.run_task(arguments["checkpoint"])
+    runtime.register_tasks_for([task], arguments.get("data_backend", "grain"))
     with runtime.new_output(arguments.get("output_dir"), "evaluation output directory"):
         print_results(evaluator.evaluate(**arguments))
     return 0

@@ -13,6 +13,11 @@ does with a task's legacy ``metric_fns``:
 - ``metric_fn(targets, predictions)`` for every predict metric,
   ``metric_fn(targets, scores)`` (``model.score_batch``) for every score metric.
 
+The split is read by an input backend (``input_pipeline.resolve_backend``):
+grain for the project's own tasks and the members of their mixtures, SeqIO for
+registered tasks or when ``data_backend="seqio"``; both give the same examples,
+features, files and metrics.
+
 It writes, atomically (a temporary file renamed into place), per task and split::
 
     <output_dir>/eval/<task>/<split>/predictions_<step>.jsonl
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,12 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from explistops_jax import input_pipeline, partitioning  # first: keeps TF off the GPUs
-from explistops_jax import rundir, train_state
+from explistops_jax import input_pipeline, partitioning, rundir, train_state
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
-
-import seqio  # noqa: E402  (after input_pipeline)
 
 __all__ = ["Decoder", "Evaluator", "evaluate", "describe_prediction", "eval_dir"]
 
@@ -60,8 +63,8 @@ def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
 class _TaskSplit:
     """One task's split, read once: raw examples, features, targets."""
 
-    task: seqio.Task
-    examples: list[dict]                 # tfds.as_numpy examples (all fields)
+    task: Any                            # seqio.Task or own_tasks.OwnTask
+    examples: list[dict]                 # numpy examples (all fields)
     features: list[dict[str, np.ndarray]]  # converter output, one per example
     targets: list[Any]                   # postprocessed targets
 
@@ -139,37 +142,47 @@ class Evaluator:
       use_cached: read the tasks' offline caches.
       decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
         ``temperature``, ...); default greedy.
+      data_backend: ``"grain"`` or ``"seqio"`` (see ``input_pipeline.resolve_backend``).
     """
 
     def __init__(self, model, mixture_or_task_name: str, split: str = "validation", *,
                  task_feature_lengths: Mapping[str, int], batch_size: int = 32,
                  max_examples: int | None = None, model_dir: str | Path | None = None,
                  partitioner: partitioning.Partitioner | None = None,
-                 use_cached: bool = False, decode: Mapping[str, Any] | None = None):
+                 use_cached: bool = False, decode: Mapping[str, Any] | None = None,
+                 data_backend: str = "grain"):
         self.split = split
         self.lengths = dict(task_feature_lengths)
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.decoder = Decoder(model, partitioner, batch_size, decode)
-        provider = input_pipeline.get_provider(mixture_or_task_name)
-        input_pipeline.check_cached(provider, use_cached)
-        tasks = [t for t in seqio.get_subtasks(provider) if split in t.splits]
+        self.backend = input_pipeline.resolve_backend(
+            mixture_or_task_name, data_backend, training=False, use_cached=use_cached)
+        if self.backend == "grain":
+            from explistops_jax import grain_pipeline, own_tasks
+
+            candidates = own_tasks.get_tasks(mixture_or_task_name)
+
+            def read(task):
+                return grain_pipeline.read_split(task, split, self.lengths, max_examples)
+        else:
+            from explistops_jax import seqio_backend
+
+            candidates = seqio_backend.subtasks(mixture_or_task_name, use_cached)
+
+            def read(task):
+                return seqio_backend.read_split(task, split, self.lengths, max_examples,
+                                                use_cached)
+        tasks = [t for t in candidates if split in t.splits]
         if not tasks:
             raise UserError(f"no task of {mixture_or_task_name!r} has a split {split!r}",
                             expected="one of " + ", ".join(sorted(
-                                {s for t in seqio.get_subtasks(provider) for s in t.splits})))
-        self.tasks = [self._read(t, max_examples, use_cached) for t in tasks]
+                                {s for t in candidates for s in t.splits})))
+        self.tasks = [self._read(t, read) for t in tasks]
 
     # ----------------------------------------------------------------- reading
 
-    def _read(self, task: seqio.Task, max_examples: int | None,
-              use_cached: bool) -> _TaskSplit:
-        ds = task.get_dataset(self.lengths, split=self.split, use_cached=use_cached,
-                              shuffle=False, num_epochs=1)
-        if max_examples is not None:
-            ds = ds.take(max_examples)
-        examples = list(ds.as_numpy_iterator())
-        converted = input_pipeline.feature_converter(False)(ds, self.lengths)
-        features = list(converted.as_numpy_iterator())
+    def _read(self, task, read) -> _TaskSplit:
+        examples, features = read(task)
         vocab = task.output_features["targets"].vocabulary
         targets = [task.postprocess_fn(_target_text(ex, vocab), example=ex, is_target=True)
                    for ex in examples]
@@ -235,13 +248,13 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _target_text(example: Mapping, vocab: seqio.Vocabulary) -> str:
+def _target_text(example: Mapping, vocab) -> str:
     if "targets_pretokenized" in example:
         return _text(example["targets_pretokenized"])
     return vocab.decode([int(t) for t in example["targets"]])
 
 
-def _input_text(example: Mapping, task: seqio.Task) -> str:
+def _input_text(example: Mapping, task) -> str:
     if "inputs_pretokenized" in example:
         return _text(example["inputs_pretokenized"])
     vocab = task.output_features["inputs"].vocabulary
@@ -249,7 +262,7 @@ def _input_text(example: Mapping, task: seqio.Task) -> str:
 
 
 def _row(index: int, example: Mapping, target: Any, text: str, prediction: Any,
-         task: seqio.Task) -> dict:
+         task) -> dict:
     """One predictions-file line; explistops tasks add the parsed answer, its
     correctness and the parsed steps (``scoring.score_example``)."""
     row = {"index": index, "input": _input_text(example, task),
@@ -282,7 +295,7 @@ def _scoring_fields(text: str, target: Mapping) -> dict:
     return scored
 
 
-def describe_prediction(example: Mapping, task: seqio.Task, text: str) -> dict:
+def describe_prediction(example: Mapping, task, text: str) -> dict:
     """A decoded example as plain JSON values: expression, input, prediction and
     the scoring fields (answer, true answer, correct, steps, ...)."""
     vocab = task.output_features["targets"].vocabulary
@@ -296,9 +309,10 @@ def describe_prediction(example: Mapping, task: seqio.Task, text: str) -> dict:
 def _plain(value: Any) -> Any:
     """JSON-ready: numpy scalars/arrays, seqio metric values, dataclasses,
     tuples and nested dicts become plain Python."""
-    if isinstance(value, seqio.metrics.Scalar):
+    seqio = sys.modules.get("seqio")  # only SeqIO's metric functions return its types
+    if seqio is not None and isinstance(value, seqio.metrics.Scalar):
         return _plain(value.value)
-    if isinstance(value, seqio.metrics.Text):
+    if seqio is not None and isinstance(value, seqio.metrics.Text):
         return value.textdata
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -333,6 +347,7 @@ def evaluate(
     partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
     decode: Mapping[str, Any] | None = None,
     use_cached: bool = False,
+    data_backend: str = "grain",
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Restores a checkpoint, decodes a task split, writes predictions and metrics.
 
@@ -347,6 +362,8 @@ def evaluate(
       output_dir: where ``eval/<task>/<split>/`` goes (default: the run
         directory; required for a foreign checkpoint).
       partition: the mesh.
+      data_backend: ``"grain"`` (the default; SeqIO for tasks that are not the
+        project's own) or ``"seqio"``.
 
     Returns:
       ``{(task, split): metrics}``.
@@ -367,5 +384,5 @@ def evaluate(
     evaluator = Evaluator(model, task, split, task_feature_lengths=lengths,
                           batch_size=batch_size, max_examples=max_examples,
                           model_dir=output_dir, partitioner=partitioner,
-                          use_cached=use_cached, decode=decode)
+                          use_cached=use_cached, decode=decode, data_backend=data_backend)
     return evaluator.evaluate(params, step)

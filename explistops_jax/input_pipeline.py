@@ -1,29 +1,41 @@
-"""Training batches from SeqIO tasks: shuffled per epoch, resumable, numpy.
+"""Training batches: shuffled per epoch, resumable, numpy, from an input backend.
+
+Two backends give the same batches (the same examples, token ids and features
+as ``seqio.EncDecFeatureConverter``; only the shuffle differs):
+
+* ``"grain"`` (:mod:`explistops_jax.grain_pipeline`, the default): the project's
+  own tasks (:mod:`explistops_jax.own_tasks`: names ``TaskSpec.parse`` reads, of
+  a dataset in ``data.DATASETS``, generated, domain vocabulary), in pure Python
+  without TensorFlow; every epoch a full permutation of the split;
+* ``"seqio"`` (:mod:`explistops_jax.seqio_backend`): registered SeqIO tasks and
+  mixtures through tf.data (only then are TensorFlow and SeqIO imported); the
+  shuffle is SeqIO's buffer. Tasks that are not the project's own, mixtures
+  (sampled as SeqIO samples them) and the ``_tfds``/``_sp`` variants use it
+  whatever ``data_backend`` says (a log line says so).
 
 The stream is a sequence of epochs. Epoch ``e`` is the task's split shuffled with
 its own seed (derived from ``DataConfig.seed`` and ``e``), turned into model
-features by ``seqio.EncDecFeatureConverter`` (packing on or off) and cut into
-batches; the last batch of an epoch is filled up with all-zero rows, whose loss
-weights are 0, so each example is seen exactly once per epoch. Without packing
-every epoch has :attr:`BatchStream.steps_per_epoch` = ``ceil(examples / batch)``
-batches. With packing an epoch has as many batches as it packs into, except
-when a fixed count is needed (``num_epochs`` set, so that the total is known in
-advance, or several processes that must agree): then every epoch has as many
-as epoch 0 (a later epoch packs slightly differently: a few of its rows are
-dropped, or its end is filled with empty rows).
+features (packing on or off) and cut into batches; the last batch of an epoch is
+filled up with all-zero rows, whose loss weights are 0, so each example is seen
+exactly once per epoch. Without packing every epoch has
+:attr:`BatchStream.steps_per_epoch` = ``ceil(examples / batch)`` batches. With
+packing an epoch has as many batches as it packs into, except when a fixed count
+is needed (``num_epochs`` set, so that the total is known in advance, or several
+processes that must agree): then every epoch has as many as epoch 0 (a later
+epoch packs slightly differently: a few of its rows are dropped, or its end is
+filled with empty rows).
 
 Because the pipeline is deterministic, a position in it is just
 :class:`Position` ``(epoch, batch)``: the trainer saves it in each checkpoint and
-resumes by rebuilding that epoch and skipping ``batch`` batches, at most one
-epoch's worth of input work (tf.data iterator checkpointing would not work here:
-the tasks' sources are Python generators).
+resumes by rebuilding that epoch and skipping ``batch`` batches (grain, padded:
+without generating them).
 
 A mixture has no epochs: it is one endless stream, ``steps_per_epoch`` is None
 and resuming skips from its start.
 
 Multi-host: each process reads shard ``process_index`` of ``process_count`` of the
-split (``seqio.ShardInfo``) and yields its rows of every global batch; all
-processes agree on ``steps_per_epoch``.
+split and yields its rows of every global batch; all processes agree on
+``steps_per_epoch``. With grain each process generates only its own examples.
 """
 
 from __future__ import annotations
@@ -31,44 +43,26 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
 from typing import Iterator, Mapping
 
 import numpy as np
-import tensorflow as tf
 
-# TensorFlow only feeds data: keep it off the accelerators that JAX uses (this
-# must happen before TensorFlow first touches a device, hence before seqio and
-# the task modules are imported; entry points import this module first).
-try:
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow was initialised already
-    logging.warning("TensorFlow initialised its devices before explistops_jax."
-                    "input_pipeline was imported; it may hold GPU memory")
-
-import seqio  # noqa: E402  (after TF is confined to the CPU)
-
-from explistops_jax.errors import ConfigError, UserError  # noqa: E402
-
-
-class _DropUncachedWarning(logging.Filter):
-    """seqio warns on every epoch that an uncached generator source shuffles
-    poorly across restarts; here every epoch is reshuffled with its own seed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "uncached FunctionDataset" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_DropUncachedWarning())
+from explistops_jax import features
+from explistops_jax.errors import ConfigError, UserError
 
 __all__ = [
+    "BACKENDS",
     "DataConfig",
     "Position",
     "BatchStream",
+    "resolve_backend",
     "get_provider",
     "check_cached",
     "feature_converter",
+    "fill_rows",
 ]
+
+BACKENDS = ("grain", "seqio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +81,13 @@ class DataConfig:
       pack: pack several examples into each row (``seqio`` packing).
       use_cached: read the task's offline cache (``USE_CACHED_TASKS``); an error
         if the task has none.
-      shuffle_buffer_size: tf.data shuffle buffer, in examples; None = the task's
-        (seqio's default, 1,000). The buffer is filled before the first batch of
+      shuffle_buffer_size: the SeqIO backend's shuffle buffer, in examples; None =
+        the task's (seqio's default, 1,000); grain shuffles whole epochs. The buffer is filled before the first batch of
         every epoch, so a large one costs a pause per epoch (explistops examples
         are generated at roughly 500 a second on one core).
       num_epochs: epochs in the stream; None = endless.
+      data_backend: ``"grain"`` (the project's own tasks without TensorFlow;
+        other tasks fall back to SeqIO) or ``"seqio"`` (``DATA_BACKEND``).
     """
 
     mixture_or_task_name: str
@@ -104,6 +100,7 @@ class DataConfig:
     use_cached: bool = False
     shuffle_buffer_size: int | None = None
     num_epochs: int | None = None
+    data_backend: str = "grain"
 
     def __post_init__(self):
         lengths = dict(self.task_feature_lengths or {})
@@ -120,6 +117,10 @@ class DataConfig:
                                             or self.num_epochs < 1):
             raise ConfigError(f"{self.num_epochs!r} epochs", where="EPOCHS",
                               expected="a positive integer or None")
+        if self.data_backend not in BACKENDS:
+            raise ConfigError(f"unknown data backend {self.data_backend!r}",
+                              where="DataConfig.data_backend",
+                              expected="one of " + ", ".join(BACKENDS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,36 +138,52 @@ class Position:
         return cls(int(data["epoch"]), int(data["batch"]))
 
 
-def get_provider(name: str) -> seqio.DatasetProviderBase:
-    """The registered task or mixture, with an error that lists near names."""
-    try:
-        return seqio.get_mixture_or_task(name)
-    except ValueError:
-        known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
-        close = [n for n in known if n.split("_")[0] == name.split("_")[0]][:20]
-        hint = "; was the module that registers it imported (gin `import seqio_tasks`)?"
-        raise UserError(
-            f"unknown SeqIO task or mixture {name!r}{hint}",
-            expected=("one of " + ", ".join(close)) if close else None) from None
+def resolve_backend(name: str, requested: str = "grain", *, training: bool = True,
+                    use_cached: bool = False) -> str:
+    """The backend that reads ``name``: ``requested``, except that grain reads
+    only the project's own tasks (and, for evaluation, the members of their
+    mixtures); anything else falls back to SeqIO, with a log line."""
+    if requested not in BACKENDS:
+        raise ConfigError(f"unknown data backend {requested!r}", where="data_backend",
+                          expected="one of " + ", ".join(BACKENDS))
+    if requested == "seqio":
+        return "seqio"
+    from explistops_jax import own_tasks
+    from explistops_jax.task_spec import MixtureSpec
+
+    spec = own_tasks.own_spec(name)
+    why = None
+    if spec is None:
+        why = "it is not one of this project's generated domain-vocabulary tasks"
+    elif training and isinstance(spec, MixtureSpec):
+        why = "a mixture is sampled as SeqIO samples it"
+    elif use_cached:
+        why = "an offline cache is SeqIO's"
+    if why:
+        logging.info("reading %s with the seqio backend: %s", name, why)
+        return "seqio"
+    return "grain"
 
 
-def check_cached(provider: seqio.DatasetProviderBase, use_cached: bool) -> None:
-    """With ``use_cached``, every sub-task must have an offline cache (seqio would
-    silently fall back to on-the-fly preprocessing for some and fail for others)."""
-    if not use_cached:
-        return
-    for task in seqio.get_subtasks(provider):
-        if not task.supports_caching or not task.cache_dir:
-            raise UserError(
-                f"USE_CACHED_TASKS is True but task {task.name!r} has no offline "
-                "cache (these tasks are generated on the fly)",
-                expected="USE_CACHED_TASKS = False, or a cache made with "
-                         "seqio's cache_tasks_main")
+def get_provider(name: str):
+    """The registered SeqIO task or mixture (imports SeqIO and TensorFlow)."""
+    from explistops_jax import seqio_backend
+
+    return seqio_backend.get_provider(name)
 
 
-def feature_converter(pack: bool) -> seqio.FeatureConverter:
-    """The encoder-decoder converter (features the model's loss_fn reads)."""
-    return seqio.EncDecFeatureConverter(pack=pack, use_custom_packing_ops=False)
+def check_cached(provider, use_cached: bool) -> None:
+    """See ``seqio_backend.check_cached`` (imports SeqIO and TensorFlow)."""
+    from explistops_jax import seqio_backend
+
+    seqio_backend.check_cached(provider, use_cached)
+
+
+def feature_converter(pack: bool):
+    """SeqIO's encoder-decoder converter (imports SeqIO and TensorFlow)."""
+    from explistops_jax import seqio_backend
+
+    return seqio_backend.feature_converter(pack)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -178,7 +195,8 @@ class BatchStream:
 
     ``iterate(position)`` yields ``(next_position, batch)``; ``batch`` maps the
     converter's features (``encoder_input_tokens``, ``decoder_target_tokens``,
-    ...) to int32 arrays of shape ``[local_batch, length]``.
+    ...) to int32 arrays of shape ``[local_batch, length]``. ``backend`` says
+    which backend reads the task (``resolve_backend``).
     """
 
     def __init__(self, config: DataConfig, *, shard_index: int = 0, num_shards: int = 1):
@@ -188,11 +206,36 @@ class BatchStream:
                               expected=f"a multiple of {num_shards}")
         self.config = config
         self.local_batch_size = config.batch_size // num_shards
-        self.provider = get_provider(config.mixture_or_task_name)
-        check_cached(self.provider, config.use_cached)
-        self._shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
-        self._is_mixture = isinstance(self.provider, seqio.Mixture)
+        self._sharded = num_shards > 1
+        self.backend = resolve_backend(config.mixture_or_task_name, config.data_backend,
+                                       use_cached=config.use_cached)
+        options = dict(split=config.split, lengths=dict(config.task_feature_lengths),
+                       local_batch_size=self.local_batch_size, pack=config.pack,
+                       shuffle=config.shuffle, shard_index=shard_index,
+                       num_shards=num_shards)
+        if self.backend == "grain":
+            from explistops_jax import grain_pipeline, own_tasks
+
+            (task,) = own_tasks.get_tasks(config.mixture_or_task_name)
+            self.source = grain_pipeline.GrainSource(task, **options)
+        else:
+            from explistops_jax import seqio_backend
+
+            self.source = seqio_backend.SeqioSource(
+                config.mixture_or_task_name, use_cached=config.use_cached,
+                shuffle_buffer_size=config.shuffle_buffer_size, **options)
+        self._is_mixture = self.source.is_mixture
         self._steps_per_epoch: int | None = None
+
+    @property
+    def vocabulary(self):
+        """The targets' vocabulary (what the model's embedding must hold)."""
+        return self.source.vocabulary
+
+    @property
+    def provider(self):
+        """The SeqIO task or mixture (SeqIO backend only)."""
+        return getattr(self.source, "provider", None)
 
     # ------------------------------------------------------------------ epochs
 
@@ -204,8 +247,7 @@ class BatchStream:
         if self._is_mixture:
             return None
         if self._steps_per_epoch is None:
-            if self.config.pack and self.config.num_epochs is None and (
-                    self._shard is None):
+            if self.config.pack and self.config.num_epochs is None and not self._sharded:
                 return None
             self._steps_per_epoch = self._count_steps_per_epoch()
         return self._steps_per_epoch
@@ -218,43 +260,11 @@ class BatchStream:
 
     def _count_steps_per_epoch(self) -> int:
         c = self.config
-        if c.pack:  # read and pack epoch 0
-            count = sum(1 for _ in self._epoch_batches(0).as_numpy_iterator())
-        else:
-            examples = self.provider.source.num_input_examples(c.split)
-            num_shards = self._shard.num_shards if self._shard else 1
-            if examples is not None:
-                examples = math.ceil(examples / num_shards)
-            else:  # read epoch 0
-                examples = int(self._examples(0).reduce(np.int64(0), lambda n, _: n + 1))
-            count = math.ceil(examples / self.local_batch_size)
-        count = _max_over_processes(count)
+        count = _max_over_processes(self.source.count_epoch_batches(_epoch_seed(c.seed, 0)))
         if count == 0:
             raise UserError(f"split {c.split!r} of {c.mixture_or_task_name!r} is empty")
         logging.info("%s/%s: %d steps per epoch", c.mixture_or_task_name, c.split, count)
         return count
-
-    # ------------------------------------------------------------------ datasets
-
-    def _examples(self, epoch: int) -> tf.data.Dataset:
-        """The task's preprocessed examples of one epoch (the whole endless
-        stream for a mixture)."""
-        c = self.config
-        kwargs = dict(sequence_length=dict(c.task_feature_lengths), split=c.split,
-                      use_cached=c.use_cached, shuffle=c.shuffle,
-                      seed=_epoch_seed(c.seed, epoch), shard_info=self._shard)
-        if self._is_mixture:
-            return self.provider.get_dataset(num_epochs=None, **kwargs)
-        return self.provider.get_dataset(
-            num_epochs=1, shuffle_buffer_size=c.shuffle_buffer_size, **kwargs)
-
-    def _epoch_batches(self, epoch: int) -> tf.data.Dataset:
-        ds = feature_converter(self.config.pack)(
-            self._examples(epoch), dict(self.config.task_feature_lengths))
-        ds = ds.batch(self.local_batch_size, drop_remainder=False)
-        options = tf.data.Options()
-        options.deterministic = True
-        return ds.with_options(options).prefetch(2)
 
     # ------------------------------------------------------------------ iteration
 
@@ -264,9 +274,8 @@ class BatchStream:
         epoch, skip = start.epoch, start.batch
         steps = self.steps_per_epoch
         while self.config.num_epochs is None or epoch < self.config.num_epochs:
-            ds = self._epoch_batches(epoch)
-            empty = _empty_batch(ds.element_spec, self.local_batch_size)
-            batches = ds.skip(skip).as_numpy_iterator()
+            batches = iter(self.source.epoch_batches(_epoch_seed(self.config.seed, epoch),
+                                                     skip))
             indices = itertools.count(skip + 1) if steps is None else range(skip + 1, steps + 1)
             for index in indices:
                 batch = next(batches, None)
@@ -276,11 +285,20 @@ class BatchStream:
                             raise UserError(f"split {self.config.split!r} of "
                                             f"{self.config.mixture_or_task_name!r} is empty")
                         break  # the natural end of this epoch (or of a mixture)
-                    batch = empty  # this epoch packed into fewer batches
+                    batch = self._empty_batch()  # this epoch packed into fewer batches
                 yield Position(epoch, index), fill_rows(batch, self.local_batch_size)
             if self._is_mixture:
                 return
             epoch, skip = epoch + 1, 0
+
+    def _empty_batch(self) -> dict[str, np.ndarray]:
+        """An all-zero batch (no loss weight anywhere) shaped like the real ones."""
+        lengths = self.config.task_feature_lengths
+        names = features.MODEL_FEATURES + (features.PACKED_FEATURES if self.config.pack
+                                           else ())
+        return {name: np.zeros((self.local_batch_size,
+                                lengths["inputs" if name.startswith("encoder") else "targets"]),
+                               np.int32) for name in names}
 
 
 def fill_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
@@ -293,12 +311,6 @@ def fill_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarra
             array = np.concatenate([array, pad])
         out[name] = array
     return out
-
-
-def _empty_batch(element_spec: Mapping[str, tf.TensorSpec], rows: int) -> dict:
-    """An all-zero batch (no loss weight anywhere) shaped like the real ones."""
-    return {k: np.zeros((rows,) + tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype)
-            for k, spec in element_spec.items()}
 
 
 def _max_over_processes(value: int) -> int:

@@ -1,20 +1,19 @@
 """Predicting single expressions: a model's explanation and answer for ListOps
 expressions typed by a user (``explistops predict``), through the task's own
-preprocessing and the evaluator's decoder and scoring."""
+preprocessing and the evaluator's decoder and scoring.
+
+The task is read by an input backend (``input_pipeline.resolve_backend``): the
+project's own tasks without TensorFlow (``own_tasks``), others through SeqIO."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from explistops_jax import input_pipeline  # first: keeps TF off the GPUs
+from explistops_jax import input_pipeline
 from explistops_jax.errors import UserError
 from explistops_jax.evaluator import Decoder, describe_prediction
 from explistops_jax.train_state import load_model_and_params
-
-import seqio  # noqa: E402  (after input_pipeline)
 
 __all__ = ["predict_expressions", "dataset_modulus", "task_for", "style_of"]
 
@@ -29,6 +28,7 @@ def predict_expressions(
     task_feature_lengths: Mapping[str, int] | None = None,
     decode: Mapping[str, Any] | None = None,
     step: int | None = None,
+    data_backend: str = "grain",
 ) -> list[dict]:
     """The model's explanation and parsed answer for ListOps expressions.
 
@@ -46,38 +46,35 @@ def predict_expressions(
         (``_all_styles`` mixtures) or to pick the task of a foreign checkpoint.
       modulus: of SM, for the true answer and the scoring; default: the
         modulus of the task's dataset config (30 when the task names none).
+      data_backend: ``"grain"`` (SeqIO for tasks that are not the project's
+        own) or ``"seqio"``.
 
     Returns:
       one dict per expression: ``expression``, ``input``, ``prediction`` (text),
       ``answer``, ``true_answer``, ``correct``, ``steps`` and the other fields
       of ``scoring.score_example``.
     """
-    import tensorflow as tf
-
-    from explistops_jax import listops
+    from explistops_jax import features, own_tasks
 
     model, params, _, info = load_model_and_params(checkpoint, step=step)
-    task = task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style)
+    task = task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style,
+                    data_backend=data_backend)
     if modulus is None:
         modulus = dataset_modulus(task.name)
     lengths = dict(task_feature_lengths or info.get("task_feature_lengths")
                    or {"inputs": 512, "targets": 512})
-    trees = [listops.parse(e) for e in expressions]
-    raw = {"id": [f"predict/{i}" for i in range(len(trees))],
-           "index": np.arange(len(trees), dtype=np.int64),
-           "expression": [listops.format(t) for t in trees],
-           "answer": np.array([listops.evaluate(t, modulus) for t in trees], np.int32),
-           "length": np.array([listops.length(t) for t in trees], np.int32),
-           "depth": np.array([listops.depth(t) for t in trees], np.int32),
-           "modulus": np.full(len(trees), modulus, np.int32)}
-    ds = task.preprocess_precache(tf.data.Dataset.from_tensor_slices(raw))
-    ds = task.preprocess_postcache(ds, sequence_length=lengths)
-    examples = list(ds.as_numpy_iterator())
-    features = list(input_pipeline.feature_converter(False)(ds, lengths).as_numpy_iterator())
-    decoder = Decoder(model, batch_size=len(features), decode=decode)
+    raw = own_tasks.raw_examples_for(expressions, modulus)
+    if isinstance(task, own_tasks.OwnTask):
+        examples = [task.preprocess(r, lengths) for r in raw]
+        rows = [features.pad_example(ex, lengths) for ex in examples]
+    else:
+        from explistops_jax import seqio_backend
+
+        examples, rows = seqio_backend.preprocess_raw(task, raw, lengths)
+    decoder = Decoder(model, batch_size=len(rows), decode=decode)
     vocab = task.output_features["targets"].vocabulary
     return [describe_prediction(ex, task, vocab.decode(tokens.tolist()))
-            for ex, tokens in zip(examples, decoder.predict_tokens(params, features))]
+            for ex, tokens in zip(examples, decoder.predict_tokens(params, rows))]
 
 
 def dataset_modulus(task_name: str) -> int:
@@ -92,10 +89,11 @@ def dataset_modulus(task_name: str) -> int:
     return config.modulus if config else scoring.DEFAULT_MODULUS
 
 
-def task_for(name: str | None, style: str | None) -> seqio.Task:
+def task_for(name: str | None, style: str | None, *, data_backend: str = "grain"):
     """The task to preprocess inputs with: ``name`` (a mixture's member of
     ``style``; a task of another style when ``style`` differs), else
-    ``explistops30_<style>``."""
+    ``explistops30_<style>``. An ``own_tasks.OwnTask`` when the grain backend
+    reads it, else the registered ``seqio.Task``."""
     from explistops_jax.task_spec import TaskSpec
 
     if not name:
@@ -103,9 +101,26 @@ def task_for(name: str | None, style: str | None) -> seqio.Task:
             raise UserError("the checkpoint does not say which task it was trained on",
                             expected="--task NAME or --style STYLE")
         name = TaskSpec("explistops30", style).name
-    provider = input_pipeline.get_provider(name)
-    if isinstance(provider, seqio.Mixture):
-        members = seqio.get_subtasks(provider)
+    if style is not None and style_of(name) not in (None, style):
+        TaskSpec.parse(name).replace(style=style)  # an unknown style fails here
+    backend = input_pipeline.resolve_backend(name, data_backend, training=False)
+    if backend == "grain":
+        from explistops_jax import own_tasks
+
+        members = own_tasks.get_tasks(name)
+
+        def lookup(candidate):
+            return own_tasks.OwnTask(TaskSpec.parse(candidate)) if own_tasks.is_own(
+                candidate) else None
+    else:
+        from explistops_jax import seqio_backend
+
+        members = seqio_backend.subtasks(name)
+        known = set(seqio_backend.seqio.TaskRegistry.names())
+
+        def lookup(candidate):
+            return seqio_backend.get_provider(candidate) if candidate in known else None
+    if len(members) > 1 or members[0].name != name:  # a mixture
         chosen = [t for t in members if style and style_of(t.name) == style]
         if not chosen and style is None:
             chosen = [t for t in members if style_of(t.name) == "medium"] or members
@@ -115,9 +130,10 @@ def task_for(name: str | None, style: str | None) -> seqio.Task:
         return chosen[0]
     if style is not None and style_of(name) not in (None, style):
         candidate = TaskSpec.parse(name).replace(style=style).name
-        if candidate in seqio.TaskRegistry.names():
-            return seqio.get_mixture_or_task(candidate)
-    return provider
+        found = lookup(candidate)
+        if found is not None:
+            return found
+    return members[0]
 
 
 def style_of(task_name: str) -> str | None:

@@ -18,7 +18,8 @@ Two presets:
   with the compact vocabulary, or fine-tuned from a pretrained checkpoint per size
   (Hugging Face or T5X, with T5's SentencePiece vocabulary and the ``_sp`` tasks).
 
-Tasks are registered by the caller (the CLI imports ``seqio_tasks``); this module
+Tasks read through SeqIO are registered by the caller (the CLI imports ``seqio_tasks``
+when a run needs it; the grain backend needs no registry); this module
 only names them, so the library stays free of the task registry.
 """
 
@@ -254,8 +255,10 @@ def runs_for(preset: str, *, styles: Sequence[str] | None = None,
 
 
 def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
-            progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
-    """Trains and evaluates every run not yet done; returns the run directories."""
+            progress: bool = True, log: Callable[[str], None] = print,
+            data_backend: str = "grain") -> list[Path]:
+    """Trains and evaluates every run not yet done; returns the run directories.
+    ``data_backend``: the input pipeline (``input_pipeline.DataConfig``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs = []
@@ -268,15 +271,17 @@ def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
         log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
             f"{run.train_examples} examples x {run.epochs} epochs")
         started = time.time()
-        result = train_run(run, run_dir, preset=preset, progress=progress)
-        metrics = evaluate_run(run, run_dir, result.step, log=log)
+        result = train_run(run, run_dir, preset=preset, progress=progress,
+                           data_backend=data_backend)
+        metrics = evaluate_run(run, run_dir, result.step, log=log, data_backend=data_backend)
         rundir.write_json(RunDir(run_dir).done_json,
                           {"step": result.step, "metrics": metrics,
                            "seconds": round(time.time() - started, 1)}, sort_keys=True)
     return dirs
 
 
-def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True):
+def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True,
+              data_backend: str = "grain"):
     """Trains one run (resuming its directory)."""
     from explistops_jax import input_pipeline, trainer
     from explistops_jax.train_state import CheckpointConfig
@@ -285,7 +290,7 @@ def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True):
                               dropout_rate=run.dropout_rate)
     data_config = input_pipeline.DataConfig(
         run.task, dict(run.feature_lengths), batch_size=run.batch_size, seed=run.seed,
-        pack=run.pack, num_epochs=run.epochs)
+        pack=run.pack, num_epochs=run.epochs, data_backend=data_backend)
     evaluation = None
     if run.eval_period:
         evaluation = trainer.EvalConfig(period=run.eval_period, split="validation",
@@ -311,7 +316,8 @@ def _optimizer(run: Run):
 
 
 def evaluate_run(run: Run, run_dir: Path, step: int, *,
-                 log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+                 log: Callable[[str], None] = print,
+                 data_backend: str = "grain") -> dict[str, dict[str, Any]]:
     """Decodes and scores each evaluation split (skipping those already scored)."""
     from explistops_jax import evaluator
 
@@ -321,7 +327,8 @@ def evaluate_run(run: Run, run_dir: Path, step: int, *,
         if not path.exists():
             evaluator.evaluate(run_dir, run.task, split, step=step,
                                task_feature_lengths=run.eval_feature_lengths,
-                               batch_size=100, max_examples=run.eval_max_examples)
+                               batch_size=100, max_examples=run.eval_max_examples,
+                               data_backend=data_backend)
         record = rundir.read_json(path)
         metrics = {k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}
         metrics["num_examples"] = record["num_examples"]

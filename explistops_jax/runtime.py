@@ -8,7 +8,9 @@ anything imports TensorFlow or touches a JAX device:
   and the lines its libraries print to standard error while loading (oneDNN, "could
   not find cuda drivers", CPU-feature notes, absl's pre-initialisation warning)
   are dropped; any other line is passed through;
-* TensorFlow only feeds data: it is kept off the GPUs, which JAX uses;
+* TensorFlow only feeds data, and only with the SeqIO input backend: it is
+  loaded when that backend (or ``seqio_tasks``) is imported, through
+  :func:`confine_tensorflow`, which keeps it off the GPUs that JAX uses;
 * Python logging (and absl's) at the requested level;
 * ``jax.distributed.initialize`` when a multi-host job is asked for.
 
@@ -26,41 +28,31 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from explistops_jax.errors import UserError
 
-__all__ = ["setup", "add_distributed_arguments", "distributed_options", "ArgumentParser",
+__all__ = ["setup", "confine_tensorflow", "register_tasks_for", "run_task",
+           "add_distributed_arguments", "distributed_options", "ArgumentParser",
            "run_guarded", "fail", "new_output", "check_writable", "PROG"]
 
 PROG = "explistops"
 
-# Lines TensorFlow's and XLA's shared libraries print while loading, before any
-# logging level applies (TensorFlow >= 2.20 logs them through absl's C++ logging,
-# which ignores TF_CPP_MIN_LOG_LEVEL until it is initialised).
-_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog|oneDNN custom operations|"
-    r"cuda drivers|cudart_stub|cpu_feature_guard|To enable the following instructions|"
-    r"rebuild TensorFlow with the appropriate compiler flags|"
-    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|"
-    r"TF-TRT Warning|This TensorFlow binary is optimized")
-
-_done = {"setup": False, "tensorflow": False, "distributed": False}
+_done = {"setup": False, "distributed": False}
 
 
-def setup(*, tensorflow: bool = True, verbosity: str = "warning",
+def setup(*, tensorflow: bool = False, verbosity: str = "warning",
           coordinator_address: str | None = None, num_processes: int | None = None,
           process_id: int | None = None) -> None:
     """Prepares this process; call it first, before TensorFlow or JAX is used.
 
     Args:
-      tensorflow: load TensorFlow now (quietly) and keep it off the GPUs; commands
-        that read no data (``convert``, ``params``) pass False and never load it.
+      tensorflow: load TensorFlow now (quietly) and keep it off the GPUs. By
+        default it is loaded only when something needs it (the SeqIO backend,
+        ``seqio_tasks``), which calls :func:`confine_tensorflow` first.
       verbosity: level of Python's and absl's logging (``debug`` ... ``error``).
       coordinator_address, num_processes, process_id: a multi-host job (see
         :func:`explistops_jax.partitioning.initialize_distributed`); all None
@@ -81,9 +73,8 @@ def setup(*, tensorflow: bool = True, verbosity: str = "warning",
         except ImportError:  # absl comes with TensorFlow; nothing to quiet without it
             pass
         _done["setup"] = True
-    if tensorflow and not _done["tensorflow"]:
-        _confine_tensorflow()
-        _done["tensorflow"] = True
+    if tensorflow:
+        confine_tensorflow()
     asked = (coordinator_address, num_processes, process_id) != (None, None, None)
     if (asked or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1") and not _done["distributed"]:
         from explistops_jax import partitioning
@@ -92,41 +83,39 @@ def setup(*, tensorflow: bool = True, verbosity: str = "warning",
         _done["distributed"] = True
 
 
-def _confine_tensorflow() -> None:
-    """Imports TensorFlow with its loading chatter dropped, and hides the GPUs
-    from it (this must happen before TensorFlow first touches a device)."""
-    with _filtered_stderr():
-        import tensorflow as tf
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow initialised its devices already
-        logging.warning("TensorFlow initialised its devices before "
-                        "explistops_jax.runtime.setup(); it may hold GPU memory")
+def confine_tensorflow() -> None:
+    """Loads TensorFlow quietly and off the GPUs (``tf_loader.confine``)."""
+    from explistops_jax import tf_loader
+
+    tf_loader.confine()
 
 
-@contextlib.contextmanager
-def _filtered_stderr() -> Iterator[None]:
-    """Captures file descriptor 2 (C++ libraries write there directly) and
-    passes on every line except known start-up noise."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines()
-                    if line.strip() and not _NOISE.search(line)]
-            for line in kept:
-                print(line, file=sys.stderr)
+def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain") -> bool:
+    """Registers the SeqIO tasks (``import seqio_tasks``, which loads TensorFlow)
+    when any of ``names`` is read by the SeqIO backend
+    (``input_pipeline.resolve_backend``); the grain backend needs no registry.
+    Returns whether they were registered."""
+    from explistops_jax import input_pipeline
+
+    if not any(input_pipeline.resolve_backend(name, data_backend, training=False) == "seqio"
+               or input_pipeline.resolve_backend(name, data_backend) == "seqio"
+               for name in names if name):
+        return False
+    import seqio_tasks  # noqa: F401  (registers the tasks)
+
+    return True
+
+
+def run_task(checkpoint: str | Path) -> str | None:
+    """The task a run directory (or one of its checkpoints) trained on, from its
+    run.json; None for a checkpoint from another tool."""
+    from explistops_jax import rundir
+
+    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+    if found is None:
+        return None
+    info, _ = rundir.read_json_lenient(found[0].run_json)
+    return info.get("mixture_or_task_name") if isinstance(info, dict) else None
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "step_metrics",
     "breakdowns",
     "all_metrics",
+    "METRIC_FNS",
     "postprocess",
     "length_bucket",
 ]
@@ -399,6 +400,11 @@ def all_metrics(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str,
 
 
 # ---------------------------------------------------------------------- decoding
+
+
+# The metric functions of every explistops task (seqio's ``metric_fns`` and the
+# grain tasks'): in this order, their dicts make up a task's metrics.
+METRIC_FNS = (answer_accuracy, step_metrics, breakdowns)
 
 
 def _unwrap(value: Any) -> Any:

@@ -54,12 +54,16 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     """Sets up the process, parses the gin configuration and trains; the exit
     status (1 when the loss stopped being finite)."""
     runtime.setup(**runtime.distributed_options(args))
-    import seqio_tasks  # noqa: F401  (registers the tasks gin files name)
     from explistops_jax import gin_config, trainer
 
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
                      args.gin_search_paths)
     arguments = gin_config.train_arguments()
+    data, evaluation = arguments.get("data"), arguments.get("evaluation")
+    runtime.register_tasks_for(  # SeqIO's registry only when a task is read through it
+        [getattr(data, "mixture_or_task_name", None),
+         getattr(evaluation, "mixture_or_task_name", None)],
+        getattr(data, "data_backend", "grain"))
     with runtime.new_output(arguments["model_dir"], "run directory (MODEL_DIR)"):
         gin_config.write_config(arguments["model_dir"])
         try:

@@ -300,7 +300,7 @@ def train(
                           expected=f"a divisor of {data.batch_size}")
     shard_index, num_shards = partitioner.data_shard
     stream = input_pipeline.BatchStream(data, shard_index=shard_index, num_shards=num_shards)
-    model = _build_model(model, stream.provider)
+    model = _build_model(model, stream.vocabulary)
     total_steps = _total_steps(train_steps, stream)
     tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
 
@@ -357,9 +357,9 @@ def _finished(model_dir: Path, step: int) -> TrainResult:
     return TrainResult(str(model_dir), step, metrics, evals)
 
 
-def _build_model(model, provider):
+def _build_model(model, vocabulary):
     if isinstance(model, ModelSpec):
-        return model.build(provider.output_features["targets"].vocabulary)
+        return model.build(vocabulary)
     return model
 
 
@@ -398,7 +398,8 @@ def _make_evaluator(evaluation: EvalConfig | None, model, partitioner, data, mod
         evaluation.split,
         task_feature_lengths=evaluation.task_feature_lengths or data.task_feature_lengths,
         batch_size=evaluation.batch_size, max_examples=evaluation.max_examples,
-        model_dir=model_dir, partitioner=partitioner, use_cached=data.use_cached)
+        model_dir=model_dir, partitioner=partitioner, use_cached=data.use_cached,
+        data_backend=data.data_backend)
 
 
 def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,

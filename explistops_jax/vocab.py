@@ -47,14 +47,18 @@ inside ``tf.data`` pipelines without Python callbacks.
 from __future__ import annotations
 
 import os
-import re
 from typing import Iterable, Sequence
 
 import gin
-import seqio
-import tensorflow as tf
 
-from explistops_jax.errors import UserError
+from explistops_jax import tf_loader
+
+tf_loader.confine()  # TensorFlow off the GPUs before SeqIO loads it
+
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from explistops_jax.errors import UserError  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_VALUE",
@@ -68,87 +72,31 @@ __all__ = [
     "train_sentencepiece_model",
 ]
 
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
-
-# Every number up to this value is one token. 299 covers every value and every
-# sum before the modulus of the 0-29 configs (at most 10 arguments of at most 29),
-# and every value of a larger-numbers test up to 299; larger numbers (the sums
-# of such tests) fall back to digits.
-DEFAULT_MAX_VALUE = 299
-
-OPERATOR_SPELLINGS = ("MAX", "MIN", "MED", "SM", "MEDIAN", "SUM")
-STYLE_NAMES = ("none", "short", "medium", "long")
-DIGIT_CONTINUATIONS = tuple(f"##{d}" for d in range(10))
-SYMBOLS = (
-    ("[", "]", "##]", ",", ":", ".", ";", "(", ")")
-    + DIGIT_CONTINUATIONS
-    + OPERATOR_SPELLINGS
-    + STYLE_NAMES
+from explistops_jax.domain_vocab import (  # noqa: E402  (the TF-free half)
+    _DIGITS,
+    _POSTDECODE,
+    _PRETOKENIZE,
+    _SPELL_DIGITS,
+    DEFAULT_MAX_VALUE,
+    DIGIT_CONTINUATIONS,
+    EOS_ID,
+    OPERATOR_SPELLINGS,
+    PAD_ID,
+    SPECIAL_PIECES,
+    STYLE_NAMES,
+    SYMBOLS,
+    UNK_ID,
+    DomainTable,
+    split_pieces,
 )
-
-_GLUE_RIGHT = frozenset({"["})  # no space after
-_GLUE_LEFT = frozenset({",", ":", ".", ";", "##]"} | set(DIGIT_CONTINUATIONS))  # no space before
-
-# Internal marker characters; stripped from input text first.
-_GLUED = "\x01"  # prefix of a piece written right after the previous one
-_WRAP = "\x02"  # transient: wraps punctuation while splitting words
-_CONT = "\x03"  # prefix of a digit continuation (encode) / "drop the space before" (decode)
-_NOSPACE_AFTER = "\x04"  # decode: drop the space after
-_VANISH = "\x05"  # decode: pad/eos, drops itself and the space before
-
-_PUNCT_CLASS = r"[\[\],:.;]"
-_WS = r"[ \t\n\r\f\v]+"
-
-# (pattern, replacement) pairs, in order; the replacement syntax (\1) is the same
-# for Python's re and TensorFlow's RE2.
-_PRETOKENIZE = (
-    (r"[\x01-\x05]", ""),
-    (_WS, " "),
-    (r"^ | $", ""),
-    (f"({_PUNCT_CLASS})", _WRAP + r"\1" + _WRAP),
-    (f"(^| ){_WRAP}+", r"\1"),
-    (f"{_WRAP}+( |$)", r"\1"),
-    (f"{_WRAP}+", " " + _GLUED),
-)
-_DIGITS = f"^{_GLUED}?[0-9]+$"
-_SPELL_DIGITS = (
-    ("([0-9])", " " + _CONT + r"\1"),
-    (f"^({_GLUED}?) {_CONT}", r"\1"),
-)
-_POSTDECODE = (
-    (f" ?{_VANISH}", ""),
-    (f"{_NOSPACE_AFTER} ?", ""),
-    (f" ?{_CONT}", ""),
-    (r"^ +| +$", ""),
-)
-
-
-def split_pieces(text: str) -> list[str]:
-    """The pieces of ``text`` as the vocabulary sees them (no lookup, no markers)."""
-    return [t.lstrip(_GLUED) for t in _pretokenize(text)]
-
-
-def _pretokenize(text: str) -> list[str]:
-    for pattern, repl in _PRETOKENIZE:
-        text = re.sub(pattern, repl, text)
-    return [t for t in text.split(" ") if t]
-
-
-def _display(piece: str) -> str:
-    """How a piece is written by the decoder, with its spacing markers."""
-    if piece in (SPECIAL_PIECES[PAD_ID], SPECIAL_PIECES[EOS_ID]):
-        return _VANISH
-    text = piece[2:] if piece.startswith("##") else piece
-    if piece in _GLUE_LEFT:
-        text = _CONT + text
-    if piece in _GLUE_RIGHT:
-        text = text + _NOSPACE_AFTER
-    return text
 
 
 class DomainVocabulary(seqio.Vocabulary):
-    """One id per ListOps symbol, number and explanation word (see the module doc)."""
+    """One id per ListOps symbol, number and explanation word (see the module doc).
+
+    A ``seqio.Vocabulary`` over a :class:`~explistops_jax.domain_vocab.DomainTable`
+    (``.table``), the TF-free half the grain pipeline uses: the same ids.
+    """
 
     def __init__(
         self,
@@ -163,71 +111,35 @@ class DomainVocabulary(seqio.Vocabulary):
         words: the explanation words; default ``explain.WORDS``. Pass a fixed list
           to freeze the id table against later changes of wording.
         """
-        if max_value < 9:
-            raise UserError(
-                f"DomainVocabulary max_value={max_value} is too small",
-                expected="at least 9, so that every digit is a piece",
-            )
-        if words is None:
-            from explistops_jax import explain
-
-            words = explain.WORDS
-        self._max_value = int(max_value)
-        pieces = list(SPECIAL_PIECES) + list(SYMBOLS) + [str(n) for n in range(max_value + 1)]
-        seen = set(pieces)
-        for word in words:
-            for piece in split_pieces(word):
-                if piece not in seen:
-                    seen.add(piece)
-                    pieces.append(piece)
-        self._pieces = tuple(pieces)
-        self._ids = {p: i for i, p in enumerate(self._pieces)}
+        self._table = DomainTable(max_value, extra_ids, words)
         super().__init__(extra_ids=extra_ids)
-        self._keys = self._lookup_keys()
-        self._displays = tuple(_display(p) for p in self._pieces)
         self._tf_tables = None
 
     # -- the table -----------------------------------------------------------
 
-    def _lookup_keys(self) -> dict[str, int]:
-        """Pre-tokenized strings (with markers) -> ids."""
-        keys: dict[str, int] = {}
-        for i, piece in enumerate(self._pieces):
-            if piece in (SPECIAL_PIECES[PAD_ID], SPECIAL_PIECES[EOS_ID]):
-                continue
-            if piece.startswith("##"):
-                # "##]" is a "]" glued to the previous word; "##d" a digit continuation.
-                keys[(_GLUED if piece == "##]" else _CONT) + piece[2:]] = i
-                continue
-            keys[piece] = i
-            keys.setdefault(_GLUED + piece, i)
-        base = self._base_vocab_size
-        for k in range(self.extra_ids):
-            keys[f"<extra_id_{k}>"] = base + self.extra_ids - 1 - k
-        return keys
+    @property
+    def table(self) -> DomainTable:
+        """The TF-free id table (encode/decode without TensorFlow)."""
+        return self._table
 
     @property
     def max_value(self) -> int:
-        return self._max_value
+        return self._table.max_value
 
     @property
     def pieces(self) -> tuple[str, ...]:
         """The id table: ``pieces[i]`` is the piece with id ``i`` (extra ids excluded)."""
-        return self._pieces
+        return self._table.pieces
 
     def piece_to_id(self, piece: str) -> int:
-        return self._ids.get(piece, UNK_ID)
+        return self._table.piece_to_id(piece)
 
     def id_to_piece(self, i: int) -> str:
-        if 0 <= i < len(self._pieces):
-            return self._pieces[i]
-        if i < self.vocab_size:
-            return f"<extra_id_{self.vocab_size - 1 - i}>"
-        return SPECIAL_PIECES[UNK_ID]
+        return self._table.id_to_piece(i)
 
     def tokenize(self, text: str) -> list[str]:
         """The pieces ``text`` encodes to (for inspection and counting)."""
-        return [self.id_to_piece(i) for i in self._encode(text)]
+        return self._table.tokenize(text)
 
     # -- seqio.Vocabulary ------------------------------------------------------
 
@@ -241,42 +153,24 @@ class DomainVocabulary(seqio.Vocabulary):
 
     @property
     def _base_vocab_size(self) -> int:
-        return len(self._pieces)
+        return self._table.base_vocab_size
 
     def _encode(self, s: str | bytes) -> list[int]:
-        if isinstance(s, bytes):
-            s = s.decode("utf-8")
-        ids = []
-        for token in _pretokenize(s):
-            i = self._keys.get(token)
-            if i is not None:
-                ids.append(i)
-            elif re.match(_DIGITS, token):
-                for pattern, repl in _SPELL_DIGITS:
-                    token = re.sub(pattern, repl, token)
-                ids.extend(self._keys.get(t, UNK_ID) for t in token.split(" "))
-            else:
-                ids.append(UNK_ID)
-        return ids
+        return self._table.encode(s)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        n = len(self._displays)
-        unk = SPECIAL_PIECES[UNK_ID]
-        text = " ".join(self._displays[i] if 0 <= i < n else unk for i in map(int, ids))
-        for pattern, repl in _POSTDECODE:
-            text = re.sub(pattern, repl, text)
-        return text
+        return self._table.decode_pieces(ids)
 
     def _tables(self):
         """The TF lookup tables, built once, eagerly, and captured by graphs."""
         if self._tf_tables is None:
             with tf.init_scope():
-                keys = tf.constant(list(self._keys), dtype=tf.string)
-                values = tf.constant(list(self._keys.values()), dtype=tf.int32)
+                keys = tf.constant(list(self._table.keys), dtype=tf.string)
+                values = tf.constant(list(self._table.keys.values()), dtype=tf.int32)
                 table = tf.lookup.StaticHashTable(
                     tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1
                 )
-                displays = tf.constant(list(self._displays), dtype=tf.string)
+                displays = tf.constant(list(self._table.displays), dtype=tf.string)
                 # Traced once per process: each pipeline that tokenizes then adds one
                 # call op instead of re-tracing the whole graph (tasks build faster).
                 encode = tf.function(
@@ -320,7 +214,7 @@ class DomainVocabulary(seqio.Vocabulary):
         """int ids [..., length] -> strings [...] (same text as :meth:`_decode`)."""
         displays = self._tables()[1]
         ids = tf.cast(ids, tf.int32)
-        n = len(self._displays)
+        n = len(self._table.displays)
         ids = tf.where((ids >= 0) & (ids < n), ids, tf.constant(UNK_ID, tf.int32))
         text = tf.strings.reduce_join(tf.gather(displays, ids), axis=-1, separator=" ")
         for pattern, repl in _POSTDECODE:
@@ -332,12 +226,11 @@ class DomainVocabulary(seqio.Vocabulary):
     def __eq__(self, other) -> bool:
         return (
             isinstance(other, DomainVocabulary)
-            and self._pieces == other._pieces
-            and self.extra_ids == other.extra_ids
+            and self._table == other._table
         )
 
     def __hash__(self) -> int:
-        return hash((self._pieces, self.extra_ids))
+        return hash(self._table)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -346,7 +239,7 @@ class DomainVocabulary(seqio.Vocabulary):
 
     def __repr__(self) -> str:
         return (
-            f"DomainVocabulary(max_value={self._max_value}, extra_ids={self.extra_ids}, "
+            f"DomainVocabulary(max_value={self.max_value}, extra_ids={self.extra_ids}, "
             f"vocab_size={self.vocab_size})"
         )
 

@@ -14,7 +14,11 @@ To register the ``_sp`` tasks from a gin file, bind the path before the import::
 or set ``EXPLISTOPS_SPM_PATH``, or call ``seqio_tasks.register_sentencepiece_tasks(path)``.
 """
 
-from seqio_tasks.tasks import (  # noqa: F401  (the public API)
+from explistops_jax import tf_loader
+
+tf_loader.confine()  # TensorFlow off the GPUs before SeqIO loads it
+
+from seqio_tasks.tasks import (  # noqa: E402, F401  (the public API)
     SUBSET_SIZES,
     domain_vocabulary,
     mixture_names,

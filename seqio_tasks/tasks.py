@@ -90,7 +90,7 @@ __all__ = [
 SUBSET_SIZES = (2_000, 10_000, 98_000)
 TFDS_DATA_DIR_ENV = "EXPLISTOPS_TFDS_DATA_DIR"
 
-METRIC_FNS = (scoring.answer_accuracy, scoring.step_metrics, scoring.breakdowns)
+METRIC_FNS = scoring.METRIC_FNS
 
 
 @gin.configurable

@@ -228,3 +228,24 @@ def test_sentencepiece_stand_in(tmp_path, rendered):
     assert sp == vocab.sentencepiece_vocabulary(path)  # SeqIO compares path and options
     for text in rendered["medium"][:10] + rendered["inputs"][:5]:
         assert sp.decode(sp.encode(text)) == _normalized(text)
+
+
+# -- the TF-free half (explistops_jax.domain_vocab) -------------------------------------
+
+
+def test_tf_free_table_gives_the_same_ids_and_text(domain, rendered):
+    """The grain pipeline's DomainTable and the seqio.Vocabulary agree, id for id."""
+    from explistops_jax.domain_vocab import DomainTable
+
+    table = DomainTable()
+    assert table == domain.table and table.vocab_size == domain.vocab_size
+    texts = [t for style in rendered for t in rendered[style]] + [
+        "SUM 1234 , [ unknownword ] <extra_id_0>", "  spaced\n text ,a:b  "]
+    for text in texts:
+        ids = table.encode(text)
+        assert ids == list(domain.encode(text))
+        assert table.decode(ids + [1, 5, 7]) == domain.decode(ids + [1, 5, 7])
+    assert table.decode([5, 400, 0]) == domain.decode([5, 400, 0])  # past the table: unk
+    with_extra = DomainTable(extra_ids=3)
+    assert with_extra.encode("<extra_id_0> 7") == list(DomainVocabulary(extra_ids=3).encode(
+        "<extra_id_0> 7"))

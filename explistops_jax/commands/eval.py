@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoding method (default greedy)")
     parser.add_argument("--num_partitions", type=int, default=1,
                         help="model-parallel ways (default 1)")
+    parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
+                        help="input pipeline: grain (default; the project's own tasks without "
+                             "TensorFlow, others fall back to seqio) or seqio")
 
 
 def lengths(args: argparse.Namespace) -> dict | None:
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from explistops_jax import runtime
 
     runtime.setup()
-    import seqio_tasks  # noqa: F401  (registers the tasks)
+    runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
+                               args.data_backend)
     from explistops_jax import eval as eval_cli
     from explistops_jax import evaluator, partitioning
 
@@ -67,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
             task_feature_lengths=feature_lengths, batch_size=args.batch_size,
             max_examples=args.max_examples, output_dir=args.output_dir,
             partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
-            decode={"method": args.decode})
+            decode={"method": args.decode}, data_backend=args.data_backend)
     eval_cli.print_results(results)
     return 0

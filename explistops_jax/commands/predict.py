@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "explistops10_cpu, 30 for explistops30)")
     parser.add_argument("--step", type=int, help="checkpoint step (default latest)")
     parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
+    parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
+                        help="input pipeline: grain (default; the project's own tasks without "
+                             "TensorFlow, others fall back to seqio) or seqio")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"--modulus {args.modulus}", expected="a positive integer")
     runtime.setup()
-    import seqio_tasks  # noqa: F401  (registers the tasks)
+    runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
+                               args.data_backend)
     from explistops_jax import predict
 
     [result] = predict.predict_expressions(
         args.checkpoint, [args.expression], mixture_or_task_name=args.task,
         style=args.style, modulus=args.modulus, step=args.step,
-        decode={"method": args.decode})
+        decode={"method": args.decode}, data_backend=args.data_backend)
     print(result["prediction"])
     answer = result.get("answer")
     verdict = "correct" if result.get("correct") else "wrong"

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="list the runs (and the T5X commands for paper) and stop")
     parser.add_argument("--no-report", action="store_true", help="skip the report")
+    parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
+                        help="input pipeline: grain (default; the project's own tasks without "
+                             "TensorFlow, others fall back to seqio) or seqio")
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -93,11 +96,10 @@ def run(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
     runtime.check_writable(out, "--out directory")
     runtime.setup()
-
-    import seqio_tasks  # noqa: F401  (registers the tasks of every config, the CPU demo's too)
-
     runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
                               checkpoints=checkpoints, sizes=_csv(args.sizes))
+    # SeqIO's registry (and TensorFlow) only for runs that read through it
+    runtime.register_tasks_for([r.task for r in runs], args.data_backend)
     if args.preset == "paper":
         commands = reproduce.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                   f"batch {r.batch_size}, eval {','.join(r.eval_splits)}")
         return 0
     with runtime.new_output(out, "--out directory"):
-        dirs = reproduce.run_all(runs, out, preset=args.preset)
+        dirs = reproduce.run_all(runs, out, preset=args.preset, data_backend=args.data_backend)
     if not args.no_report:
         from explistops_jax import report
 

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, metavar="N", help="EPOCHS")
     parser.add_argument("--batch_size", type=int, metavar="N", help="BATCH_SIZE")
     parser.add_argument("--task", metavar="NAME", help="MIXTURE_OR_TASK_NAME")
+    parser.add_argument("--data_backend", choices=("grain", "seqio"),
+                        help="input pipeline (input_pipeline.DataConfig.data_backend): grain "
+                             "(the default; the project's own tasks without TensorFlow) or seqio")
 
 
 def shortcut_bindings(args: argparse.Namespace) -> list[str]:
@@ -37,6 +40,8 @@ def shortcut_bindings(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag, None)
         if value is not None:
             bindings.append(f"{macro} = {value!r}")
+    if getattr(args, "data_backend", None):
+        bindings.append(f"input_pipeline.DataConfig.data_backend = {args.data_backend!r}")
     return bindings
 
 

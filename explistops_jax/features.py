@@ -1,0 +1,135 @@
+"""Model features from tokenized examples, in numpy: seqio's EncDecFeatureConverter without TF.
+
+The grain pipeline turns ``{"inputs": ids, "targets": ids}`` examples into the
+features the model's ``loss_fn`` reads, exactly as
+``seqio.EncDecFeatureConverter(pack=..., use_custom_packing_ops=False)`` does
+(a test compares the two element for element):
+
+* padded (``pack=False``): each example is one row, trimmed to the feature
+  lengths and padded with 0; ``decoder_input_tokens`` is the targets shifted
+  right by one with 0 first (the token after the last target is the shifted EOS,
+  as in seqio); ``decoder_loss_weights`` is 1 where a target token is not 0;
+* packed (``pack=True``): the examples are taken in groups of
+  ``max(lengths)`` consecutive ones (seqio's ``padded_batch`` before packing);
+  within a group, each example is appended to the current row while every
+  feature still fits, else the row is written and a new one started; the last
+  row of a group is written at the group's end. ``*_positions`` count from 0 in
+  each example, ``*_segment_ids`` from 1 in each row (0 = padding), and
+  ``decoder_input_tokens`` starts every segment with 0.
+
+All arrays are int32 of shape ``[length]`` per row.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "pack_group", "pack_examples",
+           "autoregressive_inputs", "stack_rows"]
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
+                  "decoder_loss_weights")
+PACKED_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                   "decoder_positions")
+
+
+def _padded(ids: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(length, np.int32)
+    ids = np.asarray(ids, np.int32)[:length]
+    out[:len(ids)] = ids
+    return out
+
+
+def autoregressive_inputs(targets: np.ndarray,
+                          segment_ids: np.ndarray | None = None) -> np.ndarray:
+    """Targets shifted right by one with 0 first; with ``segment_ids``, the first
+    token of every segment (and of the padding after it) is 0 too
+    (``seqio.utils.make_autoregressive_inputs``)."""
+    inputs = np.concatenate([np.zeros(1, np.int32), targets[:-1]]).astype(np.int32)
+    if segment_ids is not None:
+        shifted = np.concatenate([np.zeros(1, segment_ids.dtype), segment_ids[:-1]])
+        inputs = inputs * (segment_ids == shifted).astype(np.int32)
+    return inputs
+
+
+def pad_example(example: Mapping[str, np.ndarray],
+                lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """One example as one padded row of model features."""
+    inputs = _padded(example["inputs"], lengths["inputs"])
+    targets = _padded(example["targets"], lengths["targets"])
+    return {"encoder_input_tokens": inputs,
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": autoregressive_inputs(targets),
+            "decoder_loss_weights": (targets != 0).astype(np.int32)}
+
+
+def _packed_row(parts: Sequence[Mapping[str, np.ndarray]],
+                lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    row = {}
+    for key, prefix in (("inputs", "encoder"), ("targets", "decoder")):
+        length = lengths[key]
+        tokens = np.zeros(length, np.int32)
+        positions = np.zeros(length, np.int32)
+        segments = np.zeros(length, np.int32)
+        at = 0
+        for segment, part in enumerate(parts, start=1):
+            ids = part[key]
+            tokens[at:at + len(ids)] = ids
+            positions[at:at + len(ids)] = np.arange(len(ids), dtype=np.int32)
+            segments[at:at + len(ids)] = segment
+            at += len(ids)
+        # seqio: cumsum(positions == 0) * (tokens != 0)
+        row[f"{prefix}_tokens"] = tokens
+        row[f"{prefix}_positions"] = positions
+        row[f"{prefix}_segment_ids"] = segments * (tokens != 0)
+    targets = row.pop("decoder_tokens")
+    return {"encoder_input_tokens": row.pop("encoder_tokens"),
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": autoregressive_inputs(targets,
+                                                          row["decoder_segment_ids"]),
+            "decoder_loss_weights": (targets != 0).astype(np.int32),
+            **row}
+
+
+def pack_group(examples: Sequence[Mapping[str, np.ndarray]],
+               lengths: Mapping[str, int]) -> list[dict[str, np.ndarray]]:
+    """The packed rows of one group of consecutive examples (see the module doc)."""
+    rows: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray]] = []
+    used = {"inputs": 0, "targets": 0}
+    for example in examples:
+        # seqio reads each sequence up to its first 0 (the padded_batch padding).
+        one = {}
+        for key in ("inputs", "targets"):
+            ids = np.asarray(example[key], np.int32)[:lengths[key]]
+            count = int(np.count_nonzero(ids))
+            one[key] = ids[:count]
+        if any(used[k] + len(one[k]) > lengths[k] for k in used):
+            rows.append(_packed_row(parts, lengths))
+            parts, used = [], {"inputs": 0, "targets": 0}
+        parts.append(one)
+        for k in used:
+            used[k] += len(one[k])
+    rows.append(_packed_row(parts, lengths))
+    return rows
+
+
+def pack_examples(examples: Iterable[Mapping[str, np.ndarray]],
+                  lengths: Mapping[str, int]) -> Iterator[dict[str, np.ndarray]]:
+    """Packed rows of a stream of examples, group by group."""
+    size = max(lengths["inputs"], lengths["targets"])
+    group: list[Mapping[str, np.ndarray]] = []
+    for example in examples:
+        group.append(example)
+        if len(group) == size:
+            yield from pack_group(group, lengths)
+            group = []
+    if group:
+        yield from pack_group(group, lengths)
+
+
+def stack_rows(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of features -> one batch ``{feature: [rows, length]}``."""
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

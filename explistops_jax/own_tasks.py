@@ -1,0 +1,175 @@
+"""The project's own tasks without SeqIO: what a task name means, in pure Python.
+
+A name that :func:`explistops_jax.task_spec.parse` accepts, whose dataset is a
+known config (``data.DATASETS``), generated on the fly (not ``_tfds``) and with
+the domain vocabulary (not ``_sp``), is fully described by its spec, so it needs
+no registry: :class:`OwnTask` turns example ``i`` of a split into the same
+preprocessed example as the registered ``seqio_tasks`` task of that name
+(``inputs``/``targets`` token ids, trimmed with EOS last, the ``*_pretokenized``
+texts and the raw fields, with the types of SeqIO's numpy iterator), and carries
+the same postprocessing and metric functions. The grain input pipeline reads
+these; other names (tasks a user registers, ``_tfds``/``_sp`` variants) are
+SeqIO's (:func:`own_spec` returns None for them).
+
+Example ``i`` is a pure function of (config, split, i): ``data.examples(config,
+split, i, i + 1)``, so any process generates only the indices it reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from explistops_jax import data, domain_vocab, explain, listops, scoring
+from explistops_jax.errors import UserError
+from explistops_jax.task_spec import MixtureSpec, TaskSpec, parse
+
+__all__ = ["Feature", "OwnTask", "own_spec", "is_own", "get_tasks", "domain_table",
+           "raw_examples_for"]
+
+
+@functools.lru_cache(maxsize=None)
+def domain_table() -> domain_vocab.DomainTable:
+    """The domain vocabulary every own task uses (``seqio_tasks.domain_vocabulary``'s ids)."""
+    return domain_vocab.DomainTable()
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """``seqio.Feature``'s two fields that the evaluator reads."""
+
+    vocabulary: Any
+    add_eos: bool = True
+
+
+def own_spec(name: str) -> TaskSpec | MixtureSpec | None:
+    """The spec of one of the project's own tasks or mixtures that needs no
+    SeqIO (see the module doc); None for any other name."""
+    try:
+        spec = parse(name)
+    except UserError:
+        return None
+    if spec.source != "function" or spec.vocabulary != "domain":
+        return None
+    if spec.dataset not in data.DATASETS:
+        return None
+    if isinstance(spec, TaskSpec) and spec.subset is not None and (
+            "train" not in data.DATASETS[spec.dataset].splits):
+        return None
+    return spec
+
+
+def is_own(name: str) -> bool:
+    """Whether ``name`` is a task or mixture :func:`own_spec` describes."""
+    return own_spec(name) is not None
+
+
+def get_tasks(name: str) -> list["OwnTask"]:
+    """The task ``name`` (one) or the members of the mixture ``name``."""
+    spec = own_spec(name)
+    if spec is None:
+        raise UserError(f"{name!r} is not one of this project's generated tasks",
+                        expected="a name TaskSpec.parse reads, of a dataset in "
+                                 "explistops_jax.data.DATASETS (no _tfds, no _sp)")
+    if isinstance(spec, MixtureSpec):
+        return [OwnTask(member) for member in spec.members()]
+    return [OwnTask(spec)]
+
+
+class OwnTask:
+    """One own task: its splits, examples, preprocessing, postprocessing, metrics.
+
+    The attributes the evaluator reads of a ``seqio.Task`` have the same names
+    here (``name``, ``splits``, ``output_features``, ``postprocess_fn``,
+    ``predict_metric_fns``, ``score_metric_fns``).
+    """
+
+    score_metric_fns: list[Callable] = []
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.config = data.get_config(spec.dataset)
+        self.vocabulary = domain_table()
+        feature = Feature(self.vocabulary)
+        self.output_features = {"inputs": feature, "targets": feature}
+        self.predict_metric_fns = list(scoring.METRIC_FNS)
+
+    def __repr__(self) -> str:
+        return f"OwnTask({self.name!r})"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.config.splits)
+
+    @staticmethod
+    def postprocess_fn(output: Any, example: Mapping | None = None,
+                       is_target: bool = False) -> dict:
+        return scoring.postprocess(output, example=example, is_target=is_target)
+
+    def num_examples(self, split: str) -> int:
+        """Examples in ``split`` (a ``_n{N}`` task's train split: the first N)."""
+        size = self.config.split(split).num_examples
+        if split == "train" and self.spec.subset is not None:
+            size = min(size, self.spec.subset)
+        return size
+
+    def raw_example(self, split: str, index: int) -> dict[str, Any]:
+        """Example ``index`` of ``split`` as ``data.examples`` gives it (with its tree)."""
+        return next(data.examples(self.config, split, index, index + 1, with_tree=True))
+
+    def example(self, split: str, index: int,
+                lengths: Mapping[str, int] | None) -> dict[str, Any]:
+        """The preprocessed example ``index`` of ``split`` (see :meth:`preprocess`)."""
+        return self.preprocess(self.raw_example(split, index), lengths)
+
+    def preprocess(self, raw: Mapping[str, Any],
+                   lengths: Mapping[str, int] | None) -> dict[str, Any]:
+        """A raw example (``id``, ``index``, ``expression``, ``answer``, ``length``,
+        ``depth``, ``modulus``, optionally ``tree``) -> the task's example:
+        the raw fields plus ``inputs``/``targets`` (int32 ids, trimmed to
+        ``lengths`` less one, then EOS) and their ``*_pretokenized`` texts, with
+        the types of SeqIO's numpy iterator (bytes, numpy scalars)."""
+        spec = self.spec
+        expression = str(raw["expression"])
+        tree = raw.get("tree")
+        if tree is None:
+            tree = listops.parse(expression)
+        modulus = int(raw["modulus"])
+        inputs = f"{spec.style}: {expression}" if spec.tagged else expression
+        targets = explain.explain(tree, spec.style, modulus=modulus)
+        return {
+            "id": str(raw["id"]).encode("utf-8"),
+            "index": np.int64(raw["index"]),
+            "expression": expression.encode("utf-8"),
+            "answer": np.int32(raw["answer"]),
+            "length": np.int32(raw["length"]),
+            "depth": np.int32(raw["depth"]),
+            "modulus": np.int32(modulus),
+            "inputs_pretokenized": inputs.encode("utf-8"),
+            "targets_pretokenized": targets.encode("utf-8"),
+            "inputs": self._tokens(inputs, lengths and lengths.get("inputs")),
+            "targets": self._tokens(targets, lengths and lengths.get("targets")),
+        }
+
+    def _tokens(self, text: str, length: int | None) -> np.ndarray:
+        """``tokenize`` + ``append_eos_after_trim``: ids[:length - 1] + [EOS]."""
+        ids = self.vocabulary.encode(text)
+        if length:
+            ids = ids[:length - 1]
+        ids.append(self.vocabulary.eos_id)
+        return np.asarray(ids, np.int32)
+
+
+def raw_examples_for(expressions: Sequence[str], modulus: int) -> list[dict[str, Any]]:
+    """Raw examples (as ``data.examples`` gives them) for user-typed expressions."""
+    out = []
+    for i, text in enumerate(expressions):
+        tree = listops.parse(text)
+        out.append({"id": f"predict/{i}", "index": i, "expression": listops.format(tree),
+                    "answer": listops.evaluate(tree, modulus), "length": listops.length(tree),
+                    "depth": listops.depth(tree), "modulus": modulus, "tree": tree})
+    return out

@@ -1,0 +1,174 @@
+"""The SeqIO input backend: registered tasks and mixtures through tf.data.
+
+For tasks a user registers, mixtures (sampled as SeqIO samples them), the
+``_tfds`` and ``_sp`` variants, and whenever ``data_backend="seqio"`` is asked
+for. Importing this module loads TensorFlow (kept off the GPUs, quietly:
+``runtime.confine_tensorflow``) and SeqIO; nothing else in the trainer,
+evaluator or predict path imports either.
+
+Epoch ``e`` of a task is its split shuffled by SeqIO's buffer with the epoch's
+seed, turned into model features by ``seqio.EncDecFeatureConverter`` and cut
+into batches; several processes read shard ``process_index`` of the split
+(``seqio.ShardInfo``; a generated source produces every example and keeps its
+shard). A mixture is one endless stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from explistops_jax import tf_loader
+
+tf_loader.confine()  # before TensorFlow first touches a device
+
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from explistops_jax.errors import UserError  # noqa: E402
+
+__all__ = ["get_provider", "check_cached", "feature_converter", "SeqioSource", "subtasks",
+           "read_split", "preprocess_raw"]
+
+
+class _DropUncachedWarning(logging.Filter):
+    """seqio warns on every epoch that an uncached generator source shuffles
+    poorly across restarts; here every epoch is reshuffled with its own seed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "uncached FunctionDataset" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUncachedWarning())
+
+
+def get_provider(name: str) -> seqio.DatasetProviderBase:
+    """The registered task or mixture, with an error that lists near names."""
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
+        close = [n for n in known if n.split("_")[0] == name.split("_")[0]][:20]
+        hint = "; was the module that registers it imported (gin `import seqio_tasks`)?"
+        raise UserError(
+            f"unknown SeqIO task or mixture {name!r}{hint}",
+            expected=("one of " + ", ".join(close)) if close else None) from None
+
+
+def check_cached(provider: seqio.DatasetProviderBase, use_cached: bool) -> None:
+    """With ``use_cached``, every sub-task must have an offline cache (seqio would
+    silently fall back to on-the-fly preprocessing for some and fail for others)."""
+    if not use_cached:
+        return
+    for task in seqio.get_subtasks(provider):
+        if not task.supports_caching or not task.cache_dir:
+            raise UserError(
+                f"USE_CACHED_TASKS is True but task {task.name!r} has no offline "
+                "cache (these tasks are generated on the fly)",
+                expected="USE_CACHED_TASKS = False, or a cache made with "
+                         "seqio's cache_tasks_main")
+
+
+def feature_converter(pack: bool) -> seqio.FeatureConverter:
+    """The encoder-decoder converter (features the model's loss_fn reads)."""
+    return seqio.EncDecFeatureConverter(pack=pack, use_custom_packing_ops=False)
+
+
+def subtasks(name: str, use_cached: bool = False) -> list[seqio.Task]:
+    """The task ``name``, or the tasks of the mixture ``name``."""
+    provider = get_provider(name)
+    check_cached(provider, use_cached)
+    return list(seqio.get_subtasks(provider))
+
+
+def read_split(task: seqio.Task, split: str, lengths: Mapping[str, int],
+               max_examples: int | None = None, use_cached: bool = False
+               ) -> tuple[list[dict], list[dict]]:
+    """The first ``max_examples`` examples of ``split`` in order, and their padded
+    model features (what the evaluator decodes)."""
+    ds = task.get_dataset(dict(lengths), split=split, use_cached=use_cached,
+                          shuffle=False, num_epochs=1)
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    examples = list(ds.as_numpy_iterator())
+    converted = feature_converter(False)(ds, dict(lengths))
+    return examples, list(converted.as_numpy_iterator())
+
+
+def preprocess_raw(task: seqio.Task, raw: Sequence[Mapping[str, Any]],
+                   lengths: Mapping[str, int]) -> tuple[list[dict], list[dict]]:
+    """Raw examples (``own_tasks.raw_examples_for``) through the task's own
+    preprocessors: the examples and their padded model features."""
+    columns = {"id": [r["id"] for r in raw],
+               "index": np.array([r["index"] for r in raw], np.int64),
+               "expression": [r["expression"] for r in raw]}
+    for key in ("answer", "length", "depth", "modulus"):
+        columns[key] = np.array([r[key] for r in raw], np.int32)
+    ds = task.preprocess_precache(tf.data.Dataset.from_tensor_slices(columns))
+    ds = task.preprocess_postcache(ds, sequence_length=dict(lengths))
+    examples = list(ds.as_numpy_iterator())
+    return examples, list(feature_converter(False)(ds, dict(lengths)).as_numpy_iterator())
+
+
+class SeqioSource:
+    """One process's epochs of a registered task or mixture as numpy batches
+    (the SeqIO half of ``input_pipeline.BatchStream``)."""
+
+    def __init__(self, name: str, *, split: str, lengths: Mapping[str, int],
+                 local_batch_size: int, pack: bool, shuffle: bool, use_cached: bool = False,
+                 shuffle_buffer_size: int | None = None, shard_index: int = 0,
+                 num_shards: int = 1):
+        self.provider = get_provider(name)
+        check_cached(self.provider, use_cached)
+        self.split = split
+        self.lengths = dict(lengths)
+        self.local_batch_size = local_batch_size
+        self.pack = pack
+        self.shuffle = shuffle
+        self.use_cached = use_cached
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+        self.is_mixture = isinstance(self.provider, seqio.Mixture)
+
+    @property
+    def vocabulary(self):
+        return self.provider.output_features["targets"].vocabulary
+
+    def num_local_examples(self) -> int:
+        """This process's examples per epoch (its shard of the split)."""
+        examples = self.provider.source.num_input_examples(self.split)
+        num_shards = self.shard.num_shards if self.shard else 1
+        if examples is not None:
+            return -(-examples // num_shards)
+        return int(self._examples(1).reduce(np.int64(0), lambda n, _: n + 1))
+
+    def _examples(self, seed: int) -> tf.data.Dataset:
+        """The task's preprocessed examples of one epoch (the whole endless
+        stream for a mixture)."""
+        kwargs = dict(sequence_length=self.lengths, split=self.split,
+                      use_cached=self.use_cached, shuffle=self.shuffle, seed=seed,
+                      shard_info=self.shard)
+        if self.is_mixture:
+            return self.provider.get_dataset(num_epochs=None, **kwargs)
+        return self.provider.get_dataset(
+            num_epochs=1, shuffle_buffer_size=self.shuffle_buffer_size, **kwargs)
+
+    def _batches(self, seed: int) -> tf.data.Dataset:
+        ds = feature_converter(self.pack)(self._examples(seed), self.lengths)
+        ds = ds.batch(self.local_batch_size, drop_remainder=False)
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options).prefetch(2)
+
+    def epoch_batches(self, seed: int, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of one epoch shuffled with ``seed``, from batch ``skip`` on
+        (the last one may have fewer rows)."""
+        return self._batches(seed).skip(skip).as_numpy_iterator()
+
+    def count_epoch_batches(self, seed: int) -> int:
+        """Batches of one epoch (packing: reads and packs it)."""
+        if not self.pack:
+            return -(-self.num_local_examples() // self.local_batch_size)
+        return sum(1 for _ in self._batches(seed).as_numpy_iterator())
