@@ -3,8 +3,8 @@
 Every module of ``explistops_jax`` sits in one layer of :data:`LAYERS`; a module
 may import (at the top or inside a function) modules of its own layer or lower
 ones, never a higher one, and the imports form no cycle. Only the entry points
-import ``seqio_tasks`` (tasks are brought in by name). A new module must be
-placed in a layer here and in docs/architecture.md.
+and the way in (runtime, gin_config) import ``seqio_tasks`` (tasks are brought in
+by name). A new module must be placed in a layer here and in docs/architecture.md.
 """
 
 import ast
@@ -16,15 +16,15 @@ PACKAGE = ROOT / "explistops_jax"
 # Lowest first. Within a layer, modules are independent ideas side by side.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"rundir", "listops", "listops.tree", "listops.sampler", "listops.readers"},
+    {"rundir", "listops", "listops.tree", "listops.sampler", "listops.readers", "tf_loader"},
     {"data"},
     {"explain"},
-    {"task_spec", "scoring", "vocab", "tfds_builder"},
-    {"network", "decoding", "optimizers", "partitioning", "summaries"},
+    {"task_spec", "scoring", "vocab", "domain_vocab", "features", "tfds_builder"},
+    {"own_tasks", "network", "decoding", "optimizers", "partitioning", "summaries"},
     {"model"},
-    {"checkpoints", "checkpoints.common", "checkpoints.hf", "checkpoints.native",
-     "checkpoints.t5x"},
-    {"train_state"},
+    {"checkpoints", "checkpoints.common", "checkpoints.hf", "checkpoints.hub",
+     "checkpoints.native", "checkpoints.t5x"},
+    {"train_state", "grain_pipeline", "seqio_backend"},
     {"train_step", "input_pipeline"},
     {"plan", "evaluator"},
     {"trainer", "predict"},
@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"cli", "train", "eval", "commands"},  # entry points; commands.* join this layer
 ]
 ENTRY = len(LAYERS) - 1
+WAY_IN = ENTRY - 1  # runtime and gin_config bring tasks in by name for the entry points
 
 
 def _modules() -> dict[str, Path]:
@@ -99,8 +100,8 @@ def test_no_module_imports_a_higher_layer():
     for name, deps in _graph().items():
         for dep in deps:
             if dep == "seqio_tasks":
-                if _layer(name) != ENTRY:
-                    bad.append(f"{name} imports seqio_tasks (only entry points may)")
+                if _layer(name) < WAY_IN:
+                    bad.append(f"{name} imports seqio_tasks (only the way in may)")
             elif _layer(dep) > _layer(name) and not (dep.startswith(name + ".")
                                                      or name.startswith(dep + ".")):
                 bad.append(f"{name} (layer {_layer(name)}) imports {dep} (layer {_layer(dep)})")
