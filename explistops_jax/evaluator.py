@@ -33,12 +33,12 @@ import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from explistops_jax import input_pipeline, partitioning  # first: keeps TF off the GPUs
 from explistops_jax import rundir, train_state
@@ -50,7 +50,7 @@ import seqio  # noqa: E402  (after input_pipeline)
 __all__ = ["Decoder", "Evaluator", "evaluate", "describe_prediction", "eval_dir"]
 
 
-def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
+def eval_dir(output_dir: rundir.PathLike, task: str, split: str) -> epath.Path:
     """Where an evaluation of ``task``/``split`` writes its files
     (``rundir.RunDir.eval_dir``)."""
     return RunDir(output_dir).eval_dir(task, split)
@@ -134,7 +134,8 @@ class Evaluator:
       batch_size: rows per decoding batch (rounded up to a multiple of the
         data-parallel size; the last batch is padded).
       max_examples: only the first N examples of each task (None: all).
-      model_dir: where to write the files (None: write nothing).
+      model_dir: where to write the files (None: write nothing): a local path
+        or a URL (``gs://bucket/run``, through ``etils.epath``).
       partitioner: the mesh (default: all devices, data parallel).
       use_cached: read the tasks' offline caches.
       decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
@@ -143,12 +144,12 @@ class Evaluator:
 
     def __init__(self, model, mixture_or_task_name: str, split: str = "validation", *,
                  task_feature_lengths: Mapping[str, int], batch_size: int = 32,
-                 max_examples: int | None = None, model_dir: str | Path | None = None,
+                 max_examples: int | None = None, model_dir: rundir.PathLike | None = None,
                  partitioner: partitioning.Partitioner | None = None,
                  use_cached: bool = False, decode: Mapping[str, Any] | None = None):
         self.split = split
         self.lengths = dict(task_feature_lengths)
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.model_dir = RunDir(model_dir).path if model_dir is not None else None
         self.decoder = Decoder(model, partitioner, batch_size, decode)
         provider = input_pipeline.get_provider(mixture_or_task_name)
         input_pipeline.check_cached(provider, use_cached)
@@ -321,7 +322,7 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: rundir.PathLike,
     mixture_or_task_name: str | None = None,
     split: str = "test",
     *,
@@ -329,7 +330,7 @@ def evaluate(
     task_feature_lengths: Mapping[str, int] | None = None,
     batch_size: int = 32,
     max_examples: int | None = None,
-    output_dir: str | Path | None = None,
+    output_dir: rundir.PathLike | None = None,
     partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
     decode: Mapping[str, Any] | None = None,
     use_cached: bool = False,
@@ -359,7 +360,7 @@ def evaluate(
     if not task or not lengths:
         raise UserError("which task and lengths to evaluate is not known for this "
                         "checkpoint", expected="a task name and --task_feature_lengths")
-    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+    found = rundir.find_run_checkpoint(rundir.run_path(checkpoint))
     output_dir = output_dir or (found[0].path if found else None)
     if output_dir is None:
         raise UserError("an output directory is needed for a checkpoint from "

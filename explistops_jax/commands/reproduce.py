@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from etils import epath
+
 from explistops_jax import rundir
 from explistops_jax.errors import UserError
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoints and not os.environ.get("EXPLISTOPS_SPM_PATH"):
         raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary",
                         expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
-    out = Path(args.out or f"runs/{args.preset}")
+    out = epath.Path(args.out or f"runs/{args.preset}")  # local, or a URL (gs://...)
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
     runtime.check_writable(out, "--out directory")
     runtime.setup()

@@ -18,8 +18,9 @@ no timestamp.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterable, Sequence
+
+from etils import epath
 
 from explistops_jax import rundir
 from explistops_jax.report.markdown import render_markdown
@@ -64,8 +65,9 @@ __all__ = [
 
 
 def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathLike],
-                 out_dir: str | os.PathLike) -> Path:
-    """Reads the runs and writes ``out_dir/report.md`` plus its PNG plots.
+                 out_dir: str | os.PathLike) -> epath.Path:
+    """Reads the runs and writes ``out_dir/report.md`` plus its PNG plots
+    (``out_dir`` may be a URL such as ``gs://bucket/runs``).
 
     Returns the path of report.md.
 
@@ -75,9 +77,10 @@ def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathL
     return write_report_from_runs(collect(run_dirs_or_parent), out_dir)
 
 
-def write_report_from_runs(runs: Sequence[RunResult], out_dir: str | os.PathLike) -> Path:
+def write_report_from_runs(runs: Sequence[RunResult],
+                           out_dir: str | os.PathLike) -> epath.Path:
     """:func:`write_report` for runs already read by :func:`collect`."""
-    out_dir = Path(out_dir)
+    out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out_dir)
     path = out_dir / rundir.REPORT_FILE
