@@ -205,11 +205,12 @@ def check_writable(path: str | Path, what: str = "output directory"):
 
 @contextlib.contextmanager
 def new_output(path: str | Path | None, what: str = "output directory") -> Iterator[None]:
-    """Checks that ``path`` (local, or a URL such as ``gs://bucket/run``) can be written; if it did not exist and the block
+    """Checks that ``path`` can be written; if it did not exist and the block
     stops on a user mistake before anything worth keeping (a ``checkpoint_*``)
     was written there, removes it again: a mistake leaves nothing half-written.
     A directory that existed before is never removed, nor one after a bug or an
-    interruption (its contents are evidence, or work)."""
+    interruption (its contents are evidence, or work). ``path`` may be a URL
+    (``gs://bucket/run``): it is then removed through ``etils.epath``."""
     if path is None:
         yield
         return

@@ -21,10 +21,11 @@ so a run killed mid-save leaves the previous checkpoint intact and the partial
 one is ignored (and cleaned up) on restart. The newest ``keep`` checkpoints are
 kept.
 
-The run directory is an ``etils.epath`` path (``rundir.run_path``), local or a URL
-such as ``gs://bucket/run``, and is handed to Orbax as such: Orbax writes
-``gs://`` through TensorStore's GCS driver and, with no rename there, marks a
-finished checkpoint with a commit file instead of renaming it into place.
+The run directory is an ``etils.epath`` path (``rundir.run_path``), local or a
+``gs://bucket/run`` URL, and is handed to Orbax as such: Orbax writes ``gs://``
+through TensorStore's GCS driver and, with no rename there, marks a finished
+checkpoint with a commit file instead of renaming it into place. Other URL
+schemes are refused (Orbax would write their arrays to a local path).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ class RunCheckpoints:
                  config: CheckpointConfig = CheckpointConfig(), *, read_only: bool = False):
         self.config = config
         self.directory = rundir.run_path(model_dir)  # epath: local (absolute) or a URL
+        if not rundir.is_local(self.directory) and not str(self.directory).startswith("gs://"):
+            # Orbax writes arrays with TensorStore's gcs driver for gs:// and its
+            # local file driver for anything else: s3://x would land in ./s3:/x
+            raise UserError(f"cannot keep checkpoints in {self.directory}",
+                            expected="a local directory or a gs:// URL (what Orbax "
+                                     "writes arrays to)")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else config.keep, step_prefix=CHECKPOINT_PREFIX,
             save_interval_steps=0 if read_only else 1, create=not read_only,

@@ -4,15 +4,14 @@
 an object store's limits (whole-object writes, no append, no rename), so the
 run directory's code takes its object-store path here as it would on
 ``gs://bucket/run``. Orbax cannot write it (TensorStore would take the URL as a
-local file path: its drivers are file, gcs, s3, ...), so the training test keeps
+local file path: Orbax picks its gcs driver for gs:// and the file driver for
+anything else; RunCheckpoints refuses other schemes), so the training test keeps
 the checkpoints in a local directory and every other file of the run on the
 store; the checkpoint class is checked separately to hand Orbax the URL as is.
 """
 
-import json
 import logging
 import os
-import sys
 
 import pytest
 
@@ -120,6 +119,11 @@ def test_orbax_is_given_the_url_unchanged(monkeypatch):
     assert str(checkpoints.directory) == "gs://bucket/runs/a"
     assert str(seen["directory"]) == "gs://bucket/runs/a"
     assert not isinstance(seen["directory"], str)  # an epath.Path, as Orbax takes
+    # Orbax writes arrays to gs:// or local paths only: other schemes are refused
+    for url in ("s3://bucket/run", store.new_bucket() + "/run"):
+        with pytest.raises(UserError, match="local directory or a gs:// URL"):
+            train_state.RunCheckpoints(url)
+    assert "directory" in seen and len(seen) == 1
 
 
 # ----------------------------------------------------------------- a whole run
