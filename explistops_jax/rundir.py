@@ -31,7 +31,7 @@ Every write is atomic, as the store allows:
   mid-write) sees the old file or the new one, never half of one;
 - an object store (any ``scheme://`` path) has no rename, but an object becomes
   visible whole when its upload completes: the bytes are gathered in memory and
-  the object is written in one request (``epath``'s ``write_bytes``), so a reader
+  the object is written in one upload (``epath``'s ``write_bytes``), so a reader
   sees the old object or the new one. No temporary object is ever created.
 
 Directories that must appear whole (converted checkpoints) use
@@ -39,9 +39,10 @@ Directories that must appear whole (converted checkpoints) use
 Logs that grow line by line are appended (:class:`JsonlLog`, :func:`append_jsonl`):
 on a local filesystem a line at a time, and their readers skip a last line cut
 short by a kill (``read_jsonl(..., lenient=True)``); objects cannot be appended
-to, so on an object store a log is rewritten whole (one request) when flushed.
+to, so on an object store a log is rewritten whole (one upload) when flushed.
 
-Pure Python: no JAX, TensorFlow or Orbax, so the report and the CLI read runs
+Pure Python and ``etils.epath``: no JAX, TensorFlow or Orbax (epath loads
+TensorFlow only to open a ``gs://`` file), so the report and the CLI read runs
 without loading them.
 """
 
@@ -65,6 +66,7 @@ from etils import epath
 from explistops_jax.errors import UserError
 
 __all__ = [
+    "PathLike",
     "run_path",
     "is_local",
     "RunDir",
@@ -299,7 +301,7 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO]:
 
     Local path: a temporary file beside ``path``, fsynced and renamed over it
     (``os.replace``), deleted on failure. Object store (``gs://``, ...): the
-    content is gathered in memory and written as the object in one request
+    content is gathered in memory and written as the object in one upload
     when the block succeeds (objects appear whole; nothing is written on failure).
 
     Raises:
@@ -399,7 +401,7 @@ class JsonlLog:
 
     On a local filesystem each line is appended at once (:func:`append_jsonl`).
     An object cannot be appended to, so on an object store the log's content is
-    read once, kept in memory, and the whole object is rewritten (one request)
+    read once, kept in memory, and the whole object is rewritten (one upload)
     when :meth:`flush` is called, and at most every ``interval_s`` seconds as
     lines arrive: a run killed between two writes loses at most those lines
     (the trainer flushes whenever it saves a checkpoint, so a resumed run's log

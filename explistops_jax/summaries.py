@@ -65,7 +65,7 @@ def _jsonable(value: Any) -> Any:
 class _EpathRecordWriter:
     """A tensorboardX record writer for a URL: keeps the event file's bytes and
     writes the whole object through ``etils.epath`` at each flush (objects cannot
-    be appended to; ``rundir.write_bytes`` is one request)."""
+    be appended to; ``rundir.write_bytes`` is one upload)."""
 
     def __init__(self, path: str):
         self.path = path

@@ -39,8 +39,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from explistops_jax.errors import UserError
 from explistops_jax import rundir
+from explistops_jax.errors import UserError
 from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir, find_run_checkpoint
 
 __all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps",
