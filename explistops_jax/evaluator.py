@@ -39,12 +39,12 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from explistops_jax import input_pipeline, partitioning, rundir, train_state
 from explistops_jax.errors import UserError
@@ -53,7 +53,7 @@ from explistops_jax.rundir import RunDir
 __all__ = ["Decoder", "Evaluator", "evaluate", "describe_prediction", "eval_dir"]
 
 
-def eval_dir(output_dir: str | Path, task: str, split: str) -> Path:
+def eval_dir(output_dir: rundir.PathLike, task: str, split: str) -> epath.Path:
     """Where an evaluation of ``task``/``split`` writes its files
     (``rundir.RunDir.eval_dir``)."""
     return RunDir(output_dir).eval_dir(task, split)
@@ -137,7 +137,8 @@ class Evaluator:
       batch_size: rows per decoding batch (rounded up to a multiple of the
         data-parallel size; the last batch is padded).
       max_examples: only the first N examples of each task (None: all).
-      model_dir: where to write the files (None: write nothing).
+      model_dir: where to write the files (None: write nothing): a local path
+        or a URL (``gs://bucket/run``, through ``etils.epath``).
       partitioner: the mesh (default: all devices, data parallel).
       use_cached: read the tasks' offline caches.
       decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
@@ -147,13 +148,13 @@ class Evaluator:
 
     def __init__(self, model, mixture_or_task_name: str, split: str = "validation", *,
                  task_feature_lengths: Mapping[str, int], batch_size: int = 32,
-                 max_examples: int | None = None, model_dir: str | Path | None = None,
+                 max_examples: int | None = None, model_dir: rundir.PathLike | None = None,
                  partitioner: partitioning.Partitioner | None = None,
                  use_cached: bool = False, decode: Mapping[str, Any] | None = None,
                  data_backend: str = "grain"):
         self.split = split
         self.lengths = dict(task_feature_lengths)
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.model_dir = RunDir(model_dir).path if model_dir is not None else None
         self.decoder = Decoder(model, partitioner, batch_size, decode)
         self.backend = input_pipeline.resolve_backend(
             mixture_or_task_name, data_backend, training=False, use_cached=use_cached)
@@ -335,7 +336,7 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: rundir.PathLike,
     mixture_or_task_name: str | None = None,
     split: str = "test",
     *,
@@ -343,7 +344,7 @@ def evaluate(
     task_feature_lengths: Mapping[str, int] | None = None,
     batch_size: int = 32,
     max_examples: int | None = None,
-    output_dir: str | Path | None = None,
+    output_dir: rundir.PathLike | None = None,
     partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
     decode: Mapping[str, Any] | None = None,
     use_cached: bool = False,
@@ -376,7 +377,7 @@ def evaluate(
     if not task or not lengths:
         raise UserError("which task and lengths to evaluate is not known for this "
                         "checkpoint", expected="a task name and --task_feature_lengths")
-    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+    found = rundir.find_run_checkpoint(rundir.run_path(checkpoint))
     output_dir = output_dir or (found[0].path if found else None)
     if output_dir is None:
         raise UserError("an output directory is needed for a checkpoint from "

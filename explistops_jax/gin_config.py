@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -271,13 +272,13 @@ def evaluate_arguments() -> dict[str, Any]:
     return _bound_arguments("evaluate", "gin_configs/runs/eval.gin")
 
 
-def write_config(model_dir: str | Path) -> Path:
-    """Writes the parsed configuration to ``<model_dir>/config.gin`` (atomically)."""
-    import os
+def write_config(model_dir: str | os.PathLike):
+    """Writes the parsed configuration to ``<model_dir>/config.gin`` (atomically,
+    ``rundir.write_text``; ``model_dir`` may be a URL such as ``gs://bucket/run``);
+    returns its ``epath.Path``."""
+    from explistops_jax import rundir
 
-    path = Path(model_dir) / CONFIG_FILE
+    path = rundir.RunDir(rundir.run_path(model_dir)).config_gin
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(gin.config_str())
-    os.replace(tmp, path)
+    rundir.write_text(path, gin.config_str())
     return path

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from etils import epath
+
 from explistops_jax import data, explain, rundir
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
@@ -219,7 +221,7 @@ def t5x_commands(runs: Iterable[Run], out_dir: str | Path) -> list[str]:
         gin_file = root / f"{name}_finetune.gin"
         if not gin_file.exists():
             continue
-        model_dir = Path(out_dir) / "t5x" / run.name
+        model_dir = epath.Path(out_dir) / "t5x" / run.name  # a URL stays one
         args = [f"--gin_file=gin_configs/t5x/{gin_file.name}",
                 f'--gin.MODEL_DIR="{model_dir}"']
         if run.initial_checkpoint:
@@ -254,12 +256,13 @@ def runs_for(preset: str, *, styles: Sequence[str] | None = None,
 # ----------------------------------------------------------------- running
 
 
-def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
+def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
             progress: bool = True, log: Callable[[str], None] = print,
-            data_backend: str = "grain") -> list[Path]:
-    """Trains and evaluates every run not yet done; returns the run directories.
-    ``data_backend``: the input pipeline (``input_pipeline.DataConfig``)."""
-    out = Path(out_dir)
+            data_backend: str = "grain") -> list[epath.Path]:
+    """Trains and evaluates every run not yet done; returns the run directories
+    (``out_dir`` may be a URL such as ``gs://bucket/runs``). ``data_backend``: the
+    input pipeline (``input_pipeline.DataConfig``)."""
+    out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs = []
     for i, run in enumerate(runs, 1):
@@ -280,7 +283,7 @@ def run_all(runs: Sequence[Run], out_dir: str | Path, *, preset: str,
     return dirs
 
 
-def train_run(run: Run, run_dir: Path, *, preset: str, progress: bool = True,
+def train_run(run: Run, run_dir: rundir.PathLike, *, preset: str, progress: bool = True,
               data_backend: str = "grain"):
     """Trains one run (resuming its directory)."""
     from explistops_jax import input_pipeline, trainer
@@ -315,7 +318,7 @@ def _optimizer(run: Run):
     return factory(schedule=schedule)
 
 
-def evaluate_run(run: Run, run_dir: Path, step: int, *,
+def evaluate_run(run: Run, run_dir: rundir.PathLike, step: int, *,
                  log: Callable[[str], None] = print,
                  data_backend: str = "grain") -> dict[str, dict[str, Any]]:
     """Decodes and scores each evaluation split (skipping those already scored)."""

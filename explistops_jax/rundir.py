@@ -18,16 +18,31 @@ This is the only module that knows a run's file names (docs/architecture.md,
 and what ``explistops reproduce`` / ``explistops report`` write beside the runs
 (``report.md``, its PNG plots, ``t5x_commands.sh``).
 
-Every write goes through one scheme: the bytes go to a hidden temporary file in
-the same directory (``.<name>.<random>.tmp``), are flushed and fsynced, and the file
-is renamed over the target with ``os.replace``, so a reader (or a run killed
-mid-write) sees the old file or the new one, never half of one. Directories that
-must appear whole (converted checkpoints) use :func:`atomic_directory`, the same
-scheme for a directory. Logs that grow line by line are appended
-(:func:`append_jsonl`); their readers skip a last line cut short by a kill
-(``read_jsonl(..., lenient=True)``).
+Paths are ``etils.epath`` paths, so a run directory may be a local directory or
+a URL of an object store (``gs://bucket/run``, ``s3://...``, any scheme registered
+with ``epath``): :func:`run_path` turns what a user gives into one, and every read
+and write below goes through it.
 
-Pure Python: no JAX, TensorFlow or Orbax, so the report and the CLI read runs
+Every write is atomic, as the store allows:
+
+- on a local filesystem the bytes go to a hidden temporary file in the same
+  directory (``.<name>.<random>.tmp``), are flushed and fsynced, and the file is
+  renamed over the target with ``os.replace``, so a reader (or a run killed
+  mid-write) sees the old file or the new one, never half of one;
+- an object store (any ``scheme://`` path) has no rename, but an object becomes
+  visible whole when its upload completes: the bytes are gathered in memory and
+  the object is written in one upload (``epath``'s ``write_bytes``), so a reader
+  sees the old object or the new one. No temporary object is ever created.
+
+Directories that must appear whole (converted checkpoints) use
+:func:`atomic_directory`, the local scheme for a directory (local paths only).
+Logs that grow line by line are appended (:class:`JsonlLog`, :func:`append_jsonl`):
+on a local filesystem a line at a time, and their readers skip a last line cut
+short by a kill (``read_jsonl(..., lenient=True)``); objects cannot be appended
+to, so on an object store a log is rewritten whole (one upload) when flushed.
+
+Pure Python and ``etils.epath``: no JAX, TensorFlow or Orbax (epath loads
+TensorFlow only to open a ``gs://`` file), so the report and the CLI read runs
 without loading them.
 """
 
@@ -35,18 +50,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import operator
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from etils import epath
+
 from explistops_jax.errors import UserError
 
 __all__ = [
+    "PathLike",
+    "run_path",
+    "is_local",
     "RunDir",
     "checkpoint_name",
     "parse_checkpoint_name",
@@ -57,7 +79,9 @@ __all__ = [
     "write_text",
     "write_json",
     "write_jsonl",
+    "write_bytes",
     "append_jsonl",
+    "JsonlLog",
     "read_json",
     "read_json_lenient",
     "read_jsonl",
@@ -89,6 +113,45 @@ T5X_COMMANDS_FILE = "t5x_commands.sh"
 _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}_(0|[1-9][0-9]*)")
 _CHECKPOINT_LIKE = re.compile(rf"{CHECKPOINT_PREFIX}_[0-9]+.*")  # Orbax temporaries too
 _METRICS_NAME = re.compile(r"metrics_(0|[1-9][0-9]*)\.json")
+
+
+PathLike = str | os.PathLike
+"""What the functions below accept for a path: a string (a local path or a URL
+such as ``gs://bucket/run``), a ``pathlib`` path or an ``epath.Path``."""
+
+
+def is_local(path: PathLike) -> bool:
+    """Whether ``path`` is on the local filesystem (no ``scheme://`` prefix):
+    there files can be renamed atomically and appended to; on an object store
+    (``gs://``, ``s3://``, ...) they cannot."""
+    return "://" not in os.fspath(path)
+
+
+def run_path(path: PathLike) -> epath.Path:
+    """The ``epath.Path`` of a run directory or any file in one: a local path
+    with ``~`` expanded and made absolute; a URL (``gs://bucket/run``) as it is
+    (never ``os.path`` on a URL, which would mangle ``//``)."""
+    if not is_local(path):
+        return epath.Path(os.fspath(path))
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _as_path(path: PathLike) -> epath.Path:
+    """``epath.Path`` of ``path``, relative local paths left relative."""
+    return epath.Path(os.fspath(path)) if not isinstance(path, epath.Path) else path
+
+
+def _children(path: epath.Path) -> list[epath.Path]:
+    """The entries of a directory; none when it is missing or unreadable."""
+    try:
+        return list(path.iterdir())
+    except (OSError, NotImplementedError):
+        return []
+
+
+def _reason(err: BaseException) -> str:
+    """An OS error's reason in words (object-store errors may have no strerror)."""
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def checkpoint_name(step: int) -> str:
@@ -126,89 +189,88 @@ class RunDir:
     which has the ``eval/`` part of the layout). Nothing is read or created
     until asked."""
 
-    path: Path
+    path: epath.Path
+    """An ``epath.Path`` (local or a URL such as ``gs://bucket/run``); a ``str``
+    or ``pathlib`` path given is converted (not made absolute: see
+    :func:`run_path`)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", _as_path(self.path))
 
     @property
-    def run_json(self) -> Path:
+    def run_json(self) -> epath.Path:
         return self.path / RUN_JSON
 
     @property
-    def config_gin(self) -> Path:
+    def config_gin(self) -> epath.Path:
         return self.path / CONFIG_GIN
 
     @property
-    def train_log(self) -> Path:
+    def train_log(self) -> epath.Path:
         return self.path / TRAIN_LOG
 
     @property
-    def eval_log(self) -> Path:
+    def eval_log(self) -> epath.Path:
         return self.path / EVAL_LOG
 
     @property
-    def done_json(self) -> Path:
+    def done_json(self) -> epath.Path:
         return self.path / DONE_JSON
 
-    def tensorboard(self, kind: str) -> Path:
+    def tensorboard(self, kind: str) -> epath.Path:
         """TensorBoard events of ``kind`` (``train`` or ``eval``)."""
         return self.path / TENSORBOARD_DIR / kind
 
     # ------------------------------------------------------------- checkpoints
 
-    def checkpoint(self, step: int) -> Path:
+    def checkpoint(self, step: int) -> epath.Path:
         """``checkpoint_<step>/``."""
         return self.path / checkpoint_name(step)
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the finished checkpoints (those with a ``state`` item; Orbax
         renames a checkpoint into place only when it is complete), ascending."""
-        try:
-            children = list(self.path.iterdir())
-        except OSError:
-            return []
-        steps = (parse_checkpoint_name(child.name) for child in children
-                 if (child / STATE_ITEM).is_dir())
+        steps = (parse_checkpoint_name(child.name) for child in _children(self.path)
+                 if parse_checkpoint_name(child.name) is not None
+                 and (child / STATE_ITEM).is_dir())
         return sorted(step for step in steps if step is not None)
 
     # ------------------------------------------------------------- evaluations
 
-    def eval_dir(self, task: str, split: str) -> Path:
+    def eval_dir(self, task: str, split: str) -> epath.Path:
         """``eval/<task>/<split>/``: where an evaluation of ``task``/``split`` writes."""
         return self.path / EVAL_DIR / task / split
 
-    def predictions(self, task: str, split: str, step: int) -> Path:
+    def predictions(self, task: str, split: str, step: int) -> epath.Path:
         return self.eval_dir(task, split) / _step_file("predictions", step, ".jsonl")
 
-    def metrics(self, task: str, split: str, step: int) -> Path:
+    def metrics(self, task: str, split: str, step: int) -> epath.Path:
         return self.eval_dir(task, split) / _step_file("metrics", step, ".json")
 
     def eval_splits(self) -> list[tuple[str, str]]:
         """The ``(task, split)`` directories under ``eval/``, sorted."""
-        root = self.path / EVAL_DIR
         found = []
-        for task_dir in sorted(p for p in root.glob("*") if p.is_dir()):
+        for task_dir in sorted(p for p in _children(self.path / EVAL_DIR) if p.is_dir()):
             found += [(task_dir.name, split_dir.name)
-                      for split_dir in sorted(p for p in task_dir.glob("*") if p.is_dir())]
+                      for split_dir in sorted(p for p in _children(task_dir) if p.is_dir())]
         return found
 
     def metrics_steps(self, task: str, split: str) -> list[int]:
         """Steps with a ``metrics_<step>.json`` file of ``task``/``split``, ascending."""
         steps = []
-        for path in self.eval_dir(task, split).glob("metrics_*.json"):
+        for path in _children(self.eval_dir(task, split)):
             match = _METRICS_NAME.fullmatch(path.name)
             if match:
                 steps.append(int(match.group(1)))
         return sorted(steps)
 
 
-def find_run_checkpoint(path: str | os.PathLike) -> tuple[RunDir, int | None] | None:
+def find_run_checkpoint(path: PathLike) -> tuple[RunDir, int | None] | None:
     """``(run, step)`` when ``path`` is a ``checkpoint_<step>`` directory written
     by this project's trainer (it has a ``run`` item), ``(run, None)`` when it is a
     run directory holding such checkpoints, None otherwise (e.g. a T5X or Hugging
     Face checkpoint)."""
-    path = Path(path)
+    path = _as_path(path)
     step = parse_checkpoint_name(path.name)
     if step is not None and (path / RUN_ITEM).exists():
         return RunDir(path.parent), step
@@ -226,26 +288,41 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def _write_error(path: PathLike, err: BaseException) -> UserError:
+    return UserError(f"cannot write {path}: {_reason(err)}",
+                     expected="a writable file in an existing directory")
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Opens a temporary file beside ``path`` for writing (``"w"``: UTF-8 text with
-    ``\\n`` line ends; ``"wb"``: bytes); when the block succeeds the file is
-    fsynced and renamed to ``path``; when it raises, it is deleted and ``path`` is
-    left as it was.
+def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO]:
+    """A file handle whose content replaces ``path`` when the block succeeds
+    (``"w"``: UTF-8 text with ``\\n`` line ends; ``"wb"``: bytes); when the block
+    raises, ``path`` is left as it was.
+
+    Local path: a temporary file beside ``path``, fsynced and renamed over it
+    (``os.replace``), deleted on failure. Object store (``gs://``, ...): the
+    content is gathered in memory and written as the object in one upload
+    when the block succeeds (objects appear whole; nothing is written on failure).
 
     Raises:
-      UserError: the file cannot be created (no such directory, no permission).
+      UserError: the file cannot be created (no such directory, no permission,
+        the store refused the write).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode {mode!r}: expected 'w' or 'wb'")
-    path = Path(path)
+    if not is_local(path):
+        buffer = io.StringIO(newline="\n") if mode == "w" else io.BytesIO()
+        yield buffer
+        data = buffer.getvalue()
+        write_bytes(path, data.encode("utf-8") if mode == "w" else data)
+        return
+    path = Path(os.fspath(path))
     tmp = _temporary(path)
     text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
     try:
         handle = open(tmp, mode.replace("w", "x"), **text)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}",
-                        expected="a writable file in an existing directory") from None
+        raise _write_error(path, e) from None
     try:
         with handle:
             yield handle
@@ -257,7 +334,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_bytes(path: PathLike, data: bytes) -> None:
+    """``data`` to ``path``, atomically: on a local filesystem through
+    :func:`atomic_open`; on an object store as one write of the whole object.
+
+    Raises:
+      UserError: the store refused the write (no such bucket, no permission).
+    """
+    if is_local(path):
+        with atomic_open(path, "wb") as handle:
+            handle.write(data)
+        return
+    try:
+        _as_path(path).write_bytes(data)
+    except OSError as e:
+        raise _write_error(path, e) from None
+
+
+def write_text(path: PathLike, text: str) -> None:
     """``text`` (UTF-8) to ``path``, atomically."""
     with atomic_open(path) as handle:
         handle.write(text)
@@ -267,7 +361,7 @@ def _json_text(value: Any, *, sort_keys: bool = False) -> str:
     return json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n"
 
 
-def write_json(path: str | os.PathLike, value: Any, *, sort_keys: bool = False) -> None:
+def write_json(path: PathLike, value: Any, *, sort_keys: bool = False) -> None:
     """``value`` as indented JSON (values JSON lacks as ``str``), atomically."""
     write_text(path, _json_text(value, sort_keys=sort_keys))
 
@@ -276,22 +370,74 @@ def _jsonl_line(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
+def write_jsonl(path: PathLike, records: Iterable[Any]) -> None:
     """One JSON value per line (UTF-8, not escaped), atomically."""
     with atomic_open(path) as handle:
         for record in records:
             handle.write(_jsonl_line(record))
 
 
-def append_jsonl(path: str | os.PathLike, record: Any) -> None:
-    """Appends one line to a JSONL log. Not atomic: a kill mid-line leaves a
-    broken last line, which ``read_jsonl(..., lenient=True)`` skips."""
+def _read_bytes_or_empty(path: PathLike) -> bytes:
+    """The bytes of ``path``; none when it does not exist yet."""
+    path = _as_path(path)
+    return path.read_bytes() if path.exists() else b""
+
+
+def append_jsonl(path: PathLike, record: Any) -> None:
+    """Appends one line to a JSONL log. Local: not atomic, a kill mid-line
+    leaves a broken last line, which ``read_jsonl(..., lenient=True)`` skips.
+    Object store: the object is read and written whole with the new line (one
+    request each; for logs written often use :class:`JsonlLog`)."""
+    if not is_local(path):
+        write_bytes(path, _read_bytes_or_empty(path) + _jsonl_line(record).encode("utf-8"))
+        return
     with open(path, "a", encoding="utf-8", newline="\n") as handle:
         handle.write(_jsonl_line(record))
 
 
+class JsonlLog:
+    """A JSONL log that grows a line at a time (``train_log.jsonl``,
+    ``eval_log.jsonl``).
+
+    On a local filesystem each line is appended at once (:func:`append_jsonl`).
+    An object cannot be appended to, so on an object store the log's content is
+    read once, kept in memory, and the whole object is rewritten (one upload)
+    when :meth:`flush` is called, and at most every ``interval_s`` seconds as
+    lines arrive: a run killed between two writes loses at most those lines
+    (the trainer flushes whenever it saves a checkpoint, so a resumed run's log
+    still reads as one run).
+    """
+
+    def __init__(self, path: PathLike, *, interval_s: float = 60.0):
+        self.path = _as_path(path)
+        self.interval_s = interval_s
+        self._local = is_local(path)
+        self._content: bytes | None = None  # object store: the whole log
+        self._dirty = False
+        self._written = time.monotonic()
+
+    def append(self, record: Any) -> None:
+        """One line (a JSON value)."""
+        if self._local:
+            append_jsonl(self.path, record)
+            return
+        if self._content is None:
+            self._content = _read_bytes_or_empty(self.path)
+        self._content += _jsonl_line(record).encode("utf-8")
+        self._dirty = True
+        if time.monotonic() - self._written >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Makes every line appended so far readable (object store: one write)."""
+        if self._dirty and self._content is not None:
+            write_bytes(self.path, self._content)
+            self._dirty = False
+        self._written = time.monotonic()
+
+
 @contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(out_dir: PathLike) -> Iterator[Path]:
     """Yields a fresh temporary directory beside ``out_dir``; renames it to
     ``out_dir`` when the block succeeds, deletes it when the block raises.
 
@@ -299,9 +445,15 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     so a failed or interrupted conversion never leaves a half-written checkpoint
     where a complete one is expected.
 
+    Local paths only (an object store has no directory rename).
+
     Raises:
-      UserError: ``out_dir`` exists and is not empty, or cannot be created.
+      UserError: ``out_dir`` exists and is not empty, or cannot be created, or
+        is a URL.
     """
+    if not is_local(out_dir):
+        raise UserError(f"cannot write a converted checkpoint to {out_dir}",
+                        expected="a local directory (copy it to the store afterwards)")
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise UserError(f"output {out} already exists",
@@ -325,7 +477,13 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
 # ------------------------------------------------------------------- reading
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
+def _read_text(path: PathLike, *, lenient: bool = False) -> str:
+    """The UTF-8 text of ``path`` (``lenient``: undecodable bytes replaced)."""
+    data = _as_path(path).read_bytes()
+    return data.decode("utf-8", errors="replace" if lenient else "strict")
+
+
+def read_json(path: PathLike) -> dict[str, Any]:
     """A JSON object from ``path``.
 
     Raises:
@@ -333,33 +491,32 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         ``file:line:column``), or holds something other than an object.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"not valid JSON: {e.msg}", where=f"{path}:{e.lineno}:{e.colno}") from None
     except UnicodeDecodeError:
         raise UserError("not valid JSON: not UTF-8 text", where=str(path)) from None
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise UserError(f"cannot read {path}: {_reason(e)}") from None
     if not isinstance(data, dict):
         raise UserError("expected a JSON object", where=str(path))
     return data
 
 
-def read_json_lenient(path: str | os.PathLike) -> tuple[Any, str | None]:
+def read_json_lenient(path: PathLike) -> tuple[Any, str | None]:
     """``(value, None)``, or ``(None, problem)`` where the problem is a short
     phrase (``"no run.json"``, ``"run.json unreadable (JSONDecodeError)"``): for
     readers that report what is missing instead of stopping (the report)."""
-    path = Path(path)
+    path = _as_path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8")), None
+        return json.loads(_read_text(path)), None
     except FileNotFoundError:
         return None, f"no {path.name}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return None, f"{path.name} unreadable ({type(err).__name__})"
 
 
-def read_jsonl(path: str | os.PathLike, *, lenient: bool = False) -> list[dict[str, Any]]:
+def read_jsonl(path: PathLike, *, lenient: bool = False) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file, one per non-blank line.
 
     ``lenient`` (for logs a run is still appending to): a missing file has no
@@ -370,28 +527,28 @@ def read_jsonl(path: str | os.PathLike, *, lenient: bool = False) -> list[dict[s
       UserError: (not lenient) the file is missing or unreadable, or a line is
         not a JSON object (naming ``file:line``).
     """
-    records = []
     try:
-        with open(path, encoding="utf-8", errors="replace" if lenient else "strict") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    if lenient:
-                        continue
-                    raise UserError(f"not valid JSON: {e.msg}",
-                                    where=f"{path}:{number}:{e.colno}") from None
-                if isinstance(record, dict):
-                    records.append(record)
-                elif not lenient:
-                    raise UserError(f"expected a JSON object, not {type(record).__name__}",
-                                    where=f"{path}:{number}")
+        text = _read_text(path, lenient=lenient)
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
     except OSError as e:
         if lenient:
             return []
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise UserError(f"cannot read {path}: {_reason(e)}") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lenient:
+                continue
+            raise UserError(f"not valid JSON: {e.msg}",
+                            where=f"{path}:{number}:{e.colno}") from None
+        if isinstance(record, dict):
+            records.append(record)
+        elif not lenient:
+            raise UserError(f"expected a JSON object, not {type(record).__name__}",
+                            where=f"{path}:{number}")
     return records

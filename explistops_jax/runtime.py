@@ -168,9 +168,15 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
         return 130
 
 
-def check_writable(path: str | Path, what: str = "output directory") -> Path:
+def check_writable(path: str | Path, what: str = "output directory"):
     """Raises a UserError unless ``path`` is, or can be created as, a writable
-    directory; creates nothing."""
+    directory; creates nothing. Returns its ``etils.epath`` path. A URL
+    (``gs://bucket/run``) is not checked: an object store says whether it can
+    be written only when written to."""
+    from explistops_jax import rundir
+
+    if not rundir.is_local(path):
+        return rundir.run_path(path)
     path = Path(path).expanduser().absolute()
     probe = path
     while not probe.exists():
@@ -183,7 +189,7 @@ def check_writable(path: str | Path, what: str = "output directory") -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"cannot write the {what}: {probe} is not writable",
                         where=str(path), expected="a writable directory")
-    return path
+    return rundir.run_path(path)
 
 
 @contextlib.contextmanager
@@ -192,7 +198,8 @@ def new_output(path: str | Path | None, what: str = "output directory") -> Itera
     stops on a user mistake before anything worth keeping (a ``checkpoint_*``)
     was written there, removes it again: a mistake leaves nothing half-written.
     A directory that existed before is never removed, nor one after a bug or an
-    interruption (its contents are evidence, or work)."""
+    interruption (its contents are evidence, or work). ``path`` may be a URL
+    (``gs://bucket/run``): it is then removed through ``etils.epath``."""
     if path is None:
         yield
         return
@@ -201,6 +208,27 @@ def new_output(path: str | Path | None, what: str = "output directory") -> Itera
     try:
         yield
     except (UserError, OSError):
-        if not existed and path.is_dir() and not any(path.rglob("checkpoint_*")):
-            shutil.rmtree(path, ignore_errors=True)
+        if not existed and path.is_dir() and not _has_checkpoint(path):
+            if "://" not in str(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # an object store: through epath
+                with contextlib.suppress(OSError):
+                    path.rmtree()
         raise
+
+
+def _has_checkpoint(path) -> bool:
+    """Whether a ``checkpoint_*`` entry is anywhere below ``path`` (an epath
+    path: local or on an object store)."""
+    stack = [path]
+    while stack:
+        try:
+            children = list(stack.pop().iterdir())
+        except OSError:
+            continue
+        for child in children:
+            if child.name.startswith("checkpoint_"):
+                return True
+            if child.is_dir():
+                stack.append(child)
+    return False

@@ -6,18 +6,28 @@
 and the task's metrics). TensorBoard event files go to ``MODEL_DIR/tensorboard/
 {train,eval}``. Only process 0 writes.
 
+The run directory may be on an object store (``gs://bucket/run``): the logs are
+then :class:`rundir.JsonlLog` objects rewritten whole when flushed (at every
+checkpoint and every minute), and TensorBoard event files are written through
+``etils.epath`` (a tensorboardX record-writer factory for the URL's scheme that
+uploads the whole event file at each TensorBoard flush, as tensorboardX's own
+``gs://`` writer does). Where that cannot be done the run goes on without
+TensorBoard after one warning.
+
 A resumed run first drops the log lines past the step it resumes from, so the
 log always describes one uninterrupted run.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import sys
-from pathlib import Path
 from typing import Any, Mapping
+
+from etils import epath
 
 from explistops_jax import rundir
 from explistops_jax.rundir import RunDir
@@ -25,13 +35,14 @@ from explistops_jax.rundir import RunDir
 __all__ = ["MetricsWriter", "Progress", "truncate_log"]
 
 
-def truncate_log(path: str | Path, last_step: int) -> None:
+def truncate_log(path: rundir.PathLike, last_step: int) -> None:
     """Drops the lines of a JSONL log whose ``step`` is past ``last_step``
     (atomically: ``rundir.write_text``); the lines kept are kept byte for byte."""
-    path = Path(path)
+    path = epath.Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    kept = [line for line in text.splitlines()
             if line.strip() and _step_of(line) <= last_step]
     rundir.write_text(path, "".join(line + "\n" for line in kept))
 
@@ -51,33 +62,82 @@ def _jsonable(value: Any) -> Any:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
+class _EpathRecordWriter:
+    """A tensorboardX record writer for a URL: keeps the event file's bytes and
+    writes the whole object through ``etils.epath`` at each flush (objects cannot
+    be appended to; ``rundir.write_bytes`` is one upload)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        rundir.write_bytes(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathRecordWriterFactory:
+    """tensorboardX's hook for a URL scheme (``record_writer.register_writer_factory``)."""
+
+    def open(self, path: str) -> _EpathRecordWriter:
+        return _EpathRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)  # no-op on most stores
+
+
+def _summary_writer(logdir: epath.Path):
+    """A tensorboardX ``SummaryWriter`` for ``logdir``; a URL's scheme gets the
+    epath record writer (tensorboardX alone writes gs:// only with
+    google-cloud-storage and s3:// only with boto3, and no other scheme)."""
+    from tensorboardX import SummaryWriter, record_writer
+
+    if not rundir.is_local(logdir):
+        scheme = str(logdir).split("://", 1)[0]
+        record_writer.register_writer_factory(scheme, _EpathRecordWriterFactory())
+    return SummaryWriter(str(logdir))
+
+
 class MetricsWriter:
     """Writes train and eval metrics to JSONL files and TensorBoard."""
 
-    def __init__(self, model_dir: str | Path, *, enabled: bool = True,
+    def __init__(self, model_dir: rundir.PathLike, *, enabled: bool = True,
                  tensorboard: bool = True):
         self.run = RunDir(model_dir)
         self.enabled = enabled
+        self._train_log = rundir.JsonlLog(self.run.train_log)
         self._tb: dict[str, Any] = {}
         self._use_tb = tensorboard and enabled
         if self._use_tb:  # now, so that the import is not timed as a step
             self._writer("train")
 
     def _writer(self, kind: str):
-        if kind not in self._tb:
-            from tensorboardX import SummaryWriter
-
-            self._tb[kind] = SummaryWriter(str(self.run.tensorboard(kind)))
-        return self._tb[kind]
+        """The TensorBoard writer of ``kind``; None (after one warning) when it
+        cannot be created on this run directory's store."""
+        if kind not in self._tb and self._use_tb:
+            try:
+                self._tb[kind] = _summary_writer(self.run.tensorboard(kind))
+            except Exception as err:  # any store error: TensorBoard is optional
+                if rundir.is_local(self.run.path):
+                    raise
+                logging.warning("no TensorBoard events for %s: %s: %s", self.run.path,
+                                type(err).__name__, err)
+                self._use_tb = False
+        return self._tb.get(kind)
 
     def write_train(self, step: int, metrics: Mapping[str, float]) -> None:
         """One step's metrics (scalars) to train_log.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        rundir.append_jsonl(self.run.train_log,
-                            {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}})
-        if self._use_tb:
-            writer = self._writer("train")
+        self._train_log.append({"step": step,
+                                **{k: _jsonable(v) for k, v in metrics.items()}})
+        writer = self._writer("train")
+        if writer is not None:
             for name, value in metrics.items():
                 writer.add_scalar(f"train/{name}", float(value), step)
 
@@ -87,19 +147,26 @@ class MetricsWriter:
         (nested dicts, e.g. breakdowns, go to the JSONL only)."""
         if not self.enabled:
             return
+        self._train_log.flush()  # rare: both logs up to date on any store
         rundir.append_jsonl(self.run.eval_log, {"step": step, "task": task, "split": split,
                                                 **{k: _jsonable(v) for k, v in metrics.items()}})
-        if self._use_tb:
-            writer = self._writer("eval")
+        writer = self._writer("eval")
+        if writer is not None:
             for name, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     writer.add_scalar(f"{task}/{split}/{name}", float(value), step)
 
     def flush(self) -> None:
+        """Makes everything written so far readable (on an object store: the
+        train log and the event files are uploaded whole)."""
+        if self.enabled:
+            self._train_log.flush()
         for writer in self._tb.values():
             writer.flush()
 
     def close(self) -> None:
+        if self.enabled:
+            self._train_log.flush()
         for writer in self._tb.values():
             writer.close()
         self._tb.clear()

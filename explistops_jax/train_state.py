@@ -20,13 +20,18 @@ atomic: Orbax writes into a temporary directory and renames it when complete,
 so a run killed mid-save leaves the previous checkpoint intact and the partial
 one is ignored (and cleaned up) on restart. The newest ``keep`` checkpoints are
 kept.
+
+The run directory is an ``etils.epath`` path (``rundir.run_path``), local or a
+``gs://bucket/run`` URL, and is handed to Orbax as such: Orbax writes ``gs://``
+through TensorStore's GCS driver and, with no rename there, marks a finished
+checkpoint with a commit file instead of renaming it into place. Other URL
+schemes are refused (Orbax would write their arrays to a local path).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Mapping
 
 import flax.struct
@@ -34,6 +39,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from explistops_jax import rundir
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir, find_run_checkpoint
 
@@ -77,7 +83,7 @@ class CheckpointConfig:
     async_save: bool = True
 
 
-def checkpoint_steps(model_dir: str | Path) -> list[int]:
+def checkpoint_steps(model_dir: rundir.PathLike) -> list[int]:
     """Steps of the finished checkpoints in ``model_dir``, ascending
     (``rundir.RunDir.checkpoint_steps``)."""
     return RunDir(model_dir).checkpoint_steps()
@@ -86,10 +92,16 @@ def checkpoint_steps(model_dir: str | Path) -> list[int]:
 class RunCheckpoints:
     """Save and restore ``(TrainState, position, run description)``."""
 
-    def __init__(self, model_dir: str | Path, config: CheckpointConfig = CheckpointConfig(),
-                 *, read_only: bool = False):
+    def __init__(self, model_dir: rundir.PathLike,
+                 config: CheckpointConfig = CheckpointConfig(), *, read_only: bool = False):
         self.config = config
-        self.directory = Path(model_dir).absolute()
+        self.directory = rundir.run_path(model_dir)  # epath: local (absolute) or a URL
+        if not rundir.is_local(self.directory) and not str(self.directory).startswith("gs://"):
+            # Orbax writes arrays with TensorStore's gcs driver for gs:// and its
+            # local file driver for anything else: s3://x would land in ./s3:/x
+            raise UserError(f"cannot keep checkpoints in {self.directory}",
+                            expected="a local directory or a gs:// URL (what Orbax "
+                                     "writes arrays to)")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else config.keep, step_prefix=CHECKPOINT_PREFIX,
             save_interval_steps=0 if read_only else 1, create=not read_only,
@@ -180,20 +192,24 @@ def _restore_args(leaf: Any) -> ocp.RestoreArgs:
 
 # ----------------------------------------------------------------- lookup
 
-def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
+def load_model_and_params(checkpoint: rundir.PathLike, *, step: int | None = None,
                           partitioner=None):
     """``(model, params, step, run_info)`` from a run directory of this trainer,
     one of its ``checkpoint_N`` directories, or any checkpoint
     ``checkpoints.load_any`` reads (Hugging Face, T5X, explistops params).
 
     Parameters are placed on the mesh with the model's logical-axis shardings.
+    A run directory may be a URL (``gs://bucket/run``); the other formats are
+    read from local paths.
     """
     from explistops_jax import checkpoints as interop
     from explistops_jax import partitioning
     from explistops_jax.model import EncoderDecoderModel
 
     partitioner = partitioner or partitioning.Partitioner()
-    path = Path(checkpoint).expanduser().absolute()
+    if interop.is_hub_id(checkpoint):  # owner/name or hf://owner/name: a local snapshot
+        checkpoint = interop.resolve(checkpoint)
+    path = rundir.run_path(checkpoint)
     if not path.exists():
         raise UserError("no such checkpoint", where=str(path),
                         expected="a run directory, a checkpoint_N directory or a "
@@ -220,7 +236,8 @@ def load_model_and_params(checkpoint: str | Path, *, step: int | None = None,
     return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
 
 
-def _run_dir_and_step(path: Path, step: int | None) -> tuple[Path | None, int | None]:
+def _run_dir_and_step(path: rundir.PathLike, step: int | None
+                      ) -> tuple[rundir.PathLike | None, int | None]:
     found = rundir.find_run_checkpoint(path)
     if found is None:
         return None, None

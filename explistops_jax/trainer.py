@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -176,6 +175,7 @@ class _Loop:
             if self.checkpoints.is_due(step) or last:
                 self._flush()
                 self.checkpoints.save(state, position.to_json(), self.run_info)
+                self.writer.flush()  # logs up to the checkpoint readable on any store
             if self.evaluator is not None and (last or _due(step, self.eval_period)):
                 self._flush()
                 self._evaluate(state, step)
@@ -248,7 +248,7 @@ def _summarize(host: Mapping[str, float], tokens: float, step_time: float) -> di
 def train(
     model,
     data: input_pipeline.DataConfig,
-    model_dir: str | Path,
+    model_dir: rundir.PathLike,
     *,
     optimizer: optimizers.Optimizer | None = None,
     train_steps: int | None = None,
@@ -267,7 +267,8 @@ def train(
       model: a :class:`ModelSpec` (built for the task's vocabulary) or a model
         object (``get_initial_variables``, ``loss_fn``, ``predict_batch``).
       data: the training stream; ``data.num_epochs`` (``EPOCHS``) bounds it.
-      model_dir: the run directory (``MODEL_DIR``); a run already in it resumes.
+      model_dir: the run directory (``MODEL_DIR``): a local path or a URL that
+        ``etils.epath`` opens (``gs://bucket/run``); a run already in it resumes.
       optimizer: default: Adafactor with T5's fine-tuning defaults.
       train_steps: total optimizer steps (``TRAIN_STEPS``), counted from 0 in
         this run (an initial checkpoint's step is not carried over); None: as
@@ -287,7 +288,7 @@ def train(
       NonFiniteLossError: the loss became NaN/inf (the run dir keeps the last
         good checkpoint).
     """
-    model_dir = Path(model_dir).absolute()
+    model_dir = rundir.run_path(model_dir)  # local (absolute) or a URL (gs://...)
     is_chief = jax.process_index() == 0
     if is_chief:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +342,7 @@ def train(
                        loop.last_metrics, loop.eval_metrics)
 
 
-def _finished(model_dir: Path, step: int) -> TrainResult:
+def _finished(model_dir: rundir.PathLike, step: int) -> TrainResult:
     """The result of a run that already reached its last step, from its logs."""
     def records(path):
         return [r for r in rundir.read_jsonl(path, lenient=True) if r.get("step") == step]

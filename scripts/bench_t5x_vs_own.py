@@ -15,9 +15,11 @@ Runs, one after the other (never at once), alternating:
   ``trainer.ModelSpec`` bindings for the same shape (``optimizers.adafactor``,
   constant 1e-3).
 
-Both: task explistops30_medium (generated on the fly by the same SeqIO task), batch
-8, lengths inputs 64 / targets 192, no packing, float32, dropout 0, 384 embedding
-rows, z-loss 1e-4, no evaluation, a checkpoint only after the last step.
+Both: task explistops30_medium (generated on the fly: T5X through the SeqIO task,
+the own trainer through its grain pipeline by default, ``--data_backend seqio`` for
+the SeqIO task), batch 8, lengths inputs 64 / targets 192, no packing, float32,
+dropout ``--dropout`` (default 0), 384 embedding rows, z-loss 1e-4, no evaluation,
+a checkpoint only after the last step.
 
 Timing: steps are grouped in blocks of ``--block`` steps and the first ``--skip``
 steps (compilation is done before step 1 in both; these are warm-up) are left out.
@@ -86,7 +88,8 @@ def _blocks(values: list[float], skip: int, block: int) -> list[list[float]]:
     return [timed[i:i + block] for i in range(0, len(timed) - block + 1, block)]
 
 
-def t5x_command(shape: str, steps: int, block: int, model_dir: str, python: str) -> list[str]:
+def t5x_command(shape: str, steps: int, block: int, model_dir: str, python: str,
+                dropout: float = 0.0) -> list[str]:
     _, dims = SHAPES[shape]
     lengths = "{'inputs': %d, 'targets': %d}" % (LENGTHS["inputs"], LENGTHS["targets"])
     cmd = [python, "-m", "t5x.train",
@@ -95,7 +98,7 @@ def t5x_command(shape: str, steps: int, block: int, model_dir: str, python: str)
            f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
            f"--gin.TRAIN_STEPS={steps}", f"--gin.BATCH_SIZE={BATCH}",
            f"--gin.TASK_FEATURE_LENGTHS={lengths}",
-           "--gin.DROPOUT_RATE=0.0", f"--gin.Z_LOSS={Z_LOSS}", "--gin.RANDOM_SEED=0",
+           f"--gin.DROPOUT_RATE={dropout}", f"--gin.Z_LOSS={Z_LOSS}", "--gin.RANDOM_SEED=0",
            "--gin.network.T5Config.dtype='float32'",
            f"--gin.network.T5Config.vocab_size={VOCAB_ROWS}",
            # no evaluation; one checkpoint, after the last step; summaries every block
@@ -107,7 +110,8 @@ def t5x_command(shape: str, steps: int, block: int, model_dir: str, python: str)
     return cmd
 
 
-def own_command(shape: str, steps: int, model_dir: str, python: str) -> list[str]:
+def own_command(shape: str, steps: int, model_dir: str, python: str,
+                dropout: float = 0.0, data_backend: str = "grain") -> list[str]:
     preset, dims = SHAPES[shape]
     overrides = dict(dims, dtype="float32")
     bindings = [
@@ -119,11 +123,12 @@ def own_command(shape: str, steps: int, model_dir: str, python: str) -> list[str
         f"MODEL_DIR = '{model_dir}'",
         f"MIXTURE_OR_TASK_NAME = '{TASK}'",
         f"TASK_FEATURE_LENGTHS = {LENGTHS!r}",
-        f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {BATCH}", "DROPOUT_RATE = 0.0",
+        f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {BATCH}", f"DROPOUT_RATE = {dropout}",
         "OPTIMIZER = @optimizers.adafactor()", "LEARNING_RATE = 1e-3",
         # no evaluation; one checkpoint, after the last step
         "EVAL_PERIOD = None", "train.evaluation = None",
         f"trainer.CheckpointConfig.period = {steps}", "train.progress = False",
+        f"input_pipeline.DataConfig.data_backend = '{data_backend}'",
     ]
     cmd = [python, "-m", "explistops_jax.train",
            "--gin_file=gin_configs/models/t5_1_0_tiny.gin",
@@ -152,7 +157,8 @@ def read_t5x_timing(model_dir: str) -> list[dict]:
 
 def bench_t5x(shape: str, args, work: Path) -> dict:
     model_dir = work / f"t5x_{shape}"
-    cmd = t5x_command(shape, args.steps, args.block, str(model_dir), args.t5x_python)
+    cmd = t5x_command(shape, args.steps, args.block, str(model_dir), args.t5x_python,
+                      args.dropout)
     load = os.getloadavg()[0]
     wall = _run(cmd, work / f"t5x_{shape}.log", args.timeout)
     rows = read_t5x_timing(str(model_dir))
@@ -169,7 +175,8 @@ def bench_t5x(shape: str, args, work: Path) -> dict:
 
 def bench_own(shape: str, args, work: Path) -> dict:
     model_dir = work / f"own_{shape}"
-    cmd = own_command(shape, args.steps, str(model_dir), args.own_python)
+    cmd = own_command(shape, args.steps, str(model_dir), args.own_python, args.dropout,
+                      args.data_backend)
     load = os.getloadavg()[0]
     wall = _run(cmd, work / f"own_{shape}.log", args.timeout)
     log = [json.loads(line) for line in open(model_dir / "train_log.jsonl") if line.strip()]
@@ -194,6 +201,10 @@ def main(argv=None) -> int:
     parser.add_argument("--block", type=int, default=10,
                         help="steps per timing block (T5X's stats_period)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="DROPOUT_RATE of both (0.1: T5's fine-tuning default)")
+    parser.add_argument("--data_backend", default="grain", choices=("grain", "seqio"),
+                        help="the own trainer's input backend")
     parser.add_argument("--t5x_python", default="/tmp/t5x-venv/bin/python")
     parser.add_argument("--own_python", default=sys.executable)
     parser.add_argument("--timeout", type=float, default=600, help="per run, seconds")

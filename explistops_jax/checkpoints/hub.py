@@ -65,8 +65,11 @@ def resolve(path: str | os.PathLike) -> Path:
             errors.RevisionNotFoundError, errors.HfHubHTTPError, errors.HFValidationError,
             OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        local = "" if str(path).startswith(HUB_PREFIX) else \
+            f" (no local path {str(path)!r} exists either)"
         raise UserError(
-            f"cannot get Hub model {repo_id!r}{'@' + revision if revision else ''}: {reason}",
+            f"cannot get Hub model {repo_id!r}{'@' + revision if revision else ''}{local}: "
+            f"{reason}",
             where=f"cache {cache}, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '') or 'unset'}",
             expected="a model id the Hub has (network), or one already in that cache") from None
     return Path(local)

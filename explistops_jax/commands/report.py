@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 from pathlib import Path
+
+from etils import epath
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Collect, write, and print where the report is."""
     from explistops_jax import report  # matplotlib and friends only when running
 
-    out = Path(args.out) if args.out else _default_out(args.run_dirs)
+    out = epath.Path(args.out) if args.out else _default_out(args.run_dirs)
     runs = report.collect(args.run_dirs)
     path = report.write_report_from_runs(runs, out)
     print(f"{len(runs)} run(s); report: {path}")
@@ -37,7 +40,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_out(run_dirs: list[str]) -> Path:
+def _default_out(run_dirs: list[str]) -> epath.Path:
+    if any("://" in p for p in run_dirs):  # URLs (gs://...): no os.path on them
+        schemes = {p.split("://", 1)[0] for p in run_dirs}
+        if len(schemes) == 1 and all("://" in p for p in run_dirs):
+            scheme = schemes.pop()
+            common = posixpath.commonpath([p.split("://", 1)[1] for p in run_dirs])
+            if common:
+                return epath.Path(f"{scheme}://{common}")
+        return epath.Path(run_dirs[0])
     paths = [os.path.abspath(p) for p in run_dirs]
     try:
         return Path(os.path.commonpath(paths))

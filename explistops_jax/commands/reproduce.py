@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+
+from etils import epath
 
 from explistops_jax import rundir
 from explistops_jax.errors import UserError
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                             "none of them comes with one (spiece.model)",
                             expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
         os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
-    out = Path(args.out or f"runs/{args.preset}")
+    out = epath.Path(args.out or f"runs/{args.preset}")  # local, or a URL (gs://...)
     seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
     runtime.check_writable(out, "--out directory")
     runtime.setup()

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from etils import epath
+
 from explistops_jax import rundir
 from explistops_jax.report.markdown import render_markdown
 from explistops_jax.report.plots import write_plots
@@ -64,10 +66,12 @@ __all__ = [
 
 
 def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathLike],
-                 out_dir: str | os.PathLike) -> Path:
-    """Reads the runs and writes ``out_dir/report.md`` plus its PNG plots.
+                 out_dir: str | os.PathLike) -> Path | epath.Path:
+    """Reads the runs and writes ``out_dir/report.md`` plus its PNG plots
+    (``out_dir`` may be a URL such as ``gs://bucket/runs``).
 
-    Returns the path of report.md.
+    Returns the path of report.md (a ``pathlib.Path`` when local, else an
+    ``epath.Path``).
 
     Raises:
       UserError: no run found under the given paths.
@@ -75,11 +79,12 @@ def write_report(run_dirs_or_parent: str | os.PathLike | Iterable[str | os.PathL
     return write_report_from_runs(collect(run_dirs_or_parent), out_dir)
 
 
-def write_report_from_runs(runs: Sequence[RunResult], out_dir: str | os.PathLike) -> Path:
+def write_report_from_runs(runs: Sequence[RunResult],
+                           out_dir: str | os.PathLike) -> Path | epath.Path:
     """:func:`write_report` for runs already read by :func:`collect`."""
-    out_dir = Path(out_dir)
+    out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out_dir)
     path = out_dir / rundir.REPORT_FILE
     rundir.write_text(path, render_markdown(runs, out_dir, plots))
-    return path
+    return Path(path) if rundir.is_local(path) else path  # pathlib's API where it can

@@ -228,6 +228,11 @@ def _runs_table(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
 
 
 def _relative(path: Path, start: Path) -> str:
+    """``path`` as a link from ``start``: relative when both are local, or when
+    both are URLs and ``path`` is below ``start``; else ``path`` itself."""
+    if "://" in str(path) or "://" in str(start):
+        inside = str(path).startswith(str(start).rstrip("/") + "/")
+        return str(path)[len(str(start).rstrip("/")) + 1:] if inside else str(path)
     try:
         return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
     except ValueError:  # another drive

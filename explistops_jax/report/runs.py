@@ -22,8 +22,9 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+
+from etils import epath
 
 from explistops_jax import rundir, task_spec
 from explistops_jax.errors import UserError
@@ -58,7 +59,7 @@ class SplitResult:
 class RunResult:
     """What one run directory holds, in the terms of the report."""
 
-    run_dir: Path
+    run_dir: epath.Path
     name: str
     model: str
     style: str
@@ -95,8 +96,9 @@ class RunResult:
                 if key.startswith(prefix)}
 
 
-def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Run directories (holding run.json) given as such or found below the paths.
+def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[epath.Path]:
+    """Run directories (holding run.json) given as such or found below the paths
+    (local or URLs such as ``gs://bucket/runs``, read through ``etils.epath``).
 
     The search does not descend into a run directory, nor into checkpoints,
     TensorBoard or evaluation folders.
@@ -105,8 +107,8 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
       UserError: a path is not a directory, or no run.json is found at all.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found: list[Path] = []
-    for path in map(Path, paths):
+    found: list[epath.Path] = []
+    for path in map(epath.Path, paths):
         if not path.is_dir():
             raise UserError("no such directory", where=str(path),
                             expected="a run directory or a folder of run directories")
@@ -118,13 +120,19 @@ def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pa
     return unique
 
 
-def _runs_below(root: Path) -> Iterator[Path]:
-    for current, dirs, files in os.walk(root):
-        if rundir.RUN_JSON in files:
-            dirs.clear()
-            yield Path(current)
-        else:
-            dirs[:] = sorted(d for d in dirs if not rundir.is_run_content(d))
+def _runs_below(root: epath.Path) -> Iterator[epath.Path]:
+    """Depth first, in name order; listing directories only (no ``walk``, whose
+    object-store versions lose the URL's scheme)."""
+    if (root / rundir.RUN_JSON).is_file():
+        yield root
+        return
+    try:
+        children = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return
+    for child in children:
+        if not rundir.is_run_content(child.name) and child.is_dir():
+            yield from _runs_below(child)
 
 
 def collect(run_dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[RunResult]:
@@ -139,7 +147,7 @@ def collect(run_dirs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[R
 
 def read_run(run_dir: str | os.PathLike) -> RunResult:
     """One run directory (see the module doc for the files read)."""
-    run_dir = Path(run_dir)
+    run_dir = epath.Path(run_dir)
     files = RunDir(run_dir)
     problems: list[str] = []
     info = _read_json(files.run_json, problems)
@@ -170,7 +178,7 @@ def read_run(run_dir: str | os.PathLike) -> RunResult:
     return run
 
 
-def _read_json(path: Path, problems: list[str]) -> Any:
+def _read_json(path: epath.Path, problems: list[str]) -> Any:
     value, problem = rundir.read_json_lenient(path)
     if problem:
         problems.append(problem)
@@ -204,7 +212,7 @@ def _newest_metrics(files: RunDir, task: str, split: str,
     return None
 
 
-def _read_eval_log(path: Path) -> tuple[str | None, list[dict]]:
+def _read_eval_log(path: epath.Path) -> tuple[str | None, list[dict]]:
     """The evaluations of one split (validation if present, else the most frequent)."""
     by_split: dict[str, dict[int, dict]] = {}
     for record in rundir.read_jsonl(path, lenient=True):
@@ -218,7 +226,7 @@ def _read_eval_log(path: Path) -> tuple[str | None, list[dict]]:
     return split, [by_split[split][step] for step in sorted(by_split[split])]
 
 
-def _read_train_log(path: Path) -> tuple[list[tuple[int, float]], int | None]:
+def _read_train_log(path: epath.Path) -> tuple[list[tuple[int, float]], int | None]:
     losses: dict[int, float] = {}
     for record in rundir.read_jsonl(path, lenient=True):
         step, loss = _as_int(record.get("step")), as_float(record.get("loss"))
