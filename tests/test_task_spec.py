@@ -166,7 +166,11 @@ def test_every_registered_task_and_mixture_round_trips(seqio_tasks):
         spec = MixtureSpec.parse(name)
         assert spec.name == name and seqio.get_mixture_or_task(name).spec == spec
         members = [t.name for t in seqio.get_mixture_or_task(name).tasks]
-        assert sorted(members) == sorted(m.name for m in spec.members())
+        every_style = sorted(m.name for m in spec.members())
+        if spec.dataset in data.BUILTIN:
+            assert sorted(members) == every_style
+        else:  # a config another test registered with some styles only
+            assert set(members) <= set(every_style)
 
 
 def test_registrations_are_exactly_the_specs(seqio_tasks):
