@@ -210,6 +210,15 @@ class FileTask(OwnTask):
     def splits(self) -> tuple[str, ...]:
         return tuple(self.data.splits)
 
+    @property
+    def config(self) -> "FileTask":
+        """What an own task's ``config`` gives the pipeline: ``split(name)`` (checked)."""
+        return self
+
+    def split(self, name: str):
+        """The rows of split ``name``; a UserError naming the known splits."""
+        return self._rows(name)
+
     def _rows(self, split: str):
         try:
             return self.data.splits[split]
