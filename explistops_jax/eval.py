@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from explistops_jax import gin_config
 
     gin_config.add_arguments(parser)
+    runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
 
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
                      args.gin_search_paths,
                      expected_file="--gin_file=gin_configs/runs/eval.gin")
     arguments = gin_config.evaluate_arguments()
+    runtime.register_file_tasks(getattr(args, "task_file", ()), arguments["checkpoint"])
     task = arguments.get("mixture_or_task_name") or runtime.run_task(arguments["checkpoint"])
     runtime.register_tasks_for([task], arguments.get("data_backend", "grain"))
     with runtime.new_output(arguments.get("output_dir"), "evaluation output directory"):

@@ -153,7 +153,7 @@ def resolve_backend(name: str, requested: str = "grain", *, training: bool = Tru
 
     spec = own_tasks.own_spec(name)
     why = None
-    if spec is None:
+    if spec is None and own_tasks.file_task(name) is None:
         why = "it is not one of this project's generated domain-vocabulary tasks"
     elif training and isinstance(spec, MixtureSpec):
         why = "a mixture is sampled as SeqIO samples it"

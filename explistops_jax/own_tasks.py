@@ -13,22 +13,32 @@ SeqIO's (:func:`own_spec` returns None for them).
 
 Example ``i`` is a pure function of (config, split, i): ``data.examples(config,
 split, i, i + 1)``, so any process generates only the indices it reads.
+
+Tasks imported from files (:mod:`explistops_jax.file_tasks`) are registered here
+by :func:`register_file_task` (the ``--task_file`` option of train and eval) and
+read by the same grain pipeline: a :class:`FileTask` gives example ``i`` of a
+split from the imported rows, with the file's own target as ``targets``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from explistops_jax import data, domain_vocab, explain, listops, scoring
+from explistops_jax import data, domain_vocab, explain, file_tasks, listops, scoring
 from explistops_jax.errors import UserError
-from explistops_jax.task_spec import MixtureSpec, TaskSpec, parse
+from explistops_jax.task_spec import MixtureSpec, TaskSpec, file_task_name, parse
 
-__all__ = ["Feature", "OwnTask", "own_spec", "is_own", "get_tasks", "domain_table",
-           "raw_examples_for"]
+__all__ = ["Feature", "FileTask", "OwnTask", "own_spec", "is_own", "get_tasks",
+           "domain_table", "raw_examples_for", "register_file_task", "file_task",
+           "file_task_names"]
+
+# name -> FileTask: the tasks imported from files that this process registered.
+_FILE_TASKS: dict[str, "FileTask"] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,12 +73,15 @@ def own_spec(name: str) -> TaskSpec | MixtureSpec | None:
 
 
 def is_own(name: str) -> bool:
-    """Whether ``name`` is a task or mixture :func:`own_spec` describes."""
-    return own_spec(name) is not None
+    """Whether ``name`` is a task or mixture :func:`own_spec` describes, or a
+    registered file task."""
+    return own_spec(name) is not None or name in _FILE_TASKS
 
 
 def get_tasks(name: str) -> list["OwnTask"]:
     """The task ``name`` (one) or the members of the mixture ``name``."""
+    if name in _FILE_TASKS:
+        return [_FILE_TASKS[name]]
     spec = own_spec(name)
     if spec is None:
         raise UserError(f"{name!r} is not one of this project's generated tasks",
@@ -139,8 +152,17 @@ class OwnTask:
         if tree is None:
             tree = listops.parse(expression)
         modulus = int(raw["modulus"])
-        inputs = f"{spec.style}: {expression}" if spec.tagged else expression
+        inputs = expression if spec.notation == "bracket" else listops.format(tree, spec.notation)
+        if spec.tagged:
+            inputs = f"{spec.style}: {inputs}"
         targets = explain.explain(tree, spec.style, modulus=modulus)
+        return self._preprocessed(raw, inputs, targets, lengths)
+
+    def _preprocessed(self, raw: Mapping[str, Any], inputs: str, targets: str,
+                      lengths: Mapping[str, int] | None) -> dict[str, Any]:
+        """The raw fields, the texts and their ids, with SeqIO's numpy types."""
+        expression = str(raw["expression"])
+        modulus = int(raw["modulus"])
         return {
             "id": str(raw["id"]).encode("utf-8"),
             "index": np.int64(raw["index"]),
@@ -162,6 +184,97 @@ class OwnTask:
             ids = ids[:length - 1]
         ids.append(self.vocabulary.eos_id)
         return np.asarray(ids, np.int32)
+
+
+class FileTask(OwnTask):
+    """A task imported from files (:func:`file_tasks.import_files`), read like an
+    own task: example ``i`` of a split is row ``i`` of the imported split, its
+    inputs the expression in the task's notation, its targets the file's target
+    (a bare answer or an explanation, as imported); ``answer`` is the project's
+    evaluation of the input, which the evaluator scores against."""
+
+    def __init__(self, data: file_tasks.FileData, notation: str = "bracket"):
+        self.spec = None
+        self.data = data
+        self.notation = notation
+        self.name = file_task_name(data.name, notation)
+        self.vocabulary = domain_table()
+        feature = Feature(self.vocabulary)
+        self.output_features = {"inputs": feature, "targets": feature}
+        self.predict_metric_fns = list(scoring.METRIC_FNS)
+
+    def __repr__(self) -> str:
+        return f"FileTask({self.name!r}, {str(self.data.path)!r})"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.data.splits)
+
+    @property
+    def config(self) -> "FileTask":
+        """What an own task's ``config`` gives the pipeline: ``split(name)`` (checked)."""
+        return self
+
+    def split(self, name: str):
+        """The rows of split ``name``; a UserError naming the known splits."""
+        return self._rows(name)
+
+    def _rows(self, split: str):
+        try:
+            return self.data.splits[split]
+        except KeyError:
+            raise UserError(f"task {self.name!r} has no split {split!r}",
+                            expected="one of " + ", ".join(self.data.splits)) from None
+
+    def num_examples(self, split: str) -> int:
+        return len(self._rows(split))
+
+    def raw_example(self, split: str, index: int) -> dict[str, Any]:
+        row = self._rows(split)[index]
+        return {"id": f"{self.data.name}/{split}/{index}", "index": index,
+                "expression": row["expression"], "answer": row["answer"],
+                "length": row["length"], "depth": row["depth"], "modulus": row["modulus"],
+                "target": row["target"]}
+
+    def preprocess(self, raw: Mapping[str, Any],
+                   lengths: Mapping[str, int] | None) -> dict[str, Any]:
+        """As :meth:`OwnTask.preprocess`, with the raw example's ``target`` as targets."""
+        expression = str(raw["expression"])
+        inputs = expression if self.notation == "bracket" else listops.format(
+            listops.parse(expression), self.notation)
+        return self._preprocessed(raw, inputs, str(raw["target"]), lengths)
+
+
+def register_file_task(path: str | Path, name: str | None = None, *,
+                       replace: bool = False) -> list[str]:
+    """Register the task imported into directory ``path`` (``explistops data
+    import``) under ``name`` (default: the name it was imported as), with inputs
+    in bracket notation, and under ``name + "_paren"`` with LRA's parenthesized
+    inputs. Registering the same directory again is a no-op; another directory
+    under a taken name is an error unless ``replace``. Returns the two names."""
+    loaded = file_tasks.load(path)
+    if name is not None and name != loaded.name:
+        loaded = dataclasses.replace(loaded, name=name)
+    names = []
+    for notation in ("bracket", "paren"):
+        task = FileTask(loaded, notation)
+        old = _FILE_TASKS.get(task.name)
+        if old is not None and old.data.path != loaded.path and not replace:
+            raise UserError(f"task {task.name!r} is already registered from {old.data.path}",
+                            expected="another name, or the same directory")
+        _FILE_TASKS[task.name] = task
+        names.append(task.name)
+    return names
+
+
+def file_task(name: str) -> FileTask | None:
+    """The registered file task ``name``, or None."""
+    return _FILE_TASKS.get(name)
+
+
+def file_task_names() -> list[str]:
+    """Every registered file task name, in registration order."""
+    return list(_FILE_TASKS)
 
 
 def raw_examples_for(expressions: Sequence[str], modulus: int) -> list[dict[str, Any]]:

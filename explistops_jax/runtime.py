@@ -118,6 +118,43 @@ def run_task(checkpoint: str | Path) -> str | None:
     return info.get("mixture_or_task_name") if isinstance(info, dict) else None
 
 
+def add_task_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--task_file [NAME=]DIR`` (repeatable): tasks imported with ``explistops data
+    import``, registered before the run (own_tasks.register_file_task)."""
+    parser.add_argument("--task_file", action="append", default=[], metavar="[NAME=]DIR",
+                        help="a task directory written by 'explistops data import' "
+                             "(repeatable): task NAME (default: its imported name) and "
+                             "NAME_paren (inputs in LRA's parenthesized notation)")
+
+
+def register_file_tasks(specs: Iterable[str] = (), checkpoint: str | Path | None = None
+                        ) -> dict[str, str]:
+    """Registers the file tasks of ``--task_file`` (``[NAME=]DIR`` each) and, when
+    ``checkpoint`` is a run of ours, the ones its run.json records (``task_files``),
+    so an evaluation finds the task its run trained on. Returns ``{name: dir}`` of
+    the given ones (what a training run records)."""
+    from explistops_jax import own_tasks
+
+    registered: dict[str, str] = {}
+    if checkpoint is not None:
+        from explistops_jax import rundir
+
+        found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
+        info = rundir.read_json_lenient(found[0].run_json)[0] if found else None
+        recorded = info.get("task_files") if isinstance(info, dict) else None
+        for name, path in (recorded or {}).items():
+            if Path(path).is_dir():
+                own_tasks.register_file_task(path, name, replace=True)
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = None, spec
+        path = str(Path(path).expanduser().absolute())
+        names = own_tasks.register_file_task(path, name or None, replace=True)
+        registered[names[0]] = path
+    return registered
+
+
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     """The multi-host flags (passed on to :func:`setup`)."""
     group = parser.add_argument_group(

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from explistops_jax import gin_config
 
     gin_config.add_arguments(parser)
+    runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
 
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
                      args.gin_search_paths)
     arguments = gin_config.train_arguments()
+    task_files = runtime.register_file_tasks(getattr(args, "task_file", ()))
+    if task_files:  # recorded in run.json, so an evaluation of the run finds them
+        arguments["run_info"] = {**(arguments.get("run_info") or {}), "task_files": task_files}
     data, evaluation = arguments.get("data"), arguments.get("evaluation")
     runtime.register_tasks_for(  # SeqIO's registry only when a task is read through it
         [getattr(data, "mixture_or_task_name", None),

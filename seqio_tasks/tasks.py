@@ -21,6 +21,10 @@ registered from its spec and keeps it (``seqio.get_mixture_or_task(name).spec``)
   subsets; the train split is the first N training examples (a prefix, so the
   subsets are nested), the other splits are the full ones. Registered for the
   sizes not above the config's training set.
+* ``_paren``: inputs in LRA's parenthesized notation (``( ( [MAX 2 ) 9 ) ]``), as
+  the study's authors fed them; the plain whole-split task of every style, generated
+  source only (``task_spec.dataset_tasks(notations=...)``). The same examples,
+  targets and token ids as the grain backend's task of that name.
 * ``_tagged``: inputs start with the style (``"medium: [MAX 2 9 ]"``); the members
   of the all-styles mixture, where one input has four targets and the model must
   be told which one to write. The plain tasks keep the study's bare inputs.
@@ -71,7 +75,7 @@ import tensorflow as tf
 
 from explistops_jax import data, explain, listops, scoring, vocab
 from explistops_jax.errors import UserError
-from explistops_jax.task_spec import SOURCES, MixtureSpec, TaskSpec, dataset_tasks
+from explistops_jax.task_spec import NOTATIONS, SOURCES, MixtureSpec, TaskSpec, dataset_tasks
 
 __all__ = [
     "SUBSET_SIZES",
@@ -246,13 +250,18 @@ def _inputs(expression: tf.Tensor, style: str, tagged: bool) -> tf.Tensor:
     return tf.strings.join([f"{style}: ", expression]) if tagged else expression
 
 
-def render_explanations(dataset: tf.data.Dataset, *, style: str,
-                        tagged: bool = False) -> tf.data.Dataset:
-    """inputs = the expression (with ``"style: "`` when tagged); targets = explain.explain(...)."""
+def render_explanations(dataset: tf.data.Dataset, *, style: str, tagged: bool = False,
+                        notation: str = "bracket") -> tf.data.Dataset:
+    """inputs = the expression in ``notation`` (with ``"style: "`` when tagged);
+    targets = explain.explain(...)."""
 
     def render(expression: bytes, modulus) -> bytes:
         tree = listops.parse(expression.decode("utf-8"))
         return explain.explain(tree, style, modulus=int(modulus)).encode("utf-8")
+
+    def write(expression: bytes) -> bytes:
+        tree = listops.parse(expression.decode("utf-8"))
+        return listops.format(tree, notation).encode("utf-8")
 
     @tf.autograph.experimental.do_not_convert
     def fn(ex):
@@ -260,7 +269,11 @@ def render_explanations(dataset: tf.data.Dataset, *, style: str,
             render, [ex["expression"], ex["modulus"]], tf.string, stateful=False
         )
         targets.set_shape([])
-        return {**ex, "inputs": _inputs(ex["expression"], style, tagged), "targets": targets}
+        expression = ex["expression"]
+        if notation != "bracket":
+            expression = tf.numpy_function(write, [expression], tf.string, stateful=False)
+            expression.set_shape([])
+        return {**ex, "inputs": _inputs(expression, style, tagged), "targets": targets}
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -314,8 +327,13 @@ def _registered_mixtures() -> list[SpecMixture]:
 
 def _preprocessor(spec: TaskSpec):
     """Renders (generated source) or selects (TFDS) the explanation of the spec's style."""
-    prepare = render_explanations if spec.source == "function" else select_explanations
-    return functools.partial(prepare, style=spec.style, tagged=spec.tagged)
+    if spec.source == "function":
+        return functools.partial(render_explanations, style=spec.style, tagged=spec.tagged,
+                                 notation=spec.notation)
+    if spec.notation != "bracket":
+        raise UserError(f"task {spec.name!r}: the TFDS records hold bracket notation only",
+                        expected="a generated task (no _tfds) for _paren inputs")
+    return functools.partial(select_explanations, style=spec.style, tagged=spec.tagged)
 
 
 def _add_task(spec: TaskSpec, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
@@ -402,7 +420,8 @@ def register_dataset_tasks(
     names = []
     for kind, vocabulary in vocabularies:
         specs = dataset_tasks(config.name, styles=styles, subset_sizes=subset_sizes,
-                              source=source, vocabulary=kind)
+                              source=source, vocabulary=kind,
+                              notations=NOTATIONS if source == "function" else ("bracket",))
         for spec in specs:
             if spec.subset not in sources:
                 sources[spec.subset] = _source(config.name, source, spec.subset, data_dir)

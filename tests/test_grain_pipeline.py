@@ -63,6 +63,9 @@ CASES = [
     (f"{TINY.name}_long_tagged", True, {"inputs": 24, "targets": 40}, (1, 2)),
     (f"{TINY.name}_none_n20", True, {"inputs": 8, "targets": 4}, (0, 1)),
     (f"{TINY.name}_medium_tagged", False, {"inputs": 12, "targets": 16}, (2, 3)),
+    # inputs in LRA's parenthesized notation; short inputs trim the parentheses
+    (f"{TINY.name}_long_paren", True, {"inputs": 48, "targets": 40}, (0, 1)),
+    (f"{TINY.name}_none_paren", False, {"inputs": 10, "targets": 4}, (1, 2)),
 ]
 
 
@@ -103,6 +106,25 @@ def test_evaluation_examples_equal_seqio_examples(seqio_tasks):
             for key in x:
                 assert type(x[key]) is type(y[key]), key
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_paren_inputs_are_lra_notation_with_the_same_targets(seqio_tasks):
+    """``_paren``: the same example in LRA's notation, ( and ) known to the vocabulary;
+    the same target ids; equal through both backends (the batches above)."""
+    from explistops_jax import listops
+
+    bracket = own_tasks.get_tasks(f"{TINY.name}_medium")[0]
+    paren = own_tasks.get_tasks(f"{TINY.name}_medium_paren")[0]
+    table = own_tasks.domain_table()
+    for index in range(5):
+        a, b = bracket.example("test", index, None), paren.example("test", index, None)
+        tree = listops.parse(a["expression"].decode())
+        assert b["inputs_pretokenized"].decode() == listops.format(tree, "paren")
+        assert listops.parse(b["inputs_pretokenized"].decode()) == tree
+        assert table.unk_id not in b["inputs"].tolist()
+        assert table.decode(b["inputs"].tolist()) == b["inputs_pretokenized"].decode()
+        np.testing.assert_array_equal(a["targets"], b["targets"])
+        assert a["expression"] == b["expression"] and a["answer"] == b["answer"]
 
 
 def test_each_process_generates_only_its_own_examples(monkeypatch):

@@ -114,7 +114,8 @@ def test_vocabularies(tasks, spm_path):
 # -- every task and split ------------------------------------------------------------------
 
 
-def _check_example(ex: dict, task: seqio.Task, style: str, tagged: bool) -> None:
+def _check_example(ex: dict, task: seqio.Task, style: str, tagged: bool,
+                   notation: str = "bracket") -> None:
     vocabulary = task.output_features["targets"].vocabulary
     assert ex["targets"][-1] == vocabulary.eos_id and ex["inputs"][-1] == vocabulary.eos_id
     expression = ex["expression"].decode()
@@ -126,18 +127,24 @@ def _check_example(ex: dict, task: seqio.Task, style: str, tagged: bool) -> None
     assert targets == _normalized(explain.explain(tree, style, modulus=modulus))
     assert scoring.parse_answer(targets) == truth
     inputs = vocabulary.decode(ex["inputs"].tolist())
-    assert inputs == (f"{style}: {expression}" if tagged else expression)
+    if notation == "bracket":
+        assert inputs == (f"{style}: {expression}" if tagged else expression)
+    else:  # LRA's notation: the text, and its ids (T5's SentencePiece may lack "(")
+        text = listops.format(tree, notation)
+        assert ex["inputs_pretokenized"].decode() == text
+        assert ex["inputs"].tolist()[:-1] == list(vocabulary.encode(text))
 
 
-def _style_of(name: str) -> tuple[str, bool]:
+def _style_of(name: str) -> tuple[str, bool, str]:
     spec = TaskSpec.parse(name)
-    return spec.style, spec.tagged
+    return spec.style, spec.tagged, spec.notation
 
 
 def test_task_count(tasks):
-    # 4 built-in datasets x 4 styles x (plain, tagged, 3 subsets) x 2 vocabularies.
+    # 4 built-in datasets x 4 styles x (plain, tagged, 3 subsets, plain _paren)
+    # x 2 vocabularies.
     builtin = ("explistops30", "explistops30_len50_100", "explistops30_larger_numbers", "listops10")
-    assert sum(len(_group(tasks, d, v)) for d in builtin for v in ("domain", "sp")) == 160
+    assert sum(len(_group(tasks, d, v)) for d in builtin for v in ("domain", "sp")) == 192
 
 
 def _group(tasks, dataset: str, vocabulary: str) -> list[str]:
@@ -161,13 +168,13 @@ def test_every_registered_task(tasks, dataset, vocabulary):
     splits_read = set()
     for i, name in enumerate(_group(tasks, dataset, vocabulary)):
         task = seqio.get_mixture_or_task(name)
-        style, tagged = _style_of(name)
+        style, tagged, notation = _style_of(name)
         splits = list(task.splits)
         for split in splits if everything else [splits[i % len(splits)]]:
             examples = _read(task, split)
             assert len(examples) == 2, (name, split)
             for ex in examples:
-                _check_example(ex, task, style, tagged)
+                _check_example(ex, task, style, tagged, notation)
             splits_read.add(split)
     assert splits_read == set(data.get_config(dataset).splits)
 

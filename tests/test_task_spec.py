@@ -10,12 +10,15 @@ import pytest
 from explistops_jax import data, explain
 from explistops_jax.errors import UserError
 from explistops_jax.task_spec import (
+    NOTATIONS,
     SOURCES,
     VOCABULARIES,
     MixtureSpec,
     TaskSpec,
     dataset_tasks,
+    file_task_name,
     parse,
+    parse_file_task_name,
 )
 
 # -- names of hand-built specs -----------------------------------------------------------
@@ -31,6 +34,10 @@ NAMED = [
     # A dataset whose name ends in a style word: the style is the last one.
     (TaskSpec("mine_medium", "none"), "mine_medium_none"),
     (TaskSpec("x_all_styles", "short"), "x_all_styles_short"),
+    (TaskSpec("explistops30", "medium", notation="paren"), "explistops30_medium_paren"),
+    (TaskSpec("listops10", "long", tagged=True, subset=5, source="tfds", vocabulary="sp",
+              notation="paren"), "listops10_long_tagged_n5_paren_tfds_sp"),
+    (TaskSpec("x_paren", "none"), "x_paren_none"),
     (MixtureSpec("explistops30"), "explistops30_all_styles"),
     (MixtureSpec("listops10", vocabulary="sp"), "listops10_all_styles_sp"),
     (MixtureSpec("explistops30_larger_numbers", source="tfds", vocabulary="sp"),
@@ -70,7 +77,8 @@ def _every_spec():
         for source in SOURCES:
             for vocabulary in VOCABULARIES:
                 yield from dataset_tasks(dataset, subset_sizes=(2_000, 10_000, 98_000),
-                                         source=source, vocabulary=vocabulary)
+                                         source=source, vocabulary=vocabulary,
+                                         notations=NOTATIONS)
                 yield MixtureSpec(dataset, source=source, vocabulary=vocabulary)
 
 
@@ -86,6 +94,24 @@ def test_dataset_tasks_order_and_contents():
     specs = dataset_tasks("d", styles=["none", "medium"], subset_sizes=[5])
     assert [s.name for s in specs] == [
         "d_none", "d_none_tagged", "d_medium", "d_medium_tagged", "d_none_n5", "d_medium_n5"]
+    specs = dataset_tasks("d", styles=["none", "medium"], subset_sizes=[5], notations=NOTATIONS)
+    assert [s.name for s in specs][6:] == ["d_none_paren", "d_medium_paren"]
+    assert dataset_tasks("d", styles=["none"], notations=["paren"]) == (
+        TaskSpec("d", "none", notation="paren"),)
+
+
+def test_file_task_names():
+    assert file_task_name("authors") == "authors"
+    assert file_task_name("authors", "paren") == "authors_paren"
+    assert parse_file_task_name("authors_paren") == ("authors", "paren")
+    assert parse_file_task_name("authors") == ("authors", "bracket")
+    for bad, problem in [("explistops30_medium", "reads as a generated task"),
+                         ("x_all_styles", "reads as a generated task"),
+                         ("a_paren_paren", "ends in '_paren'"), ("", "bad task name")]:
+        with pytest.raises(UserError, match=problem):
+            file_task_name(bad)
+    with pytest.raises(UserError, match="input notation 'lisp'"):
+        file_task_name("authors", "lisp")
 
 
 # -- malformed names and fields ------------------------------------------------------------------
@@ -96,6 +122,8 @@ def test_dataset_tasks_order_and_contents():
     "explistops30_medium_n0", "explistops30_medium_n007", "explistops30_medium_n",
     "explistops30_medium_sp_tfds",          # suffixes out of order
     "explistops30_medium_n5_tagged",
+    "explistops30_medium_paren_n5",         # _paren after _n{N}
+    "explistops30_medium_paren_paren",
     "explistops30_medium_tagged_tagged",
     "explistops30 medium", "explistops30_Medium",
 ])
@@ -131,6 +159,7 @@ def test_parse_rejects_what_is_not_a_string():
     (dict(dataset="explistops30", style="medium", source="gcs"), "unknown task source 'gcs'"),
     (dict(dataset="explistops30", style="medium", vocabulary="bpe"), "unknown vocabulary 'bpe'"),
     (dict(dataset="explistops30", style="medium", tagged="yes"), "tagged='yes'"),
+    (dict(dataset="explistops30", style="medium", notation="lisp"), "unknown input notation 'lisp'"),
 ])
 def test_bad_fields_are_user_errors(fields, problem):
     with pytest.raises(UserError, match=problem.replace("(", r"\(")):
@@ -182,7 +211,7 @@ def test_registrations_are_exactly_the_specs(seqio_tasks):
         sizes = [n for n in seqio_tasks.SUBSET_SIZES if n <= train]
         mine = {s for s in registered
                 if (s.dataset, s.source, s.vocabulary) == (dataset, "function", "domain")}
-        assert mine == set(dataset_tasks(dataset, subset_sizes=sizes))
+        assert mine == set(dataset_tasks(dataset, subset_sizes=sizes, notations=NOTATIONS))
 
 
 BUILTIN = ("explistops30", "explistops30_len50_100", "explistops30_larger_numbers",

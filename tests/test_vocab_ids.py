@@ -50,3 +50,13 @@ def test_family_inputs_and_targets_encode_without_unknowns(domain):
         assert domain.unk_id not in ids, text
         assert domain.decode(ids) == " ".join(text.split())
     assert domain.encode("[PM 2 3 ]")[:2] == [domain.piece_to_id("["), domain.piece_to_id("PM")]
+
+
+def test_lra_parentheses_are_pinned_pieces(domain):
+    """``(`` and ``)`` (the ``_paren`` tasks' inputs) are pieces of the pinned table,
+    so LRA's notation needs no new id; each is one token."""
+    assert (GOLDEN["pieces"].index("("), GOLDEN["pieces"].index(")")) == (10, 11)
+    text = format(Node("MAX", (2, 9, Node("MIN", (4, 7)), 0)), "paren")
+    ids = domain.encode(text)
+    assert ids.count(10) == text.count("(") > 0 and ids.count(11) == text.count(")") > 0
+    assert domain.unk_id not in ids and domain.decode(ids) == text

@@ -5,6 +5,9 @@ contiguous range of example indices, so concatenating the shards in order gives
 exactly the bytes of the unsharded file (the TSV header is written by shard 0 only).
 The file is written under a temporary name and renamed when complete, so a file that
 exists is never half written; an interrupted shard is simply run again.
+
+``explistops data import FILE ...`` reads data files instead (the authors' released
+TSV, or JSONL) into a checked task directory: :mod:`explistops_jax.commands.data_import`.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ TSV_COLUMNS = ("id", "inputs", "targets", "answer", "length", "depth")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``explistops data``."""
-    parser.add_argument("--config", required=True, metavar="NAME",
+    parser.add_argument("--config", metavar="NAME",
                         help="dataset name: " + ", ".join(sorted(DATASETS)))
     parser.add_argument("--split", default="train", help="split name (default: train)")
     parser.add_argument("--style", choices=STYLES, default="medium",
                         help="explanation style of the targets (default: medium)")
-    parser.add_argument("--out", required=True, metavar="FILE",
+    parser.add_argument("--out", metavar="FILE",
                         help="output file ('-' for standard output)")
     parser.add_argument("--format", choices=("jsonl", "tsv"), default=None,
                         help="output format (default: tsv if FILE ends in .tsv, else jsonl)")
@@ -44,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="only the first N examples of the split (before sharding)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from explistops_jax.commands import data_import
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=False)
+    importer = actions.add_parser("import", help=data_import.HELP, description=data_import.HELP)
+    data_import.add_arguments(importer)
+    importer.set_defaults(run=data_import.run)
 
 
 def shard_range(total: int, num_shards: int, shard_index: int) -> tuple[int, int]:
@@ -56,6 +65,11 @@ def shard_range(total: int, num_shards: int, shard_index: int) -> tuple[int, int
 
 def run(args: argparse.Namespace) -> int:
     """Generate the examples of the requested shard and write them."""
+    missing = [flag for flag in ("--config", "--out") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise UserError("the following arguments are required: " + ", ".join(missing),
+                        expected="explistops data --config NAME --out FILE, or "
+                                 "explistops data import FILE --name NAME --out DIR")
     config = get_config(args.config)
     split = config.split(args.split)
     total = split.num_examples

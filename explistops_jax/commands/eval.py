@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
                         help="input pipeline: grain (default; the project's own tasks without "
                              "TensorFlow, others fall back to seqio) or seqio")
+    from explistops_jax import runtime
+
+    runtime.add_task_file_arguments(parser)
 
 
 def lengths(args: argparse.Namespace) -> dict | None:
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from explistops_jax import runtime
 
     runtime.setup()
+    runtime.register_file_tasks(args.task_file, args.checkpoint)
     runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
                                args.data_backend)
     from explistops_jax import eval as eval_cli
