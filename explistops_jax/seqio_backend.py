@@ -161,10 +161,11 @@ class SeqioSource:
         return self.provider.get_dataset(
             num_epochs=1, shuffle_buffer_size=self.shuffle_buffer_size, **kwargs)
 
-    def _batches(self, seed: int) -> tf.data.Dataset:
+    def _batches(self, seed: int, shard: bool = True) -> tf.data.Dataset:
+        """The global batches of one epoch, or (``shard``) this shard's rows."""
         ds = feature_converter(self.pack)(self._examples(seed), self.lengths)
         ds = ds.batch(self.local_batch_size * self.num_shards, drop_remainder=False)
-        if self.num_shards > 1:  # this shard's rows of each global batch
+        if shard and self.num_shards > 1:  # this shard's rows of each global batch
             start = self.shard_index * self.local_batch_size
             ds = ds.map(lambda batch: {k: v[start:start + self.local_batch_size]
                                        for k, v in batch.items()})
@@ -182,4 +183,4 @@ class SeqioSource:
         """Global batches of one epoch (packing: reads and packs it)."""
         if not self.pack:
             return -(-self.num_examples() // (self.local_batch_size * self.num_shards))
-        return sum(1 for _ in self._batches(seed).as_numpy_iterator())
+        return sum(1 for _ in self._batches(seed, shard=False).as_numpy_iterator())
