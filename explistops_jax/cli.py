@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("explistops_jax.commands.plan", "compile a train step ahead of time: per-device memory, what fits"),
     "report": ("explistops_jax.commands.report", "tables and plots of finished runs, beside the study's published figures"),
     "reproduce": ("explistops_jax.commands.reproduce", "run the study (cpu demo or the paper grid) and write its report"),
+    "launch": ("explistops_jax.commands.launch", "run N local processes of one multi-process training job (a free port, output prefixed, all stopped when one fails)"),
 }
 """Subcommand name -> (module path, help). The only place a command is registered."""
 

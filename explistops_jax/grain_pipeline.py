@@ -8,13 +8,17 @@ preprocessing in pure Python) and the features from :mod:`explistops_jax.feature
 a 1,000-example buffer, here every epoch is a full permutation of the split
 (``grain.MapDataset.shuffle``) with the epoch's own seed.
 
-A ``grain.MapDataset`` over the split's indices: process ``p`` of ``n`` keeps
-indices ``p, p + n, ...`` (SeqIO's ``Dataset.shard``) *before* any example is
-generated, so each process generates only its own examples; the shuffle
-permutes those, then examples are generated, converted and batched lazily. A
-padded epoch is index-addressable, so resuming at batch ``b`` generates nothing
-before it; a packed epoch is packed in groups of ``max(lengths)`` examples, as
-SeqIO packs, and resuming re-packs the groups before ``b``.
+An epoch is one order of the whole split (a ``grain.MapDataset`` permutation,
+the same in every process) cut into global batches of ``local_batch_size *
+num_shards`` rows. Shard ``p`` of ``n`` (a process's block of the mesh's data
+axis) takes rows ``p * local, ..., (p + 1) * local - 1`` of every global batch,
+which is where ``jax.make_array_from_process_local_data`` puts them: so one
+process or several train on exactly the same global batches. Unpadded epochs
+are index-addressable: a shard computes the positions of its rows and generates
+only those examples, and resuming at batch ``b`` generates nothing before it. A
+packed row holds a variable number of examples, so with packing every shard
+packs the whole epoch (in groups of ``max(lengths)`` examples, as SeqIO packs)
+and keeps its rows; resuming re-packs the groups before ``b``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 from explistops_jax import features
 from explistops_jax.own_tasks import OwnTask
 
-__all__ = ["GrainSource", "examples_dataset", "read_split", "READ_OPTIONS"]
+__all__ = ["GrainSource", "examples_dataset", "read_split", "shard_positions",
+           "READ_OPTIONS"]
 
 # One reader thread ahead of the consumer: example generation is pure Python,
 # so more threads only contend for the GIL (measured in scripts/bench_input.py).
@@ -41,16 +46,30 @@ def _example(index, *, task: OwnTask, split: str, lengths: Mapping[str, int]) ->
 
 
 def examples_dataset(task: OwnTask, split: str, lengths: Mapping[str, int], *,
-                     shuffle: bool = False, seed: int = 0, shard_index: int = 0,
-                     num_shards: int = 1) -> grain.MapDataset:
-    """This process's preprocessed examples of ``split``, in epoch order."""
+                     shuffle: bool = False, seed: int = 0) -> grain.MapDataset:
+    """The preprocessed examples of ``split`` in epoch order (lazy: an example
+    is generated when it is read)."""
+    return _epoch_order(task, split, shuffle, seed).map(
+        functools.partial(_example, task=task, split=split, lengths=dict(lengths)))
+
+
+def _epoch_order(task: OwnTask, split: str, shuffle: bool, seed: int) -> grain.MapDataset:
+    """The split's example indices in epoch order (random access)."""
     indices = grain.MapDataset.range(task.num_examples(split))
-    if num_shards > 1:
-        indices = indices[shard_index::num_shards]
-    if shuffle:
-        indices = indices.shuffle(seed=seed)
-    return indices.map(functools.partial(_example, task=task, split=split,
-                                         lengths=dict(lengths)))
+    return indices.shuffle(seed=seed) if shuffle else indices
+
+
+def shard_positions(num_examples: int, local_batch_size: int, shard_index: int,
+                    num_shards: int, skip: int = 0) -> list[int]:
+    """Positions in the epoch order of shard ``shard_index``'s rows of every
+    global batch from batch ``skip`` on: rows ``shard_index * local_batch_size``
+    ... of each global batch of ``local_batch_size * num_shards`` rows."""
+    global_batch = local_batch_size * num_shards
+    first = shard_index * local_batch_size
+    return [position
+            for start in range(skip * global_batch, num_examples, global_batch)
+            for position in range(start + first,
+                                  min(start + first + local_batch_size, num_examples))]
 
 
 def read_split(task: OwnTask, split: str, lengths: Mapping[str, int],
@@ -87,25 +106,43 @@ class GrainSource:
         return self.task.vocabulary
 
     def num_local_examples(self) -> int:
-        """This process's examples per epoch (its shard of the split)."""
-        return len(range(self.shard_index, self.task.num_examples(self.split),
-                         self.num_shards))
-
-    def _examples(self, seed: int) -> grain.MapDataset:
-        return examples_dataset(self.task, self.split, self.lengths, shuffle=self.shuffle,
-                                seed=seed, shard_index=self.shard_index,
-                                num_shards=self.num_shards)
+        """This process's examples per epoch (its rows of the global batches)."""
+        return len(shard_positions(self.task.num_examples(self.split),
+                                   self.local_batch_size, self.shard_index, self.num_shards))
 
     def epoch_batches(self, seed: int, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """The batches of one epoch shuffled with ``seed``, from batch ``skip`` on
-        (the last one may have fewer rows)."""
-        examples = self._examples(seed)
-        if not self.pack:
-            batches = examples.map(functools.partial(features.pad_example,
-                                                     lengths=self.lengths))
-            batches = batches.batch(self.local_batch_size, batch_fn=features.stack_rows)
-            yield from batches[skip:].to_iter_dataset(READ_OPTIONS)
+        """This shard's rows of the global batches of one epoch shuffled with
+        ``seed``, from batch ``skip`` on (the last may have fewer rows, or none)."""
+        if self.pack:
+            yield from self._packed_shard(seed, skip)
             return
+        order = _epoch_order(self.task, self.split, self.shuffle, seed)
+        positions = shard_positions(self.task.num_examples(self.split),
+                                    self.local_batch_size, self.shard_index,
+                                    self.num_shards, skip)
+        if not positions:
+            return
+        batches = grain.MapDataset.source(positions).map(order.__getitem__).map(
+            functools.partial(_example, task=self.task, split=self.split,
+                              lengths=self.lengths)).map(
+            functools.partial(features.pad_example, lengths=self.lengths))
+        batches = batches.batch(self.local_batch_size, batch_fn=features.stack_rows)
+        yield from batches.to_iter_dataset(READ_OPTIONS)
+
+    def _packed_shard(self, seed: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
+        """Packing: this shard's rows of the whole epoch's packed global batches."""
+        rows = self.local_batch_size
+        for batch in self._packed_batches(seed, skip, rows * self.num_shards):
+            start = self.shard_index * rows
+            mine = {name: array[start:start + rows] for name, array in batch.items()}
+            if len(next(iter(mine.values()))):
+                yield mine
+
+    def _packed_batches(self, seed: int, skip: int, batch_size: int
+                        ) -> Iterator[dict[str, np.ndarray]]:
+        """The packed global batches of one epoch from batch ``skip`` on."""
+        examples = examples_dataset(self.task, self.split, self.lengths,
+                                    shuffle=self.shuffle, seed=seed)
         group = max(self.lengths.values())
         groups = examples.batch(group, batch_fn=functools.partial(
             features.pack_group, lengths=self.lengths))
@@ -113,8 +150,8 @@ class GrainSource:
         index = 0
         for packed in groups.to_iter_dataset(READ_OPTIONS):
             rows.extend(packed)
-            while len(rows) >= self.local_batch_size:
-                batch, rows = rows[:self.local_batch_size], rows[self.local_batch_size:]
+            while len(rows) >= batch_size:
+                batch, rows = rows[:batch_size], rows[batch_size:]
                 if index >= skip:
                     yield features.stack_rows(batch)
                 index += 1
@@ -122,8 +159,8 @@ class GrainSource:
             yield features.stack_rows(rows)
 
     def count_epoch_batches(self, seed: int) -> int:
-        """Batches of one epoch (packing: packs it)."""
-        if not self.pack:  # every process counts the largest shard, so all agree
-            largest = math.ceil(self.task.num_examples(self.split) / self.num_shards)
-            return math.ceil(largest / self.local_batch_size)
-        return sum(1 for _ in self.epoch_batches(seed))
+        """Global batches of one epoch (packing: packs it); every shard agrees."""
+        global_batch = self.local_batch_size * self.num_shards
+        if not self.pack:
+            return math.ceil(self.task.num_examples(self.split) / global_batch)
+        return sum(1 for _ in self._packed_batches(seed, 0, global_batch))

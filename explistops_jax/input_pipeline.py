@@ -33,9 +33,14 @@ without generating them).
 A mixture has no epochs: it is one endless stream, ``steps_per_epoch`` is None
 and resuming skips from its start.
 
-Multi-host: each process reads shard ``process_index`` of ``process_count`` of the
-split and yields its rows of every global batch; all processes agree on
-``steps_per_epoch``. With grain each process generates only its own examples.
+Multi-host: shard ``i`` of ``n`` (``Partitioner.data_shard``: the process's
+block of the mesh's data axis) yields rows ``i * local ... (i + 1) * local - 1``
+of every global batch, the rows ``jax.make_array_from_process_local_data``
+places on that process's devices, so a run on one process or on several sees
+the same global batches and logs the same losses. All shards agree on
+``steps_per_epoch``. With grain each process generates only its own examples
+(packing: it packs the whole epoch and keeps its rows); with SeqIO each process
+reads the whole stream and keeps its rows.
 """
 
 from __future__ import annotations

@@ -75,27 +75,23 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    initialization_timeout: int = 300,
+    heartbeat_timeout: int = 100,
 ) -> None:
-    """Joins a multi-host job (``jax.distributed.initialize``).
+    """Joins a multi-host job (:func:`explistops_jax.distributed.initialize`:
+    a rendezvous that fails in one line, ``jax.distributed.initialize``, and a
+    watch on the other processes).
 
     With all three arguments None nothing happens (a single-process run), unless
     the environment variable ``EXPLISTOPS_DISTRIBUTED=1`` asks JAX to find them
     itself (TPU pods, SLURM, Kubernetes). Must run before any other JAX call.
     """
-    import os
+    from explistops_jax import distributed
 
-    given = (coordinator_address, num_processes, process_id)
-    if all(v is None for v in given):
-        if os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1":
-            jax.distributed.initialize()
-        return
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-    )
-    logging.info("process %d of %d joined %s", jax.process_index(),
-                 jax.process_count(), coordinator_address)
+    distributed.initialize(coordinator_address, num_processes, process_id,
+                           initialization_timeout=initialization_timeout,
+                           heartbeat_timeout=heartbeat_timeout)
 
 
 def create_mesh(
@@ -190,8 +186,24 @@ class Partitioner:
 
     @property
     def data_shard(self) -> tuple[int, int]:
-        """``(index, count)`` of this process's shard of the input data."""
-        return jax.process_index(), jax.process_count()
+        """``(index, count)`` of this process's shard of the input data: the
+        global batch is cut into ``count`` blocks of rows, and this process's
+        devices hold block ``index`` (its contiguous range of the mesh's data
+        axis). One process: ``(0, 1)``; processes that share data-axis indices
+        (a model axis across processes) load the same block."""
+        if jax.process_count() == 1:
+            return 0, 1
+        me = jax.process_index()
+        mine = [i for i, row in enumerate(self.mesh.devices)
+                if any(d.process_index == me for d in row)]
+        size = len(mine)
+        if mine != list(range(mine[0], mine[0] + size)) or mine[0] % size \
+                or self.data_parallel_size % size:
+            raise ConfigError(
+                f"process {me} holds data-axis indices {mine} of "
+                f"{self.data_parallel_size}", where="the device mesh",
+                expected="every process holding one contiguous, equal block")
+        return mine[0] // size, self.data_parallel_size // size
 
     def local_batch_size(self, global_batch_size: int) -> int:
         """Rows of the global batch this process loads; checks divisibility."""
@@ -202,7 +214,7 @@ class Partitioner:
                 f"({len(self.mesh.devices.flat)} devices / "
                 f"{self.model_parallel_size} model partitions)", where="BATCH_SIZE",
                 expected=f"a multiple of {self.data_parallel_size}")
-        return global_batch_size // jax.process_count()
+        return global_batch_size // self.data_shard[1]
 
     # ------------------------------------------------------------ shardings
 
@@ -279,8 +291,13 @@ class Partitioner:
     def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a batch -> global arrays sharded over ``data``."""
         sharding = self.batch_sharding()
-        return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-                for k, v in batch.items()}
+        count = self.data_shard[1]
+        out = {}
+        for k, v in batch.items():
+            v = np.asarray(v)
+            out[k] = jax.make_array_from_process_local_data(
+                sharding, v, (v.shape[0] * count,) + v.shape[1:])
+        return out
 
     # ------------------------------------------------------------ jit
 

@@ -46,7 +46,8 @@ _done = {"setup": False, "distributed": False}
 
 def setup(*, tensorflow: bool = False, verbosity: str = "warning",
           coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None) -> None:
+          process_id: int | None = None, initialization_timeout: int | None = None,
+          heartbeat_timeout: int | None = None) -> None:
     """Prepares this process; call it first, before TensorFlow or JAX is used.
 
     Args:
@@ -57,6 +58,8 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
       coordinator_address, num_processes, process_id: a multi-host job (see
         :func:`explistops_jax.partitioning.initialize_distributed`); all None
         for one process.
+      initialization_timeout, heartbeat_timeout: seconds (None: the defaults of
+        :mod:`explistops_jax.distributed`).
 
     Safe to call more than once: each part runs once per process.
     """
@@ -79,7 +82,11 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
     if (asked or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1") and not _done["distributed"]:
         from explistops_jax import partitioning
 
-        partitioning.initialize_distributed(coordinator_address, num_processes, process_id)
+        timeouts = {"initialization_timeout": initialization_timeout,
+                    "heartbeat_timeout": heartbeat_timeout}
+        partitioning.initialize_distributed(
+            coordinator_address, num_processes, process_id,
+            **{k: v for k, v in timeouts.items() if v is not None})
         _done["distributed"] = True
 
 
@@ -164,12 +171,18 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                        help="address of process 0")
     group.add_argument("--num_processes", type=int, help="number of processes")
     group.add_argument("--process_id", type=int, help="this process's index, 0-based")
+    group.add_argument("--initialization_timeout", type=int, metavar="SECONDS",
+                       help="how long to wait for every process to join (default 300)")
+    group.add_argument("--heartbeat_timeout", type=int, metavar="SECONDS",
+                       help="after how long without a heartbeat JAX takes a process for "
+                            "dead (default 100)")
 
 
 def distributed_options(args: argparse.Namespace) -> dict:
     """:func:`setup`'s multi-host keyword arguments from the parsed flags."""
     return {k: getattr(args, k, None)
-            for k in ("coordinator_address", "num_processes", "process_id")}
+            for k in ("coordinator_address", "num_processes", "process_id",
+                      "initialization_timeout", "heartbeat_timeout")}
 
 
 # ----------------------------------------------------------------- the error boundary
@@ -194,7 +207,12 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
     """Runs ``fn``; returns its exit status, or 2 after a one-line message for a
     user mistake, or 130 when interrupted. Bugs keep their traceback."""
     try:
-        return int(fn() or 0)
+        status = int(fn() or 0)
+        if status == 0 and _done["distributed"]:
+            from explistops_jax import distributed
+
+            distributed.finish()  # the other processes must not take our exit for a crash
+        return status
     except UserError as err:
         return fail(err.message)
     except OSError as err:

@@ -114,7 +114,15 @@ def preprocess_raw(task: seqio.Task, raw: Sequence[Mapping[str, Any]],
 
 class SeqioSource:
     """One process's epochs of a registered task or mixture as numpy batches
-    (the SeqIO half of ``input_pipeline.BatchStream``)."""
+    (the SeqIO half of ``input_pipeline.BatchStream``).
+
+    Shard ``p`` of ``n`` gets rows ``p * local_batch_size ...`` of every global
+    batch of ``local_batch_size * n`` rows, as the grain backend does, so one
+    process or several train on the same global batches. SeqIO's own sharding
+    (``ShardInfo``) would give each process a different stream, so instead every
+    process reads the whole stream and keeps its rows: exact, at ``n`` times the
+    input work (the grain backend generates only a process's own examples).
+    """
 
     def __init__(self, name: str, *, split: str, lengths: Mapping[str, int],
                  local_batch_size: int, pack: bool, shuffle: bool, use_cached: bool = False,
@@ -129,46 +137,50 @@ class SeqioSource:
         self.shuffle = shuffle
         self.use_cached = use_cached
         self.shuffle_buffer_size = shuffle_buffer_size
-        self.shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+        self.shard_index, self.num_shards = shard_index, num_shards
         self.is_mixture = isinstance(self.provider, seqio.Mixture)
 
     @property
     def vocabulary(self):
         return self.provider.output_features["targets"].vocabulary
 
-    def num_local_examples(self) -> int:
-        """This process's examples per epoch (its shard of the split)."""
+    def num_examples(self) -> int:
+        """Examples per epoch (the whole split)."""
         examples = self.provider.source.num_input_examples(self.split)
-        num_shards = self.shard.num_shards if self.shard else 1
         if examples is not None:
-            return -(-examples // num_shards)
+            return examples
         return int(self._examples(1).reduce(np.int64(0), lambda n, _: n + 1))
 
     def _examples(self, seed: int) -> tf.data.Dataset:
         """The task's preprocessed examples of one epoch (the whole endless
         stream for a mixture)."""
         kwargs = dict(sequence_length=self.lengths, split=self.split,
-                      use_cached=self.use_cached, shuffle=self.shuffle, seed=seed,
-                      shard_info=self.shard)
+                      use_cached=self.use_cached, shuffle=self.shuffle, seed=seed)
         if self.is_mixture:
             return self.provider.get_dataset(num_epochs=None, **kwargs)
         return self.provider.get_dataset(
             num_epochs=1, shuffle_buffer_size=self.shuffle_buffer_size, **kwargs)
 
-    def _batches(self, seed: int) -> tf.data.Dataset:
+    def _batches(self, seed: int, shard: bool = True) -> tf.data.Dataset:
+        """The global batches of one epoch, or (``shard``) this shard's rows."""
         ds = feature_converter(self.pack)(self._examples(seed), self.lengths)
-        ds = ds.batch(self.local_batch_size, drop_remainder=False)
+        ds = ds.batch(self.local_batch_size * self.num_shards, drop_remainder=False)
+        if shard and self.num_shards > 1:  # this shard's rows of each global batch
+            start = self.shard_index * self.local_batch_size
+            ds = ds.map(lambda batch: {k: v[start:start + self.local_batch_size]
+                                       for k, v in batch.items()})
+            ds = ds.filter(lambda batch: tf.shape(next(iter(batch.values())))[0] > 0)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(2)
 
     def epoch_batches(self, seed: int, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """The batches of one epoch shuffled with ``seed``, from batch ``skip`` on
-        (the last one may have fewer rows)."""
+        """This shard's rows of the batches of one epoch shuffled with ``seed``,
+        from batch ``skip`` on (the last one may have fewer rows)."""
         return self._batches(seed).skip(skip).as_numpy_iterator()
 
     def count_epoch_batches(self, seed: int) -> int:
-        """Batches of one epoch (packing: reads and packs it)."""
+        """Global batches of one epoch (packing: reads and packs it)."""
         if not self.pack:
-            return -(-self.num_local_examples() // self.local_batch_size)
-        return sum(1 for _ in self._batches(seed).as_numpy_iterator())
+            return -(-self.num_examples() // (self.local_batch_size * self.num_shards))
+        return sum(1 for _ in self._batches(seed, shard=False).as_numpy_iterator())

@@ -16,7 +16,8 @@ PACKAGE = ROOT / "explistops_jax"
 # Lowest first. Within a layer, modules are independent ideas side by side.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"rundir", "listops", "listops.tree", "listops.sampler", "listops.readers", "tf_loader"},
+    {"rundir", "listops", "listops.tree", "listops.sampler", "listops.readers", "tf_loader",
+     "distributed"},
     {"data"},
     {"explain"},
     {"task_spec", "scoring", "vocab", "domain_vocab", "features", "tfds_builder"},
@@ -31,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"trainer", "predict"},
     {"reproduce", "report", "report.runs", "report.statistics", "report.published",
      "report.markdown", "report.plots"},
-    {"runtime", "gin_config"},
+    {"runtime", "gin_config", "launcher"},
     {"cli", "train", "eval", "commands"},  # entry points; commands.* join this layer
 ]
 ENTRY = len(LAYERS) - 1

@@ -128,6 +128,8 @@ def test_paren_inputs_are_lra_notation_with_the_same_targets(seqio_tasks):
 
 
 def test_each_process_generates_only_its_own_examples(monkeypatch):
+    """Three processes, global batch 6: each generates exactly the examples of its
+    two rows of every global batch, and together every example once."""
     calls = []
     real = data.examples
 
@@ -137,15 +139,38 @@ def test_each_process_generates_only_its_own_examples(monkeypatch):
 
     monkeypatch.setattr(data, "examples", counting)
     size = TINY.split("train").num_examples
+    seen = []
     for index in range(3):
         calls.clear()
-        stream = _stream(f"{TINY.name}_medium", "grain", shard=(index, 3), batch_size=3,
+        stream = _stream(f"{TINY.name}_medium", "grain", shard=(index, 3), batch_size=6,
                          shuffle=True)
         rows = sum(int((b["decoder_loss_weights"].sum(1) > 0).sum())
                    for _, b in stream.iterate())
-        assert sorted(calls) == list(range(index, size, 3))  # each once, no other
-        assert rows == len(range(index, size, 3))
-        assert stream.steps_per_epoch == 13  # ceil(37 / 3) rows of 1: all processes agree
+        share = len([p for p in range(size) if p % 6 // 2 == index])  # 13, 12, 12
+        assert len(calls) == len(set(calls)) == rows == share
+        assert stream.steps_per_epoch == 7  # ceil(37 / 6): all processes agree
+        seen.extend(calls)
+    assert sorted(seen) == list(range(size))  # every example once, by one process
+
+
+@pytest.mark.parametrize("backend,pack", [("grain", False), ("grain", True),
+                                          ("seqio", False)])
+def test_shards_are_the_rows_of_each_global_batch(seqio_tasks, backend, pack):
+    """Shard i of n holds rows i * local ... of every global batch of one
+    process's stream (what make_array_from_process_local_data places on
+    process i's devices), shuffled and over two epochs: N processes train on the
+    same batches as one."""
+    name = f"{TINY.name}_short"
+    kwargs = dict(pack=pack, shuffle=True, seed=3, num_epochs=2, batch_size=8)
+    whole = list(_stream(name, backend, **kwargs).iterate())
+    shards = [list(_stream(name, backend, shard=(i, 4), **kwargs).iterate())
+              for i in range(4)]
+    for i, shard in enumerate(shards):
+        assert [p for p, _ in shard] == [p for p, _ in whole]
+        for (_, mine), (_, batch) in zip(shard, whole):
+            for key in batch:
+                np.testing.assert_array_equal(mine[key], batch[key][2 * i:2 * i + 2],
+                                              err_msg=key)
 
 
 def _ids(batches):
