@@ -160,7 +160,7 @@ def test_shards_are_the_rows_of_each_global_batch(seqio_tasks, backend, pack):
     process's stream (what make_array_from_process_local_data places on
     process i's devices), shuffled and over two epochs: N processes train on the
     same batches as one."""
-    name = f"{TINY.name}_short"
+    name = f"{TINY.name}_medium"  # registered for seqio by the module fixture
     kwargs = dict(pack=pack, shuffle=True, seed=3, num_epochs=2, batch_size=8)
     whole = list(_stream(name, backend, **kwargs).iterate())
     shards = [list(_stream(name, backend, shard=(i, 4), **kwargs).iterate())
