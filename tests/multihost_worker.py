@@ -5,18 +5,10 @@ can kill one process of a multi-process run between two steps."""
 from __future__ import annotations
 
 import sys
-import time
 
-from explistops_jax import cli, input_pipeline
+from explistops_jax import cli
+from slow_batches import slow_batches
 
 if __name__ == "__main__":
-    delay = float(sys.argv[1])
-    iterate = input_pipeline.BatchStream.iterate
-
-    def slow_iterate(self, start=input_pipeline.Position()):
-        for item in iterate(self, start):
-            time.sleep(delay)
-            yield item
-
-    input_pipeline.BatchStream.iterate = slow_iterate
+    slow_batches(float(sys.argv[1]))
     sys.exit(cli.main(["train", *sys.argv[2:]]))

@@ -24,6 +24,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from test_explain import _expected_read  # what read_steps recovers of a style
 
 from explistops_jax import data, explain, scoring
 from explistops_jax.errors import UserError
@@ -270,15 +271,6 @@ def test_builtin_examples_are_unchanged():
 
 
 # ------------------------------------------------------------------- explanations
-
-
-def _expected_read(true: list[Step], style: str) -> list[Step]:
-    if style == "short":
-        return [Step(s.op, (), s.result) for s in true]
-    if style == "medium":
-        return [Step(s.op, tuple(sorted(s.operands)) if s.op == "MED" else s.operands,
-                     s.result, s.total) for s in true]
-    return true
 
 
 @pytest.mark.parametrize("style", ["short", "medium", "long"])

@@ -186,17 +186,9 @@ if __name__ == "__main__":
     # python tests/tiny_trainer_fixtures.py MODEL_DIR STEPS SECONDS_PER_BATCH:
     # a tiny run whose input is slowed down, to be killed by a test.
     import sys
-    import time
 
-    from explistops_jax import input_pipeline
+    from slow_batches import slow_batches
 
     model_dir, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    iterate = input_pipeline.BatchStream.iterate
-
-    def slow_iterate(self, start=input_pipeline.Position()):
-        for item in iterate(self, start):
-            time.sleep(delay)
-            yield item
-
-    input_pipeline.BatchStream.iterate = slow_iterate
+    slow_batches(delay)
     train_tiny(model_dir, steps)
