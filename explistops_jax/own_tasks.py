@@ -106,6 +106,10 @@ class OwnTask:
         self.spec = spec
         self.name = spec.name
         self.config = data.get_config(spec.dataset)
+        self._domain_features()
+
+    def _domain_features(self) -> None:
+        """The domain vocabulary for inputs and targets, and the study's metrics."""
         self.vocabulary = domain_table()
         feature = Feature(self.vocabulary)
         self.output_features = {"inputs": feature, "targets": feature}
@@ -198,10 +202,7 @@ class FileTask(OwnTask):
         self.data = data
         self.notation = notation
         self.name = file_task_name(data.name, notation)
-        self.vocabulary = domain_table()
-        feature = Feature(self.vocabulary)
-        self.output_features = {"inputs": feature, "targets": feature}
-        self.predict_metric_fns = list(scoring.METRIC_FNS)
+        self._domain_features()
 
     def __repr__(self) -> str:
         return f"FileTask({self.name!r}, {str(self.data.path)!r})"
