@@ -125,3 +125,14 @@ def test_convert_and_reproduce_take_hub_ids(offline, tmp_path):
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "not-there" in missing.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_and_predict_load_hub_ids(offline):
+    """train_state.load_model_and_params (what eval and predict call) resolves
+    a Hub id to its cached snapshot."""
+    from explistops_jax import train_state
+
+    _, config, params = offline
+    model, placed, step, info = train_state.load_model_and_params("hf://test-org/tiny-t5")
+    assert model.config == config and step == 0 and "model_config" in info
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(placed), params)
