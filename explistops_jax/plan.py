@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from explistops_jax.errors import UserError
 
 __all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "parse_mesh", "plan", "largest_batch",
-           "format_plan"]
+           "format_plan", "abstract_batch", "random_batch"]
 
 GIB = 1024 ** 3
 # Common accelerator memory sizes (GiB): v5e/T4, A10/v4-ish, A100-40, A100/H100-80, H200.
@@ -209,6 +209,19 @@ def abstract_batch(partitioner, batch_size: int, lengths: Sequence[int]) -> dict
               "decoder_loss_weights": (batch_size, lengths[1])}
     return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding)
             for k, s in shapes.items()}
+
+
+def random_batch(rng, batch_size: int, lengths: Sequence[int], vocab_size: int) -> dict:
+    """A host batch of random token ids in :func:`abstract_batch`'s layout (for
+    benchmarks: a train step does not care where its tokens come from)."""
+    import numpy as np
+
+    targets = rng.integers(2, vocab_size, (batch_size, lengths[1])).astype(np.int32)
+    return {"encoder_input_tokens":
+                rng.integers(2, vocab_size, (batch_size, lengths[0])).astype(np.int32),
+            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones_like(targets)}
 
 
 def largest_batch(device_gib: float, first: MemoryPlan, **plan_kwargs) -> tuple[int, MemoryPlan | None]:

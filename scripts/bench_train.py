@@ -32,6 +32,7 @@ import numpy as np
 from explistops_jax import network, optimizers, partitioning, train_step, trainer
 from explistops_jax.train_state import CheckpointConfig
 from explistops_jax.model import EncoderDecoderModel
+from explistops_jax.plan import random_batch
 
 
 def measure_peak_flops(n: int = 2048, repeats: int = 8) -> float:
@@ -61,15 +62,6 @@ def model_flops_per_step(c: network.T5Config, batch: int, enc_len: int, dec_len:
     return 3.0 * batch * (encoder + decoder + logits)
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int, enc_len: int, dec_len: int,
-                    vocab: int) -> dict[str, np.ndarray]:
-    targets = rng.integers(2, vocab, (batch, dec_len)).astype(np.int32)
-    return {"encoder_input_tokens": rng.integers(2, vocab, (batch, enc_len)).astype(np.int32),
-            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
-            "decoder_target_tokens": targets,
-            "decoder_loss_weights": np.ones((batch, dec_len), np.int32)}
-
-
 def bench(preset: str, args, peak: float) -> dict:
     config = network.get_config(preset, vocab_size=args.vocab_size, dtype=args.dtype,
                                 dropout_rate=args.dropout_rate)
@@ -82,8 +74,9 @@ def bench(preset: str, args, peak: float) -> dict:
                  in_shardings=(layout.shardings, p.batch_sharding()),
                  out_shardings=(layout.shardings, p.sharding()), donate_argnums=0)
     rng = np.random.default_rng(0)
-    batches = [p.shard_batch(synthetic_batch(rng, args.batch_size, args.inputs_length,
-                                             args.targets_length, args.vocab_size))
+    batches = [p.shard_batch(random_batch(rng, args.batch_size,
+                                          (args.inputs_length, args.targets_length),
+                                          args.vocab_size))
                for _ in range(2)]
     start = time.perf_counter()
     compiled = step.lower(state, batches[0]).compile()

@@ -80,16 +80,6 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def _synthetic_batch(rng, batch: int, lengths, vocab: int) -> dict:
-    import numpy as np
-
-    targets = rng.integers(2, vocab, (batch, lengths[1])).astype(np.int32)
-    return {"encoder_input_tokens": rng.integers(2, vocab, (batch, lengths[0])).astype(np.int32),
-            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
-            "decoder_target_tokens": targets,
-            "decoder_loss_weights": np.ones_like(targets)}
-
-
 def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloat16",
            random_init: bool = True, vocab_size: int | None = None) -> dict:
     """Compiles and times ``steps`` train steps of a fresh model (Adafactor).
@@ -102,6 +92,7 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
 
     from explistops_jax import network, optimizers, partitioning, train_step
     from explistops_jax.model import EncoderDecoderModel
+    from explistops_jax.plan import random_batch
 
     config = network.get_config(model_name, dtype=dtype,
                                 **({"vocab_size": vocab_size} if vocab_size else {}))
@@ -113,7 +104,7 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
                  in_shardings=(layout.shardings, p.batch_sharding()),
                  out_shardings=(layout.shardings, p.sharding()), donate_argnums=0)
     rng = np.random.default_rng(0)
-    batches = [p.shard_batch(_synthetic_batch(rng, batch, lengths, config.vocab_size))
+    batches = [p.shard_batch(random_batch(rng, batch, lengths, config.vocab_size))
                for _ in range(2)]
     start = time.perf_counter()
     compiled = step.lower(layout.abstract, batches[0]).compile()
