@@ -231,7 +231,12 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
             (x.shape[-1], self.features), jnp.float32)
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        # One 2-D matmul over all leading axes: the same product, but XLA's CPU
+        # backend turns the gradient of a [b, l, in] @ [in, out] dot into a
+        # slow fused transpose, which the [b*l, in] form avoids (the gated MLP's
+        # gradient 1.45x faster; a no-op on accelerators).
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+        return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class Embed(nn.Module):
@@ -354,7 +359,7 @@ class Attention(nn.Module):
             query, key = query.astype(jnp.float32), key.astype(jnp.float32)
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)  # [b, h, q, k]
         if bias is not None:
-            logits = logits + bias.astype(logits.dtype)
+            logits = add_bias(logits, bias.astype(logits.dtype))
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(cfg.activation_dtype)
         weights = _dropout(cfg)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(cfg.activation_dtype))
@@ -440,6 +445,43 @@ def _layer_class(cls, config: T5Config, static_argnums: Sequence[int]):
 # ----------------------------------------------------------------- masks
 
 
+@jax.custom_vjp
+def add_bias(logits: Array, bias: Array) -> Array:
+    """``logits + bias`` for attention logits [b, h, q, k] and a bias whose
+    leading (batch) axis may be 1 (the relative position bias shared by every
+    example).
+
+    The same sum as ``+``; only the bias's gradient is computed differently.
+    Broadcasting over the batch makes the bias's gradient a sum over the
+    leading axis, which XLA's CPU backend runs about 7x slower than the same
+    sum written as a matrix-vector product (ones[b] @ g[b, -1]); in the CPU
+    preset's train step that sum alone took 8% of the step. On accelerators the
+    product is as fast as the reduction.
+    """
+    return logits + bias
+
+
+def _add_bias_fwd(logits: Array, bias: Array):
+    return logits + bias, bias.shape
+
+
+def _add_bias_bwd(bias_shape, g: Array):
+    lead = bias_shape[0]
+    if lead == 1 and g.shape[0] > 1:
+        ones = jnp.ones((g.shape[0],), g.dtype)
+        gb = jnp.einsum("b,b...->...", ones, g)[None]
+    else:
+        gb = g
+    # Any other broadcast axes (heads = 1): sum them, keeping the bias's rank.
+    axes = tuple(i for i, (n, m) in enumerate(zip(bias_shape, gb.shape)) if n == 1 and m > 1)
+    if axes:
+        gb = gb.sum(axes, keepdims=True)
+    return g, gb.reshape(bias_shape)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _mask_to_bias(mask: Array, dtype) -> Array:
     """[b, q, k] bool -> [b, 1, q, k] additive bias (0 allowed, NEG_INF not)."""
     return jnp.where(mask[:, None], 0.0, NEG_INF).astype(dtype)
@@ -482,7 +524,9 @@ class Encoder(nn.Module):
         pos = _default_positions(tokens) if positions is None else positions
         bias = RelativePositionBias(cfg, True, name="relpos_bias")(pos, pos)
         mask = _attention_mask(tokens > 0, segment_ids, segment_ids, tokens.shape[1])
-        bias = bias + _mask_to_bias(mask, bias.dtype)  # [b, h, l, l]
+        mask_bias = _mask_to_bias(mask, bias.dtype)  # [b, 1, l, l]
+        mask_bias = jnp.broadcast_to(mask_bias, mask_bias.shape[:1] + bias.shape[1:])
+        bias = add_bias(mask_bias, bias)  # [b, h, l, l]
         x = _constrain(drop(self.shared_embedding(tokens)))
         layer = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
         for i in range(cfg.num_encoder_layers):

@@ -390,3 +390,33 @@ def test_params_command_prints_count_and_shapes(capsys):
                                                              "axes": ["embed", "vocab"]}
     assert cli.main(["params", "--model", "t5_2_small"]) == 2
     assert "unknown model preset 't5_2_small'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 3, 5, 7), (4, 3, 5, 7), (4, 1, 5, 7), (1, 1, 5, 7)])
+def test_add_bias_is_plain_addition_with_the_same_gradients(bias_shape):
+    """add_bias only rewrites the bias's gradient (a sum over broadcast axes,
+    done as a matrix-vector product): values and both gradients equal `+`'s."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    logits = jax.random.normal(k1, (4, 3, 5, 7))
+    bias = jax.random.normal(k2, bias_shape)
+    weights = jax.random.normal(k3, (4, 3, 5, 7))
+    loss = lambda add: lambda x, b: jnp.sum(jnp.tanh(add(x, b)) * weights)
+    np.testing.assert_array_equal(network.add_bias(logits, bias), logits + bias)
+    got = jax.grad(loss(network.add_bias), argnums=(0, 1))(logits, bias)
+    want = jax.grad(loss(jnp.add), argnums=(0, 1))(logits, bias)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        # sums of <= 4 float32 terms in another order: a few ulps
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_over_leading_axes_equals_one_einsum():
+    """Dense flattens the leading axes into one matmul: same values as the
+    [b, l, in] x [in, out] contraction, for any number of leading axes."""
+    layer = network.Dense(6, ("embed", "mlp"))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 5))
+    params = layer.init(jax.random.PRNGKey(2), x)
+    kernel = nn.unbox(params)["params"]["kernel"]
+    y = layer.apply(params, x)
+    assert y.shape == (2, 3, 4, 6)
+    np.testing.assert_allclose(y, jnp.einsum("abci,io->abco", x, kernel), rtol=1e-5, atol=1e-6)
