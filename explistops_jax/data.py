@@ -96,6 +96,17 @@ _CPU = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                      min_value=0, max_value=9)
 _CPU_LONGER = SamplerConfig(min_length=20, max_length=40, max_depth=5, max_args=4,
                             min_value=0, max_value=9)
+# The study's kinds of generalization test at CPU scale (explistops_jax.reproduce's
+# cpu-study): longer expressions within the training caps (depth <= 3, <= 4
+# arguments, values 0-9), and the training distribution with values never seen in
+# training inputs (10-99; one token each in the domain vocabulary).
+_CPU_LEN_20_40 = SamplerConfig(min_length=20, max_length=40, max_depth=4, max_args=4,
+                               min_value=0, max_value=9)
+_CPU_LARGER_NUMBERS = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
+                                    min_value=10, max_value=99)
+# The study's "modular sum" task at CPU scale: the CPU demo's trees with SM only.
+_CPU_SM = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
+                        min_value=0, max_value=9, operators=("SM",))
 
 
 def _builtin() -> dict[str, DatasetConfig]:
@@ -117,9 +128,17 @@ def _builtin() -> dict[str, DatasetConfig]:
                       {"train": SplitConfig(_CPU, 20_000, 70_001),
                        "validation": SplitConfig(_CPU, 500, 70_002),
                        "test": SplitConfig(_CPU, 1_000, 70_003),
-                       "longer": SplitConfig(_CPU_LONGER, 500, 70_004)},
+                       "longer": SplitConfig(_CPU_LONGER, 500, 70_004),
+                       "len20_40": SplitConfig(_CPU_LEN_20_40, 500, 70_005),
+                       "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
                       "CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
-                      "lengths 10-20; 'longer' split: lengths 20-40, depth <= 4"),
+                      "lengths 10-20; 'longer': lengths 20-40, depth <= 4; 'len20_40': "
+                      "lengths 20-40 within the training caps; 'larger_numbers': values 10-99"),
+        DatasetConfig("explistops10_cpu_sm", 10,
+                      {"train": SplitConfig(_CPU_SM, 20_000, 71_001),
+                       "validation": SplitConfig(_CPU_SM, 500, 71_002),
+                       "test": SplitConfig(_CPU_SM, 1_000, 71_003)},
+                      "modular sum at CPU scale: the CPU demo's trees with SM (mod 10) only"),
     ]
     return {config.name: config for config in configs}
 

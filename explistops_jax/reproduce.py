@@ -7,11 +7,15 @@ checkpoint), evaluates it on its test and generalization splits with
 :func:`evaluator.evaluate`, and marks it done; a second invocation skips finished
 runs and resumes unfinished ones. :func:`report.write_report` then summarizes.
 
-Two presets:
+Three presets:
 
 * ``cpu``: a tiny T5 trained from scratch on a small Explained-ListOps config
   (:data:`CPU_DATASET`), without explanations and with medium ones, at an equal
   number of training examples (the study's protocol); minutes on a laptop CPU.
+* ``cpu-study``: the study's findings at that scale (:data:`FINDINGS`: the
+  headline, the style ladder, data efficiency, length generalization, larger
+  numbers, modular sum), reusing the ``cpu`` runs and adding evaluation splits,
+  subsets and the modular-sum dataset; the report gives each finding a verdict.
 * ``paper``: the study's grid for accelerators (T5 1.0 small/base/large/3B x
   none/short/medium/long on explistops30, 30 epochs, AdamW 3e-4, batch 8; the
   length-generalization, larger-numbers and data-efficiency runs), from scratch
@@ -65,13 +69,14 @@ CPU_MODEL_OVERRIDES = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
 CPU_EPOCHS = 6
 CPU_BATCH_SIZE = 64
 CPU_LEARNING_RATE = 1e-3
-# Domain-vocabulary tokens: inputs <= 24 on the train distribution (<= 48 on
-# 'longer'); medium targets <= 83 (<= 200 on 'longer'), long <= 180.
+# Domain-vocabulary tokens (targets with EOS): inputs <= 26 on the train
+# distribution (<= 50 on 'longer'); targets: short <= 23, medium <= 85 (<= 167 on
+# 'longer'), long <= 196 (4 of the 20,000 training targets exceed 192).
 CPU_FEATURE_LENGTHS = {
     "none": {"inputs": 32, "targets": 4},
     "short": {"inputs": 32, "targets": 32},
     "medium": {"inputs": 32, "targets": 96},
-    "long": {"inputs": 32, "targets": 192},
+    "long": {"inputs": 32, "targets": 200},
 }
 CPU_EVAL_LENGTHS = {"inputs": 64, "targets": 256}
 CPU_EVAL_PERIOD = 313        # about one epoch: validation accuracy over training
@@ -230,19 +235,100 @@ def t5x_commands(runs: Iterable[Run], out_dir: str | Path) -> list[str]:
     return lines
 
 
-PRESETS = ("cpu", "paper")
+# ----------------------------------------------------------------- the CPU study
+
+FINDINGS = ("headline", "ladder", "data_efficiency", "length", "larger_numbers",
+            "modular_sum")
+"""The study's findings that ``--preset cpu-study`` tests at CPU scale (the report
+has one section per finding; see explistops_jax.report.findings)."""
+CPU_SM_DATASET = data.get_config("explistops10_cpu_sm")
+CPU_STUDY_SEEDS = (0, 1)
+# Runs that cost more than 10 minutes on 2 cores get the first seed only (the
+# long style: about twice the medium run's target tokens).
+CPU_STUDY_ONE_SEED_STYLES = ("long",)
+# Unique training examples of the data-efficiency runs. The optimizer steps stay
+# those of the full run (the subset repeated): the model starts from scratch, so
+# equal epochs on 2,000 examples would be 94 steps and teach nothing.
+CPU_STUDY_SUBSETS = (2_000, 5_000)
+# Evaluation splits the headline runs also get (no retraining): the study's length
+# generalization (longer expressions within the training caps) and larger numbers.
+CPU_STUDY_SPLITS = ("len20_40", "larger_numbers")
+
+
+def cpu_study_runs(findings: Sequence[str] = FINDINGS,
+                   seeds: Sequence[int] = CPU_STUDY_SEEDS) -> list[Run]:
+    """Every run the CPU-scale findings need, each once, cheapest-first within a
+    seed and seed by seed, so that an interrupted study has whole findings.
+
+    Runs shared between findings (the headline's none and medium runs serve the
+    style ladder, length generalization and larger numbers) appear once, with the
+    union of the evaluation splits the findings ask of them. The runs are the CPU
+    preset's (same names and training), so a finished demo is reused.
+    """
+    unknown = [f for f in findings if f not in FINDINGS]
+    if unknown:
+        raise UserError(f"unknown finding {unknown[0]!r}",
+                        expected="one of " + ", ".join(FINDINGS))
+    wanted = set(findings)
+    runs: dict[str, Run] = {}
+
+    def add(run: Run, splits: Sequence[str] = ()) -> None:
+        if run.name in runs:
+            run = runs[run.name]
+        extra = tuple(s for s in splits if s not in run.eval_splits)
+        runs[run.name] = dataclasses.replace(run, eval_splits=run.eval_splits + extra)
+
+    for i, seed in enumerate(seeds):
+        main = {r.style: r for r in cpu_runs(explain.STYLES, [seed])}
+        if wanted & {"headline", "ladder", "length", "larger_numbers"}:
+            splits = [s for f, s in (("length", "len20_40"), ("larger_numbers",
+                      "larger_numbers")) if f in wanted]
+            for style in ("none", "medium"):
+                add(main[style], splits)
+        if "modular_sum" in wanted:
+            for style in ("none", "medium"):
+                add(dataclasses.replace(
+                    cpu_runs([style], [seed], dataset=CPU_SM_DATASET)[0],
+                    name=f"cpu_sm_{style}_seed{seed}", condition="modular_sum"))
+        if "ladder" in wanted:
+            for style in ("short", "long"):
+                if i == 0 or style not in CPU_STUDY_ONE_SEED_STYLES:
+                    add(main[style])
+        if "data_efficiency" in wanted:
+            for n in CPU_STUDY_SUBSETS:
+                for style in ("none", "medium"):
+                    full = main[style]
+                    add(dataclasses.replace(
+                        full, name=f"cpu_{style}_n{n}_seed{seed}", condition="data_efficiency",
+                        task=TaskSpec(full.dataset, style, subset=n).name, train_examples=n,
+                        epochs=full.epochs * full.train_examples // n,
+                        eval_splits=("test",)))
+    return list(runs.values())
+
+
+PRESETS = ("cpu", "cpu-study", "paper")
 
 
 def runs_for(preset: str, *, styles: Sequence[str] | None = None,
              seeds: Sequence[int] = (0,), checkpoints: Mapping[str, str] | None = None,
-             sizes: Sequence[str] | None = None) -> list[Run]:
-    """The runs of a preset (``styles``: default none+medium for cpu, all for paper)."""
+             sizes: Sequence[str] | None = None,
+             findings: Sequence[str] | None = None) -> list[Run]:
+    """The runs of a preset (``styles``: default none+medium for cpu, all for paper;
+    ``findings``: cpu-study only, default all of :data:`FINDINGS`)."""
+    if findings and preset != "cpu-study":
+        raise UserError(f"--finding applies to --preset cpu-study, not {preset!r}",
+                        expected="--preset cpu-study --finding NAME")
     for style in styles or ():
         if style not in explain.STYLES:
             raise UserError(f"unknown explanation style {style!r}",
                             expected="one of " + ", ".join(explain.STYLES))
     if preset == "cpu":
         return cpu_runs(styles or ("none", "medium"), seeds)
+    if preset == "cpu-study":
+        if styles:
+            raise UserError("--styles does not apply to --preset cpu-study (each finding "
+                            "has its styles)", expected="--finding NAME to choose findings")
+        return cpu_study_runs(findings or FINDINGS, seeds)
     for size in list(sizes or ()) + list(checkpoints or ()):
         if size not in PAPER_SIZES and size.removeprefix("t5_1_0_") not in PAPER_SIZES:
             raise UserError(f"unknown T5 size {size!r}",
@@ -268,8 +354,23 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
         dirs.append(run_dir)
-        if RunDir(run_dir).done_json.exists():
-            log(f"[{i}/{len(runs)}] {run.name}: done (skipped)")
+        files = RunDir(run_dir)
+        if files.done_json.exists():
+            done = rundir.read_json(files.done_json)
+            missing = [s for s in run.eval_splits if s not in done.get("metrics", {})]
+            if not missing:
+                log(f"[{i}/{len(runs)}] {run.name}: done (skipped)")
+                continue
+            # A finished run asked for new splits (a finding reusing it): evaluate
+            # those only; no retraining.
+            log(f"[{i}/{len(runs)}] {run.name}: done; evaluating {', '.join(missing)}")
+            started = time.time()
+            extra = evaluate_run(dataclasses.replace(run, eval_splits=tuple(missing)),
+                                 run_dir, done["step"], log=log, data_backend=data_backend)
+            done["metrics"] = {**done.get("metrics", {}), **extra}
+            done["eval_seconds"] = round(done.get("eval_seconds", 0.0)
+                                         + time.time() - started, 1)
+            rundir.write_json(files.done_json, done, sort_keys=True)
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
             f"{run.train_examples} examples x {run.epochs} epochs")

@@ -108,6 +108,13 @@ REPORT_FILE = "report.md"
 ACCURACY_CURVES_PNG = "accuracy_curves.png"
 LOSS_CURVES_PNG = "loss_curves.png"
 TEST_ACCURACY_PNG = "test_accuracy.png"
+FINDINGS_JSON = "findings.json"
+"""The CPU study's findings: each one's arms, effect, standard error and verdict."""
+
+
+def finding_png(name: str) -> str:
+    """The plot of one finding of the CPU study (``finding_ladder.png``)."""
+    return f"finding_{name}.png"
 T5X_COMMANDS_FILE = "t5x_commands.sh"
 
 _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}_(0|[1-9][0-9]*)")

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"plan", "evaluator"},
     {"trainer", "predict"},
     {"reproduce", "report", "report.runs", "report.statistics", "report.published",
-     "report.markdown", "report.plots"},
+     "report.findings", "report.markdown", "report.plots"},
     {"runtime", "gin_config", "launcher"},
     {"cli", "train", "eval", "commands"},  # entry points; commands.* join this layer
 ]

@@ -122,6 +122,17 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=again.append)
     assert again == [f"[1/2] {runs[0].name}: done (skipped)",
                      f"[2/2] {runs[1].name}: done (skipped)"]
+    # A finding asking a finished run for a new split evaluates that split only.
+    logged = (dirs[1] / "train_log.jsonl").read_text()
+    wider = [reproduce.dataclasses.replace(r, eval_splits=r.eval_splits + ("validation",))
+             for r in runs]
+    third: list[str] = []
+    reproduce.run_all(wider, tmp_path, preset="cpu", progress=False, log=third.append)
+    assert f"[2/2] {runs[1].name}: done; evaluating validation" in third
+    done = rundir.read_json(rundir.RunDir(dirs[1]).done_json)
+    assert set(done["metrics"]) == {"test", "longer", "validation"}
+    assert done["metrics"]["validation"]["num_examples"] == 4
+    assert (dirs[1] / "train_log.jsonl").read_text() == logged  # no retraining
     path = report.write_report(dirs, tmp_path)
     text = path.read_text()
     assert "cpu_tiny" in text and "medium" in text

@@ -12,16 +12,24 @@ from explistops_jax.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+    parser.add_argument("--preset", choices=("cpu", "cpu-study", "paper"), default="cpu",
                         help="cpu: a tiny model from scratch on small problems (minutes on "
-                             "a laptop CPU); paper: the study's grid for accelerators")
+                             "a laptop CPU); cpu-study: the study's six findings at that "
+                             "scale, each with a verdict; paper: the study's grid for "
+                             "accelerators")
+    parser.add_argument("--finding", default=None,
+                        help="cpu-study: comma-separated findings to run (default all): "
+                             "headline, ladder, data_efficiency, length, larger_numbers, "
+                             "modular_sum")
     parser.add_argument("--out", default=None,
-                        help="output directory, one sub-directory per run (default runs/PRESET)")
+                        help="output directory, one sub-directory per run (default "
+                             "runs/PRESET; runs/cpu for cpu-study, which reuses the demo's runs)")
     parser.add_argument("--styles", default=None,
                         help="comma-separated explanation styles, or 'all' (default: "
                              "none,medium for cpu, all for paper)")
-    parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds, e.g. 0,1,2 for the stability check")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, e.g. 0,1,2 for the stability check "
+                             "(default 0; 0,1 for cpu-study)")
     parser.add_argument("--sizes", default=None,
                         help="paper: comma-separated T5 sizes (default small,base,large,3B)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
@@ -93,12 +101,17 @@ def run(args: argparse.Namespace) -> int:
                             "none of them comes with one (spiece.model)",
                             expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
         os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
-    out = epath.Path(args.out or f"runs/{args.preset}")  # local, or a URL (gs://...)
-    seeds = _seeds(args.seeds)  # flags are checked before TensorFlow and JAX load
+    default_out = "runs/cpu" if args.preset == "cpu-study" else f"runs/{args.preset}"
+    out = epath.Path(args.out or default_out)  # local, or a URL (gs://...)
+    seeds = _seeds(args.seeds or "0")  # flags are checked before TensorFlow and JAX load
     runtime.check_writable(out, "--out directory")
     runtime.setup()
-    runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
-                              checkpoints=checkpoints, sizes=_csv(args.sizes))
+    seeds_given = args.seeds is not None
+    runs = reproduce.runs_for(args.preset, styles=styles,
+                              seeds=seeds if seeds_given or args.preset != "cpu-study"
+                              else reproduce.CPU_STUDY_SEEDS,
+                              checkpoints=checkpoints, sizes=_csv(args.sizes),
+                              findings=_csv(args.finding))
     # SeqIO's registry (and TensorFlow) only for runs that read through it
     runtime.register_tasks_for([r.task for r in runs], args.data_backend)
     if args.preset == "paper":

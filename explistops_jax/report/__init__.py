@@ -24,8 +24,10 @@ from typing import Iterable, Sequence
 from etils import epath
 
 from explistops_jax import rundir
+from explistops_jax.report.findings import (VERDICT_RULE, Finding, evaluate_findings,
+                                            has_cpu_runs)
 from explistops_jax.report.markdown import render_markdown
-from explistops_jax.report.plots import write_plots
+from explistops_jax.report.plots import write_finding_plots, write_plots
 from explistops_jax.report.published import (PUBLISHED, STUDY_DATASET, STUDY_TRAIN_EXAMPLES,
                                              Published, published_rows)
 from explistops_jax.report.runs import (CONDITIONS, LONGER_SPLITS, NOT_HELD_OUT, TEST_SPLIT,
@@ -36,6 +38,7 @@ from explistops_jax.report.statistics import (MISSING, NOT_APPLICABLE, GroupKey,
 
 __all__ = [
     "CONDITIONS",
+    "Finding",
     "GroupKey",
     "LONGER_SPLITS",
     "MISSING",
@@ -51,6 +54,7 @@ __all__ = [
     "Stat",
     "TEST_SPLIT",
     "collect",
+    "evaluate_findings",
     "find_runs",
     "format_stat",
     "longer_split",
@@ -85,6 +89,13 @@ def write_report_from_runs(runs: Sequence[RunResult],
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out_dir)
+    found, finding_plots = [], {}
+    if has_cpu_runs(runs):  # the CPU study's findings, with their verdicts
+        found = evaluate_findings(runs)
+        finding_plots = write_finding_plots(found, runs, out_dir)
+        rundir.write_json(out_dir / rundir.FINDINGS_JSON,
+                          {"verdict_rule": VERDICT_RULE,
+                           "findings": [f.to_json() for f in found]})
     path = out_dir / rundir.REPORT_FILE
-    rundir.write_text(path, render_markdown(runs, out_dir, plots))
+    rundir.write_text(path, render_markdown(runs, out_dir, plots, found, finding_plots))
     return Path(path) if rundir.is_local(path) else path  # pathlib's API where it can

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from explistops_jax.report.findings import render_findings
 from explistops_jax.report.published import (STUDY_DATASET, STUDY_TRAIN_EXAMPLES,
                                              published_rows)
 from explistops_jax.report.runs import (NOT_HELD_OUT, TEST_SPLIT, RunResult, longer_split,
@@ -240,8 +241,10 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def render_markdown(runs: Sequence[RunResult], out_dir: Path,
-                    plots: Mapping[str, str]) -> str:
-    """The report's text; ``plots`` maps a plot file name to its caption."""
+                    plots: Mapping[str, str], findings: Sequence[Any] = (),
+                    finding_plots: Mapping[str, str] | None = None) -> str:
+    """The report's text; ``plots`` maps a plot file name to its caption;
+    ``findings``: the CPU study's (report.findings), shown first when given."""
     longer = longer_split([r for r in runs if r.condition == "main"])
     lines = [
         "# Explained-ListOps: results",
@@ -252,6 +255,7 @@ def render_markdown(runs: Sequence[RunResult], out_dir: Path,
         "does not apply (e.g. step faithfulness without explanations). Answers are "
         "parsed in full (not by their last character, as in the study's code).",
         "",
+        *(render_findings(findings, finding_plots or {}) if findings else []),
         "## Headline: explanations versus none",
         "",
         *_headline_lines(runs),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from explistops_jax import rundir
 from explistops_jax.report.published import published_value
@@ -142,3 +142,154 @@ def write_plots(runs: Sequence[RunResult], out_dir: Path) -> dict[str, str]:
         plots[rundir.TEST_ACCURACY_PNG] = ("Test accuracy by model and explanation style "
                                            "(± std over seeds; diamonds: published)")
     return plots
+
+
+# ----------------------------------------------------------------- CPU study findings
+
+
+def _finding_bars(path: Path, bars: Sequence[tuple[str, Any]], title: str, *,
+                  hline: tuple[float, str] | None = None,
+                  marks: Sequence[tuple[int, float, str]] = ()) -> bool:
+    """One bar per arm (mean over seeds, ± std where there are several seeds);
+    ``hline``: a reference line (value %, label); ``marks``: (bar index, value %,
+    label) diamonds, e.g. the study's figures."""
+    bars = [(label, arm) for label, arm in bars if arm.measured]
+    if not bars:
+        return False
+    figure = _new_figure(1.6 + 1.1 * len(bars), 3.6)
+    ax = figure.subplots()
+    colors = _style_colors([label.split(",")[0].split(" ")[0] for label, _ in bars])
+    for i, (label, arm) in enumerate(bars):
+        stat = arm.stat
+        ax.bar([i], [100 * stat.mean], 0.7, color=colors[label.split(",")[0].split(" ")[0]])
+        if stat.std is not None:
+            ax.errorbar([i], [100 * stat.mean], yerr=[100 * stat.std], fmt="none",
+                        ecolor="black", capsize=3, linewidth=1)
+        ax.text(i, 100 * stat.mean + 1.5, f"{100 * stat.mean:.1f}", ha="center", fontsize=8)
+    labelled = False
+    for index, value, label in marks:
+        if index < len(bars):
+            ax.plot([index], [value], marker="D", color="black", linestyle="none",
+                    markersize=5, label=None if labelled else label)
+            labelled = True
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xticks(range(len(bars)), [label.replace(", ", "\n") for label, _ in bars],
+                  fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if hline is not None or marks:
+        ax.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    _save(figure, path)
+    return True
+
+
+def _finding_lines(path: Path, series: Mapping[str, Sequence[tuple[float, Any]]], title: str,
+                   xlabel: str, *, log_x: bool = False,
+                   xticks: Sequence[tuple[float, str]] = ()) -> bool:
+    """One line per series of (x, arm) points (mean, ± std bars with several seeds)."""
+    series = {name: [(x, arm) for x, arm in points if arm.measured]
+              for name, points in series.items()}
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return False
+    colors = _style_colors(list(series))
+    figure = _new_figure(5.0, 3.6)
+    ax = figure.subplots()
+    for name, points in series.items():
+        xs = [x for x, _ in points]
+        ys = [100 * arm.stat.mean for _, arm in points]
+        errs = [100 * (arm.stat.std or 0.0) for _, arm in points]
+        ax.errorbar(xs, ys, yerr=errs, color=colors[name], marker="o", markersize=4,
+                    capsize=3, linewidth=1.3, label=name)
+    if log_x:
+        ax.set_xscale("log")
+    if xticks:
+        ax.set_xticks([x for x, _ in xticks], [t for _, t in xticks])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="style", fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    return True
+
+
+def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
+                        out_dir: Path) -> dict[str, str]:
+    """One PNG per finding that has runs (report.findings' :class:`Finding` s);
+    returns {finding name: file name}."""
+    from explistops_jax.report import findings as f
+
+    by_name = {finding.name: finding for finding in findings}
+    written: dict[str, str] = {}
+
+    def path(name: str) -> Path:
+        return out_dir / rundir.finding_png(name)
+
+    arms = {a.label: a for a in by_name["headline"].arms}
+    if _finding_bars(path("headline"), list(arms.items()), "Test accuracy, CPU preset",
+                     marks=[(0, 65.1, "study, t5-small")]):
+        written["headline"] = rundir.finding_png("headline")
+    ladder = by_name["ladder"].arms
+    if _finding_bars(path("ladder"), [(a.label, a) for a in ladder],
+                     "Style ladder: test accuracy by explanation style",
+                     marks=[(0, 65.1, "study, t5-small"), (3, 87.8, "study, t5-small")]
+                     if all(a.measured for a in ladder) else ()):
+        written["ladder"] = rundir.finding_png("ladder")
+    series: dict[str, list[tuple[float, Any]]] = {}
+    for arm in by_name["data_efficiency"].arms:
+        style, examples = arm.label.split(", ")
+        series.setdefault(style, []).append((int(examples.split()[0].replace(",", "")), arm))
+    ticks = sorted({x for points in series.values() for x, a in points if a.measured})
+    if _finding_lines(path("data_efficiency"), series,
+                      "Accuracy against unique training examples (equal steps)",
+                      "unique training examples", log_x=True,
+                      xticks=[(x, f"{x:,}") for x in ticks]):
+        written["data_efficiency"] = rundir.finding_png("data_efficiency")
+    buckets = _length_buckets(runs, f.DATASET)
+    if _finding_lines(path("length"), buckets, "Accuracy by expression length "
+                      "(trained on 10-20)", "expression length (bucket start)",
+                      xticks=[(x, f"{int(x)}-{int(x) + 9}") for x in
+                              sorted({x for pts in buckets.values() for x, _ in pts})]):
+        written["length"] = rundir.finding_png("length")
+    bars = []
+    for style in ("none", "medium"):
+        bars.append((f"{style}, values 0-9", f.main_arm(runs, style)))
+        bars.append((f"{style}, values 10-99", f.main_arm(runs, style, "larger_numbers")))
+    if _finding_bars(path("larger_numbers"), bars, "Values seen in training vs larger ones"):
+        written["larger_numbers"] = rundir.finding_png("larger_numbers")
+    sm = by_name["modular_sum"]
+    if _finding_bars(path("modular_sum"), [(a.label, a) for a in sm.arms],
+                     "Modular sum (SM only): test accuracy",
+                     hline=(100 * f.CHANCE, "chance")):
+        written["modular_sum"] = rundir.finding_png("modular_sum")
+    return written
+
+
+def _length_buckets(runs: Sequence[RunResult], dataset: str
+                    ) -> dict[str, list[tuple[float, Any]]]:
+    """Accuracy per 10-long length bucket of the test and len20_40 splits, per style
+    (the headline runs), as report.findings arms."""
+    from explistops_jax.report.findings import Arm
+
+    out: dict[str, list[tuple[float, Any]]] = {}
+    for style in ("none", "medium"):
+        chosen = [r for r in runs if (r.style, r.condition, r.dataset) == (style, "main", dataset)]
+        values: dict[int, list[float]] = {}
+        for run in chosen:
+            for split in ("test", "len20_40"):
+                for bucket, accuracy in run.breakdown("length", split).items():
+                    start = int(bucket.split("_")[0])
+                    if not math.isnan(accuracy):
+                        values.setdefault(start, []).append(accuracy)
+        if len(values) > 1:  # a line needs the longer split's buckets too
+            out[style] = [(float(start), Arm(style, tuple(v), None))
+                          for start, v in sorted(values.items())]
+    return out
