@@ -377,10 +377,14 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
         started = time.time()
         result = train_run(run, run_dir, preset=preset, progress=progress,
                            data_backend=data_backend)
+        trained = time.time()
         metrics = evaluate_run(run, run_dir, result.step, log=log, data_backend=data_backend)
+        # seconds of this invocation (a resumed run: since it resumed)
         rundir.write_json(RunDir(run_dir).done_json,
                           {"step": result.step, "metrics": metrics,
-                           "seconds": round(time.time() - started, 1)}, sort_keys=True)
+                           "seconds": round(time.time() - started, 1),
+                           "train_seconds": round(trained - started, 1),
+                           "eval_seconds": round(time.time() - trained, 1)}, sort_keys=True)
     return dirs
 
 

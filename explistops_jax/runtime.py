@@ -75,6 +75,7 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
             absl_logging.set_verbosity(verbosity.lower())
         except ImportError:  # absl comes with TensorFlow; nothing to quiet without it
             pass
+        enable_compilation_cache()
         _done["setup"] = True
     if tensorflow:
         confine_tensorflow()
@@ -88,6 +89,38 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
             coordinator_address, num_processes, process_id,
             **{k: v for k, v in timeouts.items() if v is not None})
         _done["distributed"] = True
+
+
+COMPILATION_CACHE_ENV = "EXPLISTOPS_COMPILATION_CACHE"
+
+
+def compilation_cache_dir() -> str | None:
+    """Where compiled XLA programs are kept between processes: the directory in
+    ``$EXPLISTOPS_COMPILATION_CACHE`` (``off``: none), by default
+    ``~/.cache/explistops/jax`` (``$XDG_CACHE_HOME`` when set)."""
+    value = os.environ.get(COMPILATION_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else value
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "explistops", "jax")
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache (see :func:`compilation_cache_dir`):
+    a run whose programs were compiled before (the same model, shapes, mesh and
+    JAX version; the key covers all of them) loads them instead of compiling.
+    Runs of a study share most programs (initialisation, and the train and
+    decode steps of every run with the same lengths)."""
+    path = compilation_cache_dir()
+    if path is None:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Only programs that take a while to compile are worth a file (JAX's own
+    # variable, when set, decides).
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def confine_tensorflow() -> None:

@@ -142,14 +142,17 @@ class MetricsWriter:
                 writer.add_scalar(f"train/{name}", float(value), step)
 
     def write_eval(self, step: int, task: str, split: str,
-                   metrics: Mapping[str, Any]) -> None:
+                   metrics: Mapping[str, Any], seconds: float | None = None) -> None:
         """An evaluation's scalar metrics to eval_log.jsonl and TensorBoard
-        (nested dicts, e.g. breakdowns, go to the JSONL only)."""
+        (nested dicts, e.g. breakdowns, go to the JSONL only); ``seconds``: how
+        long the evaluation took (JSONL only, for the phase breakdown)."""
         if not self.enabled:
             return
         self._train_log.flush()  # rare: both logs up to date on any store
+        timing = {} if seconds is None else {"eval_seconds": round(seconds, 3)}
         rundir.append_jsonl(self.run.eval_log, {"step": step, "task": task, "split": split,
-                                                **{k: _jsonable(v) for k, v in metrics.items()}})
+                                                **{k: _jsonable(v) for k, v in metrics.items()},
+                                                **timing})
         writer = self._writer("eval")
         if writer is not None:
             for name, value in metrics.items():

@@ -219,9 +219,11 @@ class _Loop:
 
     def _evaluate(self, state: TrainState, step: int) -> None:
         self.progress.write(f"evaluating at step {step} ...")
+        start = time.perf_counter()
         results = self.evaluator.evaluate(state.params, step)
+        seconds = (time.perf_counter() - start) / max(len(results), 1)
         for (task, split), metrics in results.items():
-            self.writer.write_eval(step, task, split, metrics)
+            self.writer.write_eval(step, task, split, metrics, seconds)
             self.eval_metrics[f"{task}/{split}"] = metrics
             self.progress.write(f"step {step} {task}/{split}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
