@@ -123,7 +123,32 @@ class Run:
         return {"run_name": self.name, "preset": preset, "model": self.model,
                 "style": self.style, "seed": self.seed, "dataset": self.dataset,
                 "train_examples": self.train_examples, "condition": self.condition,
-                "epochs": self.epochs, "from_pretrained": self.initial_checkpoint is not None}
+                "epochs": self.epochs, "from_pretrained": self.initial_checkpoint is not None,
+                "batch_size": self.batch_size, "optimizer": self.optimizer,
+                "learning_rate": self.learning_rate, "schedule": self.schedule,
+                "warmup_steps": self.warmup_steps}
+
+
+# What must match between a run's recorded run.json and the run asked for, before a
+# run directory is resumed or its results reused (the rest, e.g. the evaluation
+# splits, may grow).
+_SAME_TRAINING = ("style", "seed", "dataset", "train_examples", "epochs", "batch_size",
+                  "optimizer", "learning_rate", "schedule", "warmup_steps")
+
+
+def _check_same_training(run: Run, run_dir: epath.Path, preset: str) -> None:
+    """A run directory made with other settings (an older preset) is not reused."""
+    path = RunDir(run_dir).run_json
+    if not path.exists():
+        return
+    recorded = rundir.read_json(path)
+    wanted = run.run_info(preset)
+    differ = [k for k in _SAME_TRAINING if k in recorded and recorded[k] != wanted[k]]
+    if differ:
+        raise UserError(
+            f"run directory {run_dir} was trained with other settings ("
+            + ", ".join(f"{k} {recorded[k]!r}, now {wanted[k]!r}" for k in differ) + ")",
+            expected="another --out directory, or remove that run directory")
 
 
 def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = (0,),
@@ -355,6 +380,7 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
         run_dir = out / run.name
         dirs.append(run_dir)
         files = RunDir(run_dir)
+        _check_same_training(run, run_dir, preset)
         if files.done_json.exists():
             done = rundir.read_json(files.done_json)
             missing = [s for s in run.eval_splits if s not in done.get("metrics", {})]

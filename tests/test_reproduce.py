@@ -133,6 +133,11 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     assert set(done["metrics"]) == {"test", "longer", "validation"}
     assert done["metrics"]["validation"]["num_examples"] == 4
     assert (dirs[1] / "train_log.jsonl").read_text() == logged  # no retraining
+    # Runs made with other settings (here: another learning rate) are not reused.
+    changed = [reproduce.dataclasses.replace(r, learning_rate=r.learning_rate * 2)
+               for r in runs]
+    with pytest.raises(UserError, match="trained with other settings.*learning_rate"):
+        reproduce.run_all(changed, tmp_path, preset="cpu", progress=False, log=print)
     path = report.write_report(dirs, tmp_path)
     text = path.read_text()
     assert "cpu_tiny" in text and "medium" in text
