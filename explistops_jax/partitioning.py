@@ -23,7 +23,6 @@ The model axis must fit inside one host (``num_partitions`` <= local devices).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
 

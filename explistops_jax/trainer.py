@@ -28,7 +28,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
 from explistops_jax.errors import ConfigError, UserError

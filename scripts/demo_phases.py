@@ -1,6 +1,6 @@
 """Where the CPU demo's time goes: one row per run, runs side by side.
 
-    python scripts/demo_phases.py runs/cpu [runs/cpu_before ...]
+    python scripts/demo_phases.py runs/cpu [runs/cpu_before ...] [--runs all]
 
 For each run directory below each given directory (``explistops reproduce``
 output), from its own files: the run's wall time (done.json ``seconds``), the
@@ -54,12 +54,17 @@ def _fmt(value, unit=60.0) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="reproduce output directories")
+    parser.add_argument("--runs", default="cpu_none_seed0,cpu_medium_seed0",
+                        help="comma-separated run names (default: the README demo's two "
+                             "runs); 'all' for every finished run")
     args = parser.parse_args(argv)
+    names = None if args.runs == "all" else set(args.runs.split(","))
     print("| runs | run | total (min) | steps (min) | steps x s/step | validation evals "
           "(min) | start-up, compile, checkpoints (min) | final evaluation (min) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for top in args.dirs:
-        runs = sorted(p.parent for p in Path(top).glob("*/done.json"))
+        runs = sorted(p.parent for p in Path(top).glob("*/done.json")
+                      if names is None or p.parent.name in names)
         if not runs:
             print(f"no finished run (done.json) under {top}", file=sys.stderr)
             return 2

@@ -12,7 +12,6 @@ use a tiny T5 checkpoint written once per module.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -9,7 +9,6 @@ processes x 2 devices, started with ``explistops launch``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

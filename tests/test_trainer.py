@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tiny_trainer_fixtures as tiny
-from explistops_jax import input_pipeline, optimizers, rundir, train_step, trainer
+from explistops_jax import input_pipeline, optimizers, rundir, train_step
 from explistops_jax.errors import UserError
 from explistops_jax.train_state import checkpoint_steps
 
