@@ -373,7 +373,7 @@ def has_cpu_runs(runs: Sequence[RunResult]) -> bool:
 
 def summary_table(findings: Sequence[Finding]) -> list[str]:
     """One row per finding: claim, the study's figure, ours, verdict."""
-    lines = ["| finding | the study | ours (mean ± std over seeds, %) | verdict |",
+    lines = ["| finding | the study | ours (%: mean ± std over seeds; effect ± 2 se) | verdict |",
              "|---|---|---|---|"]
     for finding in findings:
         shown = [a for a in finding.arms if a.measured and (
@@ -381,7 +381,7 @@ def summary_table(findings: Sequence[Finding]) -> list[str]:
         ours = "; ".join(_arm_text(a) for a in shown) or MISSING
         if shown and finding.effects[0].measured:
             e = finding.effects[0]
-            ours += f"; {e.label} {100 * e.d:+.1f} ± {200 * e.se:.1f}"
+            ours += f"; {e.label} {100 * e.d:+.1f} (± {200 * e.se:.1f}, 2 se)"
         lines.append(f"| {finding.title} | {finding.study} | {ours} | {finding.verdict} |")
     return lines
 
