@@ -5,13 +5,16 @@ writes its JSON and markdown table."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_device_check_tiny_writes_its_report(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu")
+    # the script runs `python3`: this interpreter's, whether or not its venv is active
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu", PATH=path)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh"), "--tiny"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
