@@ -222,3 +222,10 @@ def test_cpu_study_splits_keep_the_training_caps():
         train.min_length, train.max_length, train.max_depth)
     sm = data.get_config("explistops10_cpu_sm").split("train").sampler
     assert sm.operators == ("SM",)
+
+
+def test_chance_is_the_most_common_answers_share():
+    # explistops10_cpu_sm's test split (pinned in test_listops_family): answer 2 is
+    # the most common, 125 of 1,000; a uniform guess would score 10%.
+    assert f.chance_level() == pytest.approx(0.125)
+    assert f.chance_level("explistops30") >= 1 / 30

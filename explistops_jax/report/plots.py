@@ -268,7 +268,7 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
     sm = by_name["modular_sum"]
     if _finding_bars(path("modular_sum"), [(a.label, a) for a in sm.arms],
                      "Modular sum (SM only): test accuracy",
-                     hline=(100 * f.CHANCE, "chance")):
+                     hline=(100 * sm.extra["chance"], "chance (most common answer)")):
         written["modular_sum"] = rundir.finding_png("modular_sum")
     return written
 
