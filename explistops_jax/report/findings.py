@@ -11,12 +11,15 @@ reproduce the study's claim. One rule decides every verdict (:data:`VERDICT_RULE
   ``N`` examples, divided by the number of seeds;
 * an effect is a difference of two arms' means, ``d``, with ``se_d² = se_a² + se_b²``,
   and the interval ``d ± 2 se_d``;
-* a claim that something helps is *reproduced* when the interval lies above zero,
-  *not reproduced* when it lies at or below zero, *inconclusive* otherwise; a claim
-  that something does not help is *not reproduced* when the interval lies above
-  zero and *reproduced* otherwise; a claim of "at least as good" is *not
-  reproduced* when the interval lies below zero and *reproduced* otherwise. Any
-  effect whose interval is wider than ±10 points is *inconclusive*.
+* the smallest effect that counts, ``delta``, is 10 points (the study's effects of
+  explanations are 20 points and more; a smaller difference is not the effect it
+  reports);
+* a claim that something helps is *reproduced* when the interval lies above
+  ``+delta``, *not reproduced* when it lies below ``+delta``, *inconclusive* when it
+  straddles it; a claim that something does not help is the mirror image
+  (*reproduced* below ``+delta``, *not reproduced* above); a claim of "at least as
+  good" is *reproduced* above ``-delta`` and *not reproduced* below. Any interval
+  wider than ±10 points is *inconclusive*.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def chance_level(dataset: str = SM_DATASET, split: str = TEST_SPLIT) -> float:
     count = config.split(split).num_examples
     answers = Counter(ex["answer"] for ex in data.examples(dataset, split, 0, count))
     return max(max(answers.values()) / count, 1.0 / config.modulus)
+DELTA = 0.10  # the smallest effect that counts (10 points)
 TOO_WIDE = 0.10  # an interval wider than ±10 points decides nothing
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
@@ -57,12 +61,14 @@ VERDICT_RULE = (
     "Each accuracy compared is the mean over seeds; its standard error combines the "
     "spread between seeds and the binomial error of the test set (se² = (s² + p(1−p)/N) / "
     "k for k seeds of N test examples each). An effect is a difference of two means "
-    "with interval d ± 2·se. A claim that something helps is **reproduced** when the "
-    "interval lies above zero, **not reproduced** when it lies at or below zero, and "
-    "**inconclusive** otherwise; a claim that something does not help is **not "
-    "reproduced** only when the interval lies above zero; a claim of \"at least as "
-    "good\" is **not reproduced** only when the interval lies below zero. An interval "
-    "wider than ±10 points is **inconclusive** whatever its side.")
+    "with interval d ± 2·se. The smallest effect that counts is δ = 10 points (the "
+    "study's gains from explanations are 20 points and more). A claim that something "
+    "helps is **reproduced** when the interval lies above +δ, **not reproduced** when "
+    "it lies below +δ, and **inconclusive** when it straddles +δ; a claim that "
+    "something does not help is the mirror image (reproduced below +δ, not reproduced "
+    "above); a claim of \"at least as good\" is reproduced when the interval lies "
+    "above −δ and not reproduced when it lies below. An interval wider than ±10 points "
+    "is **inconclusive** whatever its side.")
 
 
 @dataclass(frozen=True)
@@ -146,16 +152,17 @@ class Effect:
 def verdict(kind: str, d: float, se: float) -> str:
     """The verdict on an effect ``d ± 2 se`` for a claim of ``kind`` (the rule in
     :data:`VERDICT_RULE`)."""
+    if kind not in ("helps", "does_not_help", "at_least"):
+        raise ValueError(f"unknown claim kind {kind!r}")
     low, high = d - 2 * se, d + 2 * se
     if 2 * se > TOO_WIDE:
         return INCONCLUSIVE
-    if kind == "helps":
-        return REPRODUCED if low > 0 else NOT_REPRODUCED if high <= 0 else INCONCLUSIVE
-    if kind == "does_not_help":
-        return NOT_REPRODUCED if low > 0 else REPRODUCED
-    if kind == "at_least":
-        return NOT_REPRODUCED if high < 0 else REPRODUCED
-    raise ValueError(f"unknown claim kind {kind!r}")
+    bar = -DELTA if kind == "at_least" else DELTA
+    if low > bar:
+        return NOT_REPRODUCED if kind == "does_not_help" else REPRODUCED
+    if high < bar:
+        return REPRODUCED if kind == "does_not_help" else NOT_REPRODUCED
+    return INCONCLUSIVE
 
 
 @dataclass(frozen=True)
