@@ -359,6 +359,8 @@ def _modular_sum(runs: Sequence[RunResult]) -> Finding:
     none, medium = (_arm(runs, f"{s} (SM only)", style=s, condition="modular_sum",
                          dataset=SM_DATASET) for s in ("none", "medium"))
     chance = chance_level()
+    notes = tuple(_curve_note(run) for run in runs
+                  if (run.style, run.condition) == ("medium", "modular_sum") and run.eval_points)
     effects = (Effect("none − chance", none, None, "does_not_help", chance),
                Effect("medium − chance", medium, None, "helps", chance))
     return Finding(
@@ -370,7 +372,20 @@ def _modular_sum(runs: Sequence[RunResult]) -> Finding:
         f"explistops10_cpu_sm (the CPU trees with SM only), none and medium; chance = "
         f"{100 * chance:.1f}%, the share of the test split's most common answer (what a "
         f"constant answer scores there; a uniform guess over ten answers: 10%).",
-        (none, medium), effects, _combine(effects), extra={"chance": chance})
+        (none, medium), effects, _combine(effects), notes, extra={"chance": chance})
+
+
+def _curve_note(run: RunResult) -> str:
+    """How a run's validation accuracy (and step validity) moved during training."""
+    def series(key: str) -> str:
+        values = [p.get(key) for p in run.eval_points]
+        return ", ".join("?" if v is None else f"{100 * v:.1f}" for v in values)
+
+    text = (f"{run.name}: validation accuracy at steps "
+            f"{', '.join(str(p['step']) for p in run.eval_points)}: {series('accuracy')}%")
+    if any(p.get("step_validity") is not None for p in run.eval_points):
+        text += f"; step validity {series('step_validity')}%"
+    return text + "."
 
 
 _BUILDERS = {"headline": _headline, "ladder": _ladder, "data_efficiency": _data_efficiency,
