@@ -252,6 +252,9 @@ def test_reproduce_mistakes_are_one_line(tmp_path, a_file, monkeypatch, capsys):
         (good + ["--preset", "paper", "--checkpoint", f"small={a_file}"],
          ["EXPLISTOPS_SPM_PATH"]),
         (good + ["--preset", "paper", "--sizes", "small,huge"], ["huge"]),
+        (good + ["--preset", "cpu-study", "--finding", "headline,bogus"], ["bogus"]),
+        (good + ["--preset", "cpu", "--finding", "length"], ["--finding", "cpu-study"]),
+        (good + ["--preset", "cpu-study", "--styles", "long"], ["--styles"]),
         (["--out", f"{a_file}/runs", "--dry-run"], [str(a_file)]),
     ]
     for argv, names in cases:
