@@ -212,8 +212,8 @@ def _arm(runs: Sequence[RunResult], label: str, *, style: str, condition: str,
     return Arm(label, tuple(values), min(sizes) if sizes else None)
 
 
-def _combine(effects: Sequence[Effect], rule: str = "all") -> str:
-    """One verdict from several effects: ``all`` must hold."""
+def _combine(effects: Sequence[Effect]) -> str:
+    """One verdict from several effects: every one must hold."""
     verdicts = [e.verdict for e in effects]
     if NOT_RUN in verdicts:
         return NOT_RUN
