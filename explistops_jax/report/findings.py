@@ -253,6 +253,9 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
     rivals = tuple(Effect(f"{a.label} − long", a, long, "does_not_help")
                    for a in (short, medium))
     effects = gains + rivals
+    notes = tuple(_curve_note(run) for run in runs
+                  if run.condition == "main" and run.dataset == DATASET
+                  and run.style in ("short", "long") and run.eval_points)
     return Finding(
         "ladder", "Small models gain most from long explanations",
         "Every explanation style helps, and a small model gains most from the longest "
@@ -261,7 +264,7 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
         "One tiny model (the smallest size here) on explistops10_cpu, all four styles at "
         "equal training examples; the verdict needs each style to beat none and no style "
         "to beat long.",
-        arms, effects, _combine(effects))
+        arms, effects, _combine(effects), notes)
 
 
 def _data_efficiency(runs: Sequence[RunResult]) -> Finding:
