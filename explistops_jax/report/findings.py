@@ -327,12 +327,12 @@ def _length(runs: Sequence[RunResult]) -> Finding:
     effect = Effect("medium − none on lengths 20-40", medium, none, "helps")
     deeper = tuple(main_arm(runs, s, "longer", f"{s}, lengths 20-40 and depth 4")
                    for s in ("none", "medium"))
-    probe = Effect("medium − none on the depth-4 probe (no verdict)", deeper[1], deeper[0],
-                   "helps")
+    probe = Effect("medium − none on the depth-4 probe", deeper[1], deeper[0], "helps")
     notes = ()
     if probe.measured:
         notes = (f"Harder probe, outside the verdict: the `longer` split also adds a "
-                 f"nesting level never seen in training (depth 4): {probe.text()}.",)
+                 f"nesting level never seen in training (depth 4): {probe.label} "
+                 f"{100 * probe.d:+.1f} ± {200 * probe.se:.1f} points.",)
     return Finding(
         "length", "Explanations help on longer inputs",
         "Trained on shorter expressions and tested on longer ones with the same depth and "
