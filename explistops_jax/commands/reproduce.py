@@ -103,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
         os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
     default_out = "runs/cpu" if args.preset == "cpu-study" else f"runs/{args.preset}"
     out = epath.Path(args.out or default_out)  # local, or a URL (gs://...)
-    seeds = _seeds(args.seeds or "0")  # flags are checked before TensorFlow and JAX load
+    default_seeds = (",".join(map(str, reproduce.CPU_STUDY_SEEDS))
+                     if args.preset == "cpu-study" else "0")
+    # flags are checked before TensorFlow and JAX load
+    seeds = _seeds(args.seeds or default_seeds)
     runtime.check_writable(out, "--out directory")
     runtime.setup()
-    seeds_given = args.seeds is not None
-    runs = reproduce.runs_for(args.preset, styles=styles,
-                              seeds=seeds if seeds_given or args.preset != "cpu-study"
-                              else reproduce.CPU_STUDY_SEEDS,
+    runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
                               checkpoints=checkpoints, sizes=_csv(args.sizes),
                               findings=_csv(args.finding))
     # SeqIO's registry (and TensorFlow) only for runs that read through it

@@ -25,32 +25,22 @@ reproduce the study's claim. One rule decides every verdict (:data:`VERDICT_RULE
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from explistops_jax import data, reproduce
 from explistops_jax.report.runs import TEST_SPLIT, RunResult
 from explistops_jax.report.statistics import MISSING, Stat
 
 __all__ = ["Arm", "Effect", "Finding", "VERDICT_RULE", "evaluate_findings", "has_cpu_runs",
            "main_arm", "render_findings", "verdict"]
 
-DATASET = "explistops10_cpu"
-SM_DATASET = "explistops10_cpu_sm"
-FULL_EXAMPLES = 20_000
-SUBSET = 2_000
-
-def chance_level(dataset: str = SM_DATASET, split: str = TEST_SPLIT) -> float:
-    """What answering without reading the input can score on a split: the share of
-    its most common answer (at least 1 / modulus, a uniform guess). The split is
-    regenerated from its config (1,000 examples: a fraction of a second)."""
-    from collections import Counter
-
-    from explistops_jax import data
-
-    config = data.get_config(dataset)
-    count = config.split(split).num_examples
-    answers = Counter(ex["answer"] for ex in data.examples(dataset, split, 0, count))
-    return max(max(answers.values()) / count, 1.0 / config.modulus)
+# The CPU study's runs, as explistops_jax.reproduce defines them.
+DATASET = reproduce.CPU_DATASET.name
+SM_DATASET = reproduce.CPU_SM_DATASET.name
+FULL_EXAMPLES = reproduce.CPU_TRAIN_EXAMPLES
+SUBSET = reproduce.CPU_STUDY_SUBSETS[0]
 DELTA = 0.10  # the smallest effect that counts (10 points)
 TOO_WIDE = 0.10  # an interval wider than ±10 points decides nothing
 
@@ -71,6 +61,16 @@ VERDICT_RULE = (
     "is **inconclusive** whatever its side.")
 
 
+def chance_level(dataset: str = SM_DATASET, split: str = TEST_SPLIT) -> float:
+    """What answering without reading the input can score on a split: the share of
+    its most common answer (at least 1 / modulus, a uniform guess). The split is
+    regenerated from its config (1,000 examples: a fraction of a second)."""
+    config = data.get_config(dataset)
+    count = config.split(split).num_examples
+    answers = Counter(ex["answer"] for ex in data.examples(dataset, split, 0, count))
+    return max(max(answers.values()) / count, 1.0 / config.modulus)
+
+
 @dataclass(frozen=True)
 class Arm:
     """One compared accuracy: a style of one condition, pooled over seeds."""
@@ -80,6 +80,9 @@ class Arm:
     """Accuracy of each seed's run (fractions)."""
     num_examples: int | None
     """Examples of the evaluated split per run (the smallest, to be safe)."""
+    style: str = ""
+    train_examples: int | None = None
+    """Unique training examples of the runs (None: any)."""
 
     @property
     def measured(self) -> bool:
@@ -209,7 +212,7 @@ def _arm(runs: Sequence[RunResult], label: str, *, style: str, condition: str,
         size = run.splits[split].num_examples
         if size:
             sizes.append(size)
-    return Arm(label, tuple(values), min(sizes) if sizes else None)
+    return Arm(label, tuple(values), min(sizes) if sizes else None, style, examples)
 
 
 def _combine(effects: Sequence[Effect]) -> str:

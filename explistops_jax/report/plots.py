@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from explistops_jax import rundir
+from explistops_jax.report.findings import DATASET, Arm, main_arm
 from explistops_jax.report.published import published_value
 from explistops_jax.report.runs import RunResult, as_float, style_key
 from explistops_jax.report.statistics import group_runs, metric_stat, row_labels, styles_of
@@ -158,10 +159,10 @@ def _finding_bars(path: Path, bars: Sequence[tuple[str, Any]], title: str, *,
         return False
     figure = _new_figure(1.6 + 1.1 * len(bars), 3.6)
     ax = figure.subplots()
-    colors = _style_colors([label.split(",")[0].split(" ")[0] for label, _ in bars])
+    colors = _style_colors([arm.style for _, arm in bars])
     for i, (label, arm) in enumerate(bars):
         stat = arm.stat
-        ax.bar([i], [100 * stat.mean], 0.7, color=colors[label.split(",")[0].split(" ")[0]])
+        ax.bar([i], [100 * stat.mean], 0.7, color=colors[arm.style])
         if stat.std is not None:
             ax.errorbar([i], [100 * stat.mean], yerr=[100 * stat.std], fmt="none",
                         ecolor="black", capsize=3, linewidth=1)
@@ -225,8 +226,6 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
                         out_dir: Path) -> dict[str, str]:
     """One PNG per finding that has runs (report.findings' :class:`Finding` s);
     returns {finding name: file name}."""
-    from explistops_jax.report import findings as f
-
     by_name = {finding.name: finding for finding in findings}
     written: dict[str, str] = {}
 
@@ -245,15 +244,14 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
         written["ladder"] = rundir.finding_png("ladder")
     series: dict[str, list[tuple[float, Any]]] = {}
     for arm in by_name["data_efficiency"].arms:
-        style, examples = arm.label.split(", ")
-        series.setdefault(style, []).append((int(examples.split()[0].replace(",", "")), arm))
+        series.setdefault(arm.style, []).append((arm.train_examples, arm))
     ticks = sorted({x for points in series.values() for x, a in points if a.measured})
     if _finding_lines(path("data_efficiency"), series,
                       "Accuracy against unique training examples (equal steps)",
                       "unique training examples", log_x=True,
                       xticks=[(x, f"{x:,}") for x in ticks]):
         written["data_efficiency"] = rundir.finding_png("data_efficiency")
-    buckets = _length_buckets(runs, f.DATASET)
+    buckets = _length_buckets(runs, DATASET)
     if _finding_lines(path("length"), buckets, "Accuracy by expression length "
                       "(trained on 10-20)", "expression length",
                       xticks=[(x, f"{int(x)}-{int(x) + 9}") for x in
@@ -261,8 +259,8 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
         written["length"] = rundir.finding_png("length")
     bars = []
     for style in ("none", "medium"):
-        bars.append((f"{style}, values 0-9", f.main_arm(runs, style)))
-        bars.append((f"{style}, values 10-99", f.main_arm(runs, style, "larger_numbers")))
+        bars.append((f"{style}, values 0-9", main_arm(runs, style)))
+        bars.append((f"{style}, values 10-99", main_arm(runs, style, "larger_numbers")))
     if _finding_bars(path("larger_numbers"), bars, "Values seen in training vs larger ones"):
         written["larger_numbers"] = rundir.finding_png("larger_numbers")
     sm = by_name["modular_sum"]
@@ -277,8 +275,6 @@ def _length_buckets(runs: Sequence[RunResult], dataset: str
                     ) -> dict[str, list[tuple[float, Any]]]:
     """Accuracy per 10-long length bucket of the test and len20_40 splits, per style
     (the headline runs), as report.findings arms."""
-    from explistops_jax.report.findings import Arm
-
     out: dict[str, list[tuple[float, Any]]] = {}
     for style in ("none", "medium"):
         chosen = [r for r in runs if (r.style, r.condition, r.dataset) == (style, "main", dataset)]
@@ -290,6 +286,6 @@ def _length_buckets(runs: Sequence[RunResult], dataset: str
                     if not math.isnan(accuracy):
                         values.setdefault(start, []).append(accuracy)
         if len(values) > 1:  # a line needs the longer split's buckets too
-            out[style] = [(float(start), Arm(style, tuple(v), None))
+            out[style] = [(float(start), Arm(style, tuple(v), None, style))
                           for start, v in sorted(values.items())]
     return out
