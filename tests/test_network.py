@@ -18,6 +18,7 @@ import pytest
 from flax import linen as nn
 
 from explistops_jax import network
+from explistops_jax.errors import ConfigError
 from explistops_jax.network import PRESETS, Transformer, get_config
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -358,6 +359,67 @@ def test_broadcast_dropout_shares_masks_along_length_and_query_axes():
                                     rngs={"dropout": jax.random.key(seed)})
     np.testing.assert_array_equal(drop(1), drop(1))
     assert float(jnp.abs(drop(1) - model.apply({"params": params}, enc, dec)).max()) > 1e-3
+
+
+def test_random_uint16_is_uniform_independent_and_keyed():
+    shape = (64, 1000, 7)  # last axis not a multiple of the four draws per hash
+    draws = np.asarray(network.random_uint16(jax.random.key(3), shape))
+    assert draws.shape == shape and draws.dtype == np.uint16
+    n = draws.size
+    # Each of the 16 top-nibble bins holds 1/16 of the draws: 5 binomial sd.
+    share = np.bincount((draws >> 12).ravel(), minlength=16) / n
+    assert np.abs(share - 1 / 16).max() < 5 * np.sqrt((1 / 16) * (15 / 16) / n)
+    # The low byte is as uniform as the high one.
+    low = np.bincount((draws & 0xF).ravel(), minlength=16) / n
+    assert np.abs(low - 1 / 16).max() < 5 * np.sqrt((1 / 16) * (15 / 16) / n)
+    # Neighbours (within one hash and across hashes) and rows are uncorrelated:
+    # the correlation of n independent pairs has sd 1/sqrt(n); 5 sd.
+    flat = draws.astype(np.float64)
+    for a, b in ((flat[..., :-1], flat[..., 1:]), (flat[:, :-1], flat[:, 1:]),
+                 (flat[..., 3], flat[..., 4])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
+    # Same key, same draws; raw and typed threefry keys agree; other keys differ.
+    np.testing.assert_array_equal(network.random_uint16(jax.random.key(3), shape), draws)
+    np.testing.assert_array_equal(network.random_uint16(jax.random.PRNGKey(3), shape), draws)
+    assert (np.asarray(network.random_uint16(jax.random.key(4), shape)) != draws).mean() > 0.99
+    # A prefix of the positions is drawn the same in a smaller array of the same rank
+    # only where the row-major position is the same: the first row here.
+    np.testing.assert_array_equal(network.random_uint16(jax.random.key(3), (1, 1000, 7)),
+                                  draws[:1])
+    # Other key implementations go through jax.random.bits.
+    rbg = np.asarray(network.random_uint16(jax.random.key(3, impl="rbg"), (5, 9)))
+    assert rbg.shape == (5, 9) and len(np.unique(rbg)) > 40
+
+
+def test_dropout_rate_scale_and_edges():
+    x = jnp.full((400, 500), 2.0)
+    apply = lambda rate, seed=0, **kw: np.asarray(network.Dropout(rate, **kw).apply(
+        {}, x, deterministic=False, rngs={"dropout": jax.random.key(seed)}))
+    out = apply(0.1)
+    realised = round(0.1 * 65536) / 65536  # the rate in 1/65536 steps: 0.1000061
+    dropped = (out == 0).mean()
+    assert abs(dropped - realised) < 5 * np.sqrt(realised * (1 - realised) / x.size)
+    # kept elements are scaled by the inverse of the realised keep probability
+    np.testing.assert_allclose(out[out != 0], 2.0 / (1 - realised), rtol=1e-6)
+    assert abs(out.mean() - 2.0) < 5 * 2.0 * np.sqrt(realised / (1 - realised) / x.size)
+    assert (apply(0.1, seed=1) != out).any()
+    np.testing.assert_array_equal(apply(0.1), out)
+    # off, deterministic, all-dropped
+    np.testing.assert_array_equal(apply(0.0), x)
+    np.testing.assert_array_equal(network.Dropout(0.5).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(apply(1.0), np.zeros_like(x))
+    # bfloat16 keeps its dtype
+    half = network.Dropout(0.5).apply({}, x.astype(jnp.bfloat16), deterministic=False,
+                                      rngs={"dropout": jax.random.key(0)})
+    assert half.dtype == jnp.bfloat16 and 0.4 < float((half == 0).mean()) < 0.6
+    # negative broadcast axes name the same axis as positive ones
+    a = network.Dropout(0.5, broadcast_dims=(-2,)).apply({}, x, deterministic=False,
+                                                         rngs={"dropout": jax.random.key(0)})
+    b = network.Dropout(0.5, broadcast_dims=(0,)).apply({}, x, deterministic=False,
+                                                        rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match="dropout_rate"):
+        get_config("t5_1_1_tiny", dropout_rate=1.5)
 
 
 def test_remat_gives_same_loss_and_gradients():

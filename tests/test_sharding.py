@@ -4,9 +4,11 @@ Runs in a subprocess with eight forced host CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX
 starts, and pytest's own process has started it). A tiny T5 1.1 (one layer per
 stack, 4 heads so that 4-way model parallelism splits them), initialised once,
-takes three Adafactor steps on the same batch on: one device; 8-way data
-parallel; 4 x 2 (data x model); 2 x 4. The losses must agree within a relative
-1e-5 (float32; the sharded programs only reorder sums).
+takes three Adafactor steps on the same batch, dropout 0.1 on, on: one device;
+8-way data parallel; 4 x 2 (data x model); 2 x 4. The losses must agree within a
+relative 1e-5 (float32; the sharded programs only reorder sums, and each dropout
+draw depends only on the step's key and the element's position, not on where the
+element lives).
 """
 
 import json
@@ -30,7 +32,7 @@ SCRIPT = textwrap.dedent("""
 
     model = EncoderDecoderModel(network.get_config(
         "t5_1_1_tiny", vocab_size=128, num_heads=4, head_dim=16, mlp_dim=128,
-        num_encoder_layers=1, num_decoder_layers=1))
+        num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1))
     rng = np.random.default_rng(0)
     def batch():
         targets = rng.integers(2, 128, (8, 12)).astype(np.int32)
