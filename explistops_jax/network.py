@@ -249,11 +249,14 @@ def random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
         data = jax.random.key_data(key)
         hi, lo = threefry2x32_p.bind(data[0], data[1], jnp.zeros(hashed, jnp.uint32),
                                      _iota_index(hashed))
-        bits = jnp.stack([hi, lo], axis=-1)
     else:
-        bits = jax.random.bits(key, (*hashed, 2), jnp.uint32)
-    draws = jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(*shape[:-1], 4 * words)
-    return draws[..., :shape[-1]]
+        hi, lo = jax.random.bits(key, (2, *hashed), jnp.uint32)
+    # Draw k of a hash (k = 0..3): 16-bit half k % 2 of word k // 2, by selects and
+    # shifts that XLA fuses into the consumer (a concatenation would be copied).
+    quarter = jax.lax.broadcasted_iota(jnp.uint32, (*hashed, 4), len(hashed))
+    word = jnp.where(quarter < 2, hi[..., None], lo[..., None])
+    draws = ((word >> ((quarter & 1) * np.uint32(16))) & np.uint32(0xFFFF)).astype(jnp.uint16)
+    return draws.reshape(*shape[:-1], 4 * words)[..., :shape[-1]]
 
 
 class Dropout(nn.Module):
