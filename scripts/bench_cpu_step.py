@@ -1,17 +1,19 @@
-"""The CPU preset's train step with and without the network's two CPU rewrites,
+"""The CPU preset's train step with and without the network's CPU rewrites,
 side by side in one process.
 
     python scripts/bench_cpu_step.py [--shape 64x32x96] [--rounds 6]
 
 The rewrites (explistops_jax/network.py) change no value, only how XLA's CPU
-backend computes two gradients: ``add_bias`` sums the relative position bias's
-gradient over the batch as a matrix-vector product, and ``Dense`` multiplies
-``[b*l, in]`` instead of ``[b, l, in]``. Variants, each compiled once and timed
-in interleaved rounds of 3 steps (after 2 warm-up steps), the median reported:
+backend computes: ``add_bias`` sums the relative position bias's gradient over
+the batch as a matrix-vector product, ``Dense`` multiplies ``[b*l, in]`` instead
+of ``[b, l, in]``, and ``Attention`` contracts heads-first ``[b, h, len, kv]``
+operands instead of ``[b, len, h, kv]``. Variants, each compiled once and timed in
+interleaved rounds of 3 steps (after 2 warm-up steps), the median reported:
 
-* ``plain``: neither (the code before the rewrites, rebuilt here);
+* ``plain``: none (the code before the rewrites, rebuilt here);
 * ``bias``: ``add_bias`` only;
-* ``both``: the network as it is.
+* ``both``: ``add_bias`` and ``Dense`` (attention as it was);
+* ``all``: the network as it is.
 
 The model is the CPU preset's (T5 1.1, d_model 128, 3+3 layers, vocabulary 384),
 AdamW, random full batches of ``--shape`` (batch x inputs x targets; the default
@@ -54,16 +56,42 @@ class PlainDense(nn.Module):
         return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
+class LengthFirstAttention(network.Attention):
+    """Attention as it was: products of [b, len, h, kv] operands."""
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv, bias, *, deterministic=True, decode=False,
+                 decode_index=None):
+        cfg = self.config
+        query = network.Dense(cfg.num_heads * cfg.head_dim, ("embed", "joined_kv"),
+                              cfg.activation_dtype, network._kernel_init(1.0 / cfg.head_dim),
+                              name="query")(inputs_q)
+        query = self._heads(query)
+        key, value = self._key_value(inputs_kv, decode, decode_index)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32),
+                            key.astype(jnp.float32))
+        if bias is not None:
+            logits = network.add_bias(logits, bias.astype(logits.dtype))
+        weights = jax.nn.softmax(logits, axis=-1).astype(cfg.activation_dtype)
+        weights = network._dropout(cfg)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(cfg.activation_dtype))
+        out = out.reshape(out.shape[:2] + (-1,))
+        return network.Dense(cfg.emb_dim, ("joined_kv", "embed"), cfg.activation_dtype,
+                             name="out")(out)
+
+
 def _variant(name: str):
     """Patches the network module for a variant; returns the undo."""
-    dense, add_bias = network.Dense, network.add_bias
+    dense, add_bias, attention = network.Dense, network.add_bias, network.Attention
+    if name != "all":
+        network.Attention = LengthFirstAttention
     if name in ("plain", "bias"):
         network.Dense = PlainDense
     if name == "plain":
         network.add_bias = lambda logits, bias: logits + bias
 
     def undo():
-        network.Dense, network.add_bias = dense, add_bias
+        network.Dense, network.add_bias, network.Attention = dense, add_bias, attention
     return undo
 
 
@@ -77,7 +105,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     host_batches = [random_batch(rng, b, (i, t), 384) for _ in range(2)]
     built = {}
-    for name in ("plain", "bias", "both"):
+    for name in ("plain", "bias", "both", "all"):
         undo = _variant(name)
         try:
             config = network.get_config(reproduce.CPU_MODEL, vocab_size=384,

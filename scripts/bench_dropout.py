@@ -1,59 +1,117 @@
 """Cost of dropout in the network: forward + backward of the loss, per step.
 
-    python scripts/bench_dropout.py [--preset t5_1_0_small] [--steps 5]
+    python scripts/bench_dropout.py [--preset t5_1_0_tiny] [--rounds 10]
 
 Times `jax.jit(jax.value_and_grad(loss_fn))` on one fixed batch (8 x (64, 192),
-vocabulary 384, float32) with dropout off, per-element dropout 0.1 (Hugging Face's
-masks) and broadcast dropout 0.1 (T5X's masks, `T5Config.broadcast_dropout`), and
-prints wall and process CPU seconds per step after one warm-up step.
+vocabulary 384, float32, z-loss 1e-4) for five variants compiled in one process
+and timed in turn, round after round (so that a busy moment of the machine falls
+on all of them): dropout off; per-element dropout 0.1 with flax's ``nn.Dropout``
+(the baseline: a threefry hash and a float compare per element); per-element
+dropout 0.1 with ``network.Dropout`` (16-bit draws, four per hash; the default);
+broadcast dropout 0.1 (T5X's masks, ``T5Config.broadcast_dropout``) with each.
+Each round times 3 steps of each variant (fresh dropout keys) after one untimed
+step. Prints the median over rounds of wall and process CPU ms per step, and
+each against dropout off. ``t5_1_0_tiny`` is widened to the e128 shape of
+scripts/bench_t5x_vs_own.py (4 heads of 32, MLP 256, 3 + 3 layers).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import numpy as np
-from flax import linen as nn
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from explistops_jax.model import EncoderDecoderModel
-from explistops_jax.network import get_config
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import linen as nn  # noqa: E402
+from machine_info import cpu_model, load_average  # noqa: E402
+
+from explistops_jax import network  # noqa: E402
+from explistops_jax.model import EncoderDecoderModel  # noqa: E402
+
+E128 = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=3,
+            num_decoder_layers=3)
 
 
-def seconds_per_step(preset: str, rate: float, broadcast: bool, steps: int) -> tuple[float, float]:
-    model = EncoderDecoderModel(get_config(preset, vocab_size=384, dropout_rate=rate,
-                                           broadcast_dropout=broadcast), z_loss=1e-4)
+def _flax_dropout(cfg: network.T5Config) -> nn.Dropout:
+    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,) if cfg.broadcast_dropout else ())
+
+
+# name -> (rate, broadcast masks, dropout module factory)
+VARIANTS = {
+    "off": (0.0, False, network._dropout),
+    "per-element, nn.Dropout": (0.1, False, _flax_dropout),
+    "per-element, network.Dropout": (0.1, False, network._dropout),
+    "broadcast, nn.Dropout": (0.1, True, _flax_dropout),
+    "broadcast, network.Dropout": (0.1, True, network._dropout),
+}
+
+
+def _batch() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     targets = rng.integers(2, 384, (8, 192)).astype(np.int32)
-    batch = {"encoder_input_tokens": rng.integers(2, 384, (8, 64)).astype(np.int32),
-             "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
-             "decoder_target_tokens": targets,
-             "decoder_loss_weights": np.ones((8, 192), np.int32)}
+    return {"encoder_input_tokens": rng.integers(2, 384, (8, 64)).astype(np.int32),
+            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones((8, 192), np.int32)}
+
+
+def compiled_steps(preset: str, batch) -> dict:
+    """Each variant's compiled loss-and-gradient function and its parameters."""
+    overrides = E128 if preset == "t5_1_0_tiny" else {}
     shapes = {"encoder_input_tokens": (8, 64), "decoder_input_tokens": (8, 192)}
-    params = nn.unbox(model.get_initial_variables(jax.random.key(0), shapes))["params"]
-    step = jax.jit(jax.value_and_grad(lambda p, b, r: model.loss_fn(p, b, r)[0]))
-    key = jax.random.key(1)
-    jax.block_until_ready(step(params, batch, key))
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        jax.block_until_ready(step(params, batch, key))
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+    default = network._dropout
+    steps = {}
+    try:
+        for name, (rate, broadcast, factory) in VARIANTS.items():
+            network._dropout = factory  # read while the step is traced
+            model = EncoderDecoderModel(network.get_config(
+                preset, vocab_size=384, dropout_rate=rate, broadcast_dropout=broadcast,
+                **overrides), z_loss=1e-4)
+            params = nn.unbox(model.get_initial_variables(jax.random.key(0), shapes))["params"]
+            loss = lambda p, b, r, model=model: model.loss_fn(p, b, r)[0]
+            step = jax.jit(jax.value_and_grad(loss)).lower(
+                params, batch, jax.random.PRNGKey(0)).compile()
+            steps[name] = (step, params)
+    finally:
+        network._dropout = default
+    return steps
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="t5_1_0_small")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--preset", default="t5_1_0_tiny")
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    base = None
-    for label, rate, broadcast in (("off", 0.0, False), ("per-element 0.1", 0.1, False),
-                                   ("broadcast 0.1", 0.1, True)):
-        wall, cpu = seconds_per_step(args.preset, rate, broadcast, args.steps)
-        base = base or cpu
-        print(f"{label:16s} wall {wall:.2f} s/step  cpu {cpu:.2f} s/step  "
-              f"cpu vs off {cpu / base:.2f}x", flush=True)
+    print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), load {load_average():.1f}")
+    batch = _batch()
+    steps = compiled_steps(args.preset, batch)
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for r in range(args.rounds):
+        for name, (step, params) in steps.items():
+            jax.block_until_ready(step(params, batch, jax.random.PRNGKey(1000 + r)))
+            w, c = time.perf_counter(), time.process_time()
+            for i in range(3):
+                jax.block_until_ready(step(params, batch, jax.random.PRNGKey(3 * r + i)))
+            wall[name].append((time.perf_counter() - w) / 3)
+            cpu[name].append((time.process_time() - c) / 3)
+    base_wall, base_cpu = np.median(wall["off"]), np.median(cpu["off"])
+    print(f"{args.preset}, batch 8 x (64, 192), float32, forward + backward; "
+          f"median over {args.rounds} rounds of 3 steps")
+    print("| dropout | wall ms/step | vs off | CPU ms/step | vs off |")
+    print("|---|---:|---:|---:|---:|")
+    for name in steps:
+        w, c = np.median(wall[name]), np.median(cpu[name])
+        print(f"| {name} | {w * 1e3:.1f} | {w / base_wall:.2f}x | {c * 1e3:.1f} | "
+              f"{c / base_cpu:.2f}x |")
+    print(f"load at the end: {load_average():.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
