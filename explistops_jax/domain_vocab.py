@@ -88,9 +88,15 @@ def split_pieces(text: str) -> list[str]:
     return [t.lstrip(_GLUED) for t in _pretokenize(text)]
 
 
+_PRETOKENIZE_RES = tuple((re.compile(pattern), repl) for pattern, repl in _PRETOKENIZE)
+_WS_RE = re.compile(_WS)
+# Distinct words whose ids an encoder remembers (a task's texts use a few hundred).
+_WORD_CACHE_SIZE = 1 << 16
+
+
 def _pretokenize(text: str) -> list[str]:
-    for pattern, repl in _PRETOKENIZE:
-        text = re.sub(pattern, repl, text)
+    for pattern, repl in _PRETOKENIZE_RES:
+        text = pattern.sub(repl, text)
     return [t for t in text.split(" ") if t]
 
 
@@ -147,6 +153,7 @@ class DomainTable:
         self._ids = {p: i for i, p in enumerate(self.pieces)}
         self.keys: dict[str, int] = self._lookup_keys()
         self.displays: tuple[str, ...] = tuple(_display(p) for p in self.pieces)
+        self._word_ids: dict[str, tuple[int, ...]] = {}
 
     @property
     def base_vocab_size(self) -> int:
@@ -189,12 +196,32 @@ class DomainTable:
         return [self.id_to_piece(i) for i in self.encode(text)]
 
     def encode(self, s: str | bytes) -> list[int]:
-        """Text -> ids (no EOS)."""
+        """Text -> ids (no EOS).
+
+        Every pre-tokenization rule acts within a whitespace-separated word (the
+        whitespace rules only collapse and strip), so a text's ids are its words'
+        ids in order; each distinct word is encoded once and remembered. The
+        TensorFlow vocabulary runs the same rules over whole texts; tests compare
+        the two, id for id."""
         if isinstance(s, bytes):
             s = s.decode("utf-8")
+        ids: list[int] = []
+        cache = self._word_ids
+        for word in _WS_RE.split(s):
+            if not word:
+                continue
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = self._encode_word(word)
+                if len(cache) < _WORD_CACHE_SIZE:
+                    cache[word] = word_ids
+            ids.extend(word_ids)
+        return ids
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
         ids = []
         keys = self.keys
-        for token in _pretokenize(s):
+        for token in _pretokenize(word):
             i = keys.get(token)
             if i is not None:
                 ids.append(i)
@@ -204,7 +231,7 @@ class DomainTable:
                 ids.extend(keys.get(t, UNK_ID) for t in token.split(" "))
             else:
                 ids.append(UNK_ID)
-        return ids
+        return tuple(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text, as ``seqio.Vocabulary.decode``: ids past the vocabulary

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from explistops_jax.errors import UserError
 
 __all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "parse_mesh", "plan", "largest_batch",
-           "format_plan", "abstract_batch", "random_batch"]
+           "format_plan", "abstract_batch", "random_batch", "train_flops"]
 
 GIB = 1024 ** 3
 # Common accelerator memory sizes (GiB): v5e/T4, A10/v4-ish, A100-40, A100/H100-80, H200.
@@ -209,6 +209,30 @@ def abstract_batch(partitioner, batch_size: int, lengths: Sequence[int]) -> dict
               "decoder_loss_weights": (batch_size, lengths[1])}
     return {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=sharding)
             for k, s in shapes.items()}
+
+
+def train_flops(config, batch_size: int, lengths: Sequence[int]) -> float:
+    """Model FLOPs of one train step of ``config`` (a ``network.T5Config``) on
+    ``batch_size`` examples of ``lengths`` (inputs, targets): the numerator of MFU
+    as PaLM defines it (Chowdhery et al. 2022, appendix B), so that figures compare
+    across hardware and code: 2 x m x n x k for every matrix product of the
+    forward pass (projections, MLP, attention's two products, the output head;
+    causal attention counted whole, as it is computed), three times that for
+    forward and backward, and nothing for element-wise work, gathers, the
+    optimizer or rematerialised recomputation."""
+    inputs, targets = lengths
+    d, joined = config.emb_dim, config.num_heads * config.head_dim
+    mlp = 2 * d * config.mlp_dim * (len(config.mlp_activations) + 1)  # per token
+    projection = 2 * d * joined  # one of q, k, v, out, per token
+    products = lambda queries, keys: 2 * 2 * queries * keys * joined  # logits, weights @ v
+    encoder = config.num_encoder_layers * (
+        inputs * (4 * projection + mlp) + products(inputs, inputs))
+    decoder = config.num_decoder_layers * (
+        targets * (4 * projection + mlp) + products(targets, targets)  # self-attention
+        + targets * 2 * projection + inputs * 2 * projection  # cross: q, out; k, v
+        + products(targets, inputs))
+    head = 2 * d * config.vocab_size * targets
+    return 3.0 * batch_size * (encoder + decoder + head)
 
 
 def random_batch(rng, batch_size: int, lengths: Sequence[int], vocab_size: int) -> dict:

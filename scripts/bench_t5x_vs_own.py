@@ -18,8 +18,9 @@ Runs, one after the other (never at once), alternating:
 Both: task explistops30_medium (generated on the fly: T5X through the SeqIO task,
 the own trainer through its grain pipeline by default, ``--data_backend seqio`` for
 the SeqIO task), batch 8, lengths inputs 64 / targets 192, no packing, float32,
-dropout ``--dropout`` (default 0.1, T5's fine-tuning rate and the issue's goal), 384 embedding rows, z-loss 1e-4, no evaluation,
-a checkpoint only after the last step.
+dropout ``--dropout`` (default 0.1, T5's fine-tuning rate; each trainer's own
+masks: T5X's shared along the length axis, ours per element), 384 embedding rows,
+z-loss 1e-4, no evaluation, a checkpoint only after the last step.
 
 Timing: steps are grouped in blocks of ``--block`` steps and the first ``--skip``
 steps (compilation is done before step 1 in both; these are warm-up) are left out.

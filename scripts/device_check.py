@@ -16,9 +16,12 @@ JAX and PyTorch do not share an allocator):
 
 ``--tiny`` runs every section with tiny shapes on whatever device there is (CI
 runs it on the CPU so the script cannot rot). Writes ``device_check.json`` and
-``device_check.md`` to ``--out``. MFU is XLA's count of the step's floating-point
-operations (``compiled.cost_analysis()``) divided by step time and the measured
-bf16 matmul peak.
+``device_check.md`` to ``--out``. MFU is model FLOPs utilisation as PaLM defines
+it: the step's matrix-product FLOPs counted from the model's shapes
+(``plan.train_flops``) over step time, divided by the measured bf16 matmul peak.
+XLA's own count (``compiled.cost_analysis()``) is recorded beside it: on the CPU
+it agrees within 1% (tests/test_plan.py), on the H200 it reported a third of the
+products (docs/benchmarks.md), so it is not the MFU numerator.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
 
     from explistops_jax import network, optimizers, partitioning, train_step
     from explistops_jax.model import EncoderDecoderModel
-    from explistops_jax.plan import random_batch
+    from explistops_jax.plan import random_batch, train_flops
 
     config = network.get_config(model_name, dtype=dtype,
                                 **({"vocab_size": vocab_size} if vocab_size else {}))
@@ -139,7 +142,9 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1.0 / step_s,
             "target_tokens_per_s": batch * lengths[1] / step_s,
-            "xla_flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
+            "model_flops_per_step": train_flops(config, batch, lengths),
+            "tflops_per_s": train_flops(config, batch, lengths) / step_s / 1e12,
+            "xla_flops_per_step": flops, "xla_tflops_per_s": flops / step_s / 1e12,
             "first_loss": losses[0], "last_loss": losses[-1],
             "losses_finite": bool(np.all(np.isfinite(losses)))}
 
@@ -317,8 +322,9 @@ def markdown(report: dict) -> str:
             f"| {run['model']} train step, bf16, batch {run['batch']}, lengths "
             f"{run['lengths'][0]}/{run['lengths'][1]} | {run['steps_per_s']:.2f} steps/s, "
             f"{run['target_tokens_per_s']:.0f} target tokens/s, "
-            f"{run['tflops_per_s']:.1f} TFLOP/s"
-            + (f", MFU {100 * mfu:.1f}%" if mfu is not None else "") + " |")
+            f"{run['tflops_per_s']:.1f} model TFLOP/s"
+            + (f", MFU {100 * mfu:.1f}%" if mfu is not None else "")
+            + f" (XLA's count: {run['xla_tflops_per_s']:.1f} TFLOP/s) |")
     big = report["sections"].get("big", {})
     if "step_s" in big:
         measured = big.get("peak_bytes_measured")

@@ -240,7 +240,12 @@ def test_tf_free_table_gives_the_same_ids_and_text(domain, rendered):
     table = DomainTable()
     assert table == domain.table and table.vocab_size == domain.vocab_size
     texts = [t for style in rendered for t in rendered[style]] + [
-        "SUM 1234 , [ unknownword ] <extra_id_0>", "  spaced\n text ,a:b  "]
+        "SUM 1234 , [ unknownword ] <extra_id_0>", "  spaced\n text ,a:b  ",
+        # the Python table encodes word by word (and remembers words); TensorFlow
+        # runs the rules over the whole text: edges where the two could part
+        "\x01[MAX\x02 2\x03\x04 \x05 9]", "a\xa0b \u2003 [3\x1c4] \t\r\x0b\x0c7",
+        ",,[[;;..]] :: a.b.c 3, 12,34 [0099] ]]]", "\x03 \x04", "\n\n", " ] [ ",
+        "sum is 1234 sum is 1234"]
     for text in texts:
         ids = table.encode(text)
         assert ids == list(domain.encode(text))
