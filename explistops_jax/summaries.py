@@ -20,6 +20,7 @@ log always describes one uninterrupted run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import logging
@@ -113,15 +114,25 @@ class MetricsWriter:
         self._train_log = rundir.JsonlLog(self.run.train_log)
         self._tb: dict[str, Any] = {}
         self._use_tb = tensorboard and enabled
-        if self._use_tb:  # now, so that the import is not timed as a step
-            self._writer("train")
+        self._opening = None
+        if self._use_tb:
+            # Opened now, in a thread: its import (tensorboardX imports torch when
+            # that is installed, a second or more) overlaps the train step's
+            # compilation instead of delaying the first step.
+            pool = concurrent.futures.ThreadPoolExecutor(1, "tensorboard")
+            self._opening = pool.submit(_summary_writer, self.run.tensorboard("train"))
+            pool.shutdown(wait=False)
 
     def _writer(self, kind: str):
         """The TensorBoard writer of ``kind``; None (after one warning) when it
         cannot be created on this run directory's store."""
         if kind not in self._tb and self._use_tb:
             try:
-                self._tb[kind] = _summary_writer(self.run.tensorboard(kind))
+                if kind == "train" and self._opening is not None:
+                    opening, self._opening = self._opening, None
+                    self._tb[kind] = opening.result()
+                else:
+                    self._tb[kind] = _summary_writer(self.run.tensorboard(kind))
             except Exception as err:  # any store error: TensorBoard is optional
                 if rundir.is_local(self.run.path):
                     raise
@@ -164,12 +175,14 @@ class MetricsWriter:
         train log and the event files are uploaded whole)."""
         if self.enabled:
             self._train_log.flush()
+        self._writer("train")  # an opening writer: waited for, so errors surface
         for writer in self._tb.values():
             writer.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._train_log.flush()
+        self._writer("train")
         for writer in self._tb.values():
             writer.close()
         self._tb.clear()
