@@ -242,10 +242,10 @@ def random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
     if math.prod(hashed) >= 1 << 32:
         raise ValueError(f"random_uint16: {shape} needs more than 2**32 hashes")
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        impl = str(jax.random.key_impl(key))
-    else:
-        impl = str(jax.config.jax_default_prng_impl)
-    if impl == "threefry2x32":
+        threefry = str(jax.random.key_impl(key)) == "threefry2x32"
+    else:  # raw key data: uint32[2] is threefry's (rbg's are uint32[4])
+        threefry = key.shape == (2,)
+    if threefry:
         data = jax.random.key_data(key)
         hi, lo = threefry2x32_p.bind(data[0], data[1], jnp.zeros(hashed, jnp.uint32),
                                      _iota_index(hashed))
