@@ -290,14 +290,15 @@ class BatchStream:
                             raise UserError(f"split {self.config.split!r} of "
                                             f"{self.config.mixture_or_task_name!r} is empty")
                         break  # the natural end of this epoch (or of a mixture)
-                    batch = self._empty_batch()  # this epoch packed into fewer batches
+                    batch = self.empty_batch()  # this epoch packed into fewer batches
                 yield Position(epoch, index), fill_rows(batch, self.local_batch_size)
             if self._is_mixture:
                 return
             epoch, skip = epoch + 1, 0
 
-    def _empty_batch(self) -> dict[str, np.ndarray]:
-        """An all-zero batch (no loss weight anywhere) shaped like the real ones."""
+    def empty_batch(self) -> dict[str, np.ndarray]:
+        """An all-zero batch (no loss weight anywhere) shaped like the real ones:
+        this process's rows, every feature the stream's batches have."""
         lengths = self.config.task_feature_lengths
         names = features.MODEL_FEATURES + (features.PACKED_FEATURES if self.config.pack
                                            else ())

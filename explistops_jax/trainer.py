@@ -20,9 +20,11 @@ from the step number.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
+import threading
 import time
 from typing import Any, Mapping
 
@@ -136,8 +138,9 @@ class _Loop:
     """Runs steps, keeps one step in flight, logs, checks, evaluates, saves."""
 
     def __init__(self, *, step_fn, stream, checkpoints, writer, progress, evaluator,
-                 eval_period, total_steps, run_info, partitioner):
+                 eval_period, total_steps, run_info, partitioner, compiling=None):
         self.step_fn = step_fn
+        self._compiling = compiling  # (future, batch) from _compile_ahead, or None
         self.stream = stream
         self.checkpoints = checkpoints
         self.writer = writer
@@ -186,10 +189,20 @@ class _Loop:
         return state
 
     def _compile(self, state: TrainState, batch: Mapping[str, jax.Array]) -> None:
-        """Compiles the step ahead of time, so that compilation is not timed as
-        a training step."""
+        """The compiled step: the one compiled ahead (waited for) when its batch
+        was laid out as this one, else compiled now; either way before the first
+        step, so that compilation is not timed as a training step."""
         start = time.perf_counter()
-        self._compiled = self.step_fn.lower(state, batch).compile()
+        compiled = None
+        if self._compiling is not None:
+            (future, template), self._compiling = self._compiling, None
+            if _same_layout(batch, template):
+                try:
+                    compiled = future.result()
+                except Exception as err:  # compiled again below, where it raises
+                    logging.warning("compiling the step ahead failed (%s: %s)",
+                                    type(err).__name__, err)
+        self._compiled = compiled or self.step_fn.lower(state, batch).compile()
         self.compile_time_s = time.perf_counter() - start
         logging.info("train step compiled in %.1f s", self.compile_time_s)
         self._last_time = time.perf_counter()
@@ -227,6 +240,32 @@ class _Loop:
             self.progress.write(f"step {step} {task}/{split}: " + ", ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
         self._last_time = time.perf_counter()  # eval time is not step time
+
+
+def _compile_ahead(step_fn, abstract_state: TrainState, batch: Mapping[str, jax.Array]):
+    """Starts compiling the train step for the state's shapes and a batch laid out
+    like the stream's, in a thread: XLA compiles without holding the GIL, so this
+    overlaps the state's initialisation or restoration (its own compilation
+    included). A daemon thread: a run that fails before its first step exits
+    without waiting for the compilation. Returns (future, batch) for
+    :meth:`_Loop._compile`."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def compile_step():
+        try:
+            future.set_result(step_fn.lower(abstract_state, batch).compile())
+        except BaseException as err:  # handed to the loop, which compiles again
+            future.set_exception(err)
+
+    threading.Thread(target=compile_step, name="compile-train-step", daemon=True).start()
+    return future, batch
+
+
+def _same_layout(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> bool:
+    """Same features, shapes, dtypes and shardings."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype
+        and a[k].sharding == b[k].sharding for k in a)
 
 
 def _due(step: int, period: int | None) -> bool:
@@ -312,6 +351,13 @@ def train(
         return _finished(model_dir, checkpoints.latest_step())
     layout = state_layout(model, tx, partitioner)
     info = _run_info(model, data, total_steps, run_info)
+    step_fn = partitioner.jit(
+        make_train_step(model, tx, schedule, num_microbatches),
+        in_shardings=(layout.shardings, partitioner.batch_sharding()),
+        out_shardings=(layout.shardings, partitioner.sharding()),
+        donate_argnums=0)
+    compiling = _compile_ahead(step_fn, layout.abstract,
+                               partitioner.shard_batch(stream.empty_batch()))
     state, position = _start(checkpoints, layout, model, tx, partitioner, seed,
                              initial_checkpoint_path)
     start_step = int(jax.device_get(state.step))
@@ -321,18 +367,14 @@ def train(
         summaries.truncate_log(run.eval_log, start_step)
         rundir.write_json(run.run_json, info)
 
-    step_fn = partitioner.jit(
-        make_train_step(model, tx, schedule, num_microbatches),
-        in_shardings=(layout.shardings, partitioner.batch_sharding()),
-        out_shardings=(layout.shardings, partitioner.sharding()),
-        donate_argnums=0)
     evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
     writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
     bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
     loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
                  progress=bar, evaluator=evaluator,
                  eval_period=evaluation.period if evaluation else None,
-                 total_steps=total_steps, run_info=info, partitioner=partitioner)
+                 total_steps=total_steps, run_info=info, partitioner=partitioner,
+                 compiling=compiling)
     try:
         state = loop.run(state, position)
     finally:

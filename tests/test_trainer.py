@@ -215,3 +215,34 @@ def test_command_line_flags_become_gin_bindings():
         "MIXTURE_OR_TASK_NAME = 'explistops30_medium'"]
     with pytest.raises(UserError, match="gin file not found"):
         gin_config.parse(["no/such/file.gin"], [])
+
+
+def test_the_step_compiled_ahead_is_used_only_for_a_batch_laid_out_like_its_own(caplog):
+    """train() compiles the step in a thread while the state initialises; the loop
+    takes that program when the first real batch has the template's layout, and
+    otherwise (or when the compilation failed) compiles for the real batch."""
+    import concurrent.futures
+
+    from explistops_jax import trainer
+
+    step = jax.jit(lambda state, batch: (state + batch["x"].sum(), {}))
+    batch = {"x": jnp.ones((4, 3), jnp.int32)}
+    state = jnp.int32(0)
+
+    def loop_with(result=None, error=None, template=batch):
+        future = concurrent.futures.Future()
+        future.set_exception(error) if error else future.set_result(result)
+        none = dict.fromkeys(("stream", "checkpoints", "writer", "progress", "evaluator",
+                              "eval_period", "total_steps", "run_info", "partitioner"))
+        loop = trainer._Loop(step_fn=step, compiling=(future, template), **none)
+        loop._compile(state, batch)
+        return loop._compiled
+
+    ahead = step.lower(state, batch).compile()
+    assert loop_with(ahead) is ahead
+    other = loop_with(ahead, template={"x": jnp.ones((2, 3), jnp.int32)})
+    assert other is not ahead and int(other(state, batch)[0]) == 12
+    with caplog.at_level("WARNING"):
+        again = loop_with(error=RuntimeError("out of memory while compiling"))
+    assert int(again(state, batch)[0]) == 12
+    assert "compiling the step ahead failed (RuntimeError: out of memory" in caplog.text
