@@ -1,7 +1,8 @@
 """Training throughput of the own trainer side by side with T5X's, same model and data.
 
     python scripts/bench_t5x_vs_own.py [--shapes e128,small] [--steps 60] [--skip 10]
-        [--block 10] [--repeats 2] [--t5x_python /tmp/t5x-venv/bin/python] [--json out.json]
+        [--block 10] [--repeats 2] [--settle 20] [--t5x_python /tmp/t5x-venv/bin/python]
+        [--json out.json]
 
 Runs, one after the other (never at once), alternating:
 
@@ -32,7 +33,11 @@ consecutive steps' metrics, the input pipeline included). Reported: the median
 over the blocks of each run (and, beside it, all timed steps over their total
 time: the blocks' harmonic mean), then the median over runs; the ratio is own
 steps/s over T5X steps/s (> 1: the own trainer is faster). Examples/s = batch x
-steps/s in both (no packing: every row is one example).
+steps/s in both (no packing: every row is one example). Each run starts after
+``--settle`` idle seconds (the same for both): on a 2-core VM, own runs that came
+right after a T5X process (TensorFlow, a few GB) were often slower than own runs
+after own runs, with nothing of T5X's left running in the VM; the pause shortens,
+but does not always remove, whatever the machine does after such a process.
 """
 
 from __future__ import annotations
@@ -209,6 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--t5x_python", default="/tmp/t5x-venv/bin/python")
     parser.add_argument("--own_python", default=sys.executable)
     parser.add_argument("--timeout", type=float, default=600, help="per run, seconds")
+    parser.add_argument("--settle", type=float, default=20,
+                        help="seconds of idle before each run (the machine's clean-up "
+                             "after the previous process is not timed)")
     parser.add_argument("--json", help="append the runs as JSON lines to this file")
     parser.add_argument("--keep", help="keep the runs' logs in this directory")
     args = parser.parse_args(argv)
@@ -224,6 +232,7 @@ def main(argv=None) -> int:
             # alternate which goes first, so a drift in the machine's load is shared
             order = [("t5x", bench_t5x), ("own", bench_own)]
             for name, fn in (order if i % 2 == 0 else order[::-1]):
+                time.sleep(args.settle)
                 row = fn(shape, args, work)
                 row["repeat"] = i
                 print(json.dumps(row), flush=True)
