@@ -250,6 +250,11 @@ class DomainTable:
             text = re.sub(pattern, repl, text)
         return text
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_word_ids"] = {}  # remembered words are rebuilt on use
+        return state
+
     def __eq__(self, other) -> bool:
         return (isinstance(other, DomainTable) and self.pieces == other.pieces
                 and self.extra_ids == other.extra_ids)
