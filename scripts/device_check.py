@@ -20,7 +20,7 @@ runs it on the CPU so the script cannot rot). Writes ``device_check.json`` and
 it: the step's matrix-product FLOPs counted from the model's shapes
 (``plan.train_flops``) over step time, divided by the measured bf16 matmul peak.
 XLA's own count (``compiled.cost_analysis()``) is recorded beside it: on the CPU
-it agrees within 1% (tests/test_plan.py), on the H200 it reported a third of the
+it agrees within 1% (tests/test_plan.py); on the H200 it reported 28-46% of the
 products (docs/benchmarks.md), so it is not the MFU numerator.
 """
 
