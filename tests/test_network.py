@@ -369,7 +369,7 @@ def test_random_uint16_is_uniform_independent_and_keyed():
     # Each of the 16 top-nibble bins holds 1/16 of the draws: 5 binomial sd.
     share = np.bincount((draws >> 12).ravel(), minlength=16) / n
     assert np.abs(share - 1 / 16).max() < 5 * np.sqrt((1 / 16) * (15 / 16) / n)
-    # The low byte is as uniform as the high one.
+    # The low nibble is as uniform as the top one.
     low = np.bincount((draws & 0xF).ravel(), minlength=16) / n
     assert np.abs(low - 1 / 16).max() < 5 * np.sqrt((1 / 16) * (15 / 16) / n)
     # Neighbours (within one hash and across hashes) and rows are uncorrelated:
@@ -382,8 +382,8 @@ def test_random_uint16_is_uniform_independent_and_keyed():
     np.testing.assert_array_equal(network.random_uint16(jax.random.key(3), shape), draws)
     np.testing.assert_array_equal(network.random_uint16(jax.random.PRNGKey(3), shape), draws)
     assert (np.asarray(network.random_uint16(jax.random.key(4), shape)) != draws).mean() > 0.99
-    # A prefix of the positions is drawn the same in a smaller array of the same rank
-    # only where the row-major position is the same: the first row here.
+    # A draw depends only on the key and its row-major position: a one-row array
+    # draws this array's first row.
     np.testing.assert_array_equal(network.random_uint16(jax.random.key(3), (1, 1000, 7)),
                                   draws[:1])
     # Other key implementations go through jax.random.bits.
