@@ -28,13 +28,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
+from bench_t5x_vs_own import SHAPES  # noqa: E402
 from machine_info import cpu_model, load_average  # noqa: E402
 
 from explistops_jax import network  # noqa: E402
 from explistops_jax.model import EncoderDecoderModel  # noqa: E402
-
-E128 = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=3,
-            num_decoder_layers=3)
+from explistops_jax.plan import random_batch  # noqa: E402
 
 
 def _flax_dropout(cfg: network.T5Config) -> nn.Dropout:
@@ -51,18 +50,9 @@ VARIANTS = {
 }
 
 
-def _batch() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    targets = rng.integers(2, 384, (8, 192)).astype(np.int32)
-    return {"encoder_input_tokens": rng.integers(2, 384, (8, 64)).astype(np.int32),
-            "decoder_input_tokens": np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
-            "decoder_target_tokens": targets,
-            "decoder_loss_weights": np.ones((8, 192), np.int32)}
-
-
 def compiled_steps(preset: str, batch) -> dict:
     """Each variant's compiled loss-and-gradient function and its parameters."""
-    overrides = E128 if preset == "t5_1_0_tiny" else {}
+    overrides = SHAPES["e128"][1] if preset == "t5_1_0_tiny" else {}
     shapes = {"encoder_input_tokens": (8, 64), "decoder_input_tokens": (8, 192)}
     default = network._dropout
     steps = {}
@@ -88,7 +78,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), load {load_average():.1f}")
-    batch = _batch()
+    batch = random_batch(np.random.default_rng(0), 8, (64, 192), 384)
     steps = compiled_steps(args.preset, batch)
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}

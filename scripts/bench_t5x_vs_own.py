@@ -222,6 +222,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.skip % args.block or (args.steps - args.skip) < args.block:
         parser.error("--skip must be a multiple of --block, with a block left to time")
+    if args.settle < 0:
+        parser.error(f"--settle must be zero or more seconds, not {args.settle}")
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench_t5x_vs_own_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -138,12 +138,13 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
     elapsed = time.perf_counter() - start
     losses = [float(x) for x in jax.device_get(losses)]
     step_s = elapsed / steps
+    model_flops = train_flops(config, batch, lengths)
     return {"model": model_name, "batch": batch, "lengths": list(lengths), "dtype": dtype,
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1.0 / step_s,
             "target_tokens_per_s": batch * lengths[1] / step_s,
-            "model_flops_per_step": train_flops(config, batch, lengths),
-            "tflops_per_s": train_flops(config, batch, lengths) / step_s / 1e12,
+            "model_flops_per_step": model_flops,
+            "tflops_per_s": model_flops / step_s / 1e12,
             "xla_flops_per_step": flops, "xla_tflops_per_s": flops / step_s / 1e12,
             "first_loss": losses[0], "last_loss": losses[-1],
             "losses_finite": bool(np.all(np.isfinite(losses)))}
