@@ -26,9 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.extend.random import threefry2x32_p
 
 from explistops_jax.errors import ConfigError, UnknownFieldError, UnknownNameError
+
+try:  # JAX's extension API; a JAX without it draws through jax.random.bits
+    from jax.extend.random import threefry2x32_p
+except ImportError:  # pragma: no cover - depends on the installed JAX
+    threefry2x32_p = None
 
 Array = jax.Array
 # Added to attention logits where attention is not allowed. Finite, so that a row
@@ -245,7 +249,7 @@ def random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
         threefry = str(jax.random.key_impl(key)) == "threefry2x32"
     else:  # raw key data: uint32[2] is threefry's (rbg's are uint32[4])
         threefry = key.shape == (2,)
-    if threefry:
+    if threefry and threefry2x32_p is not None:
         data = jax.random.key_data(key)
         hi, lo = threefry2x32_p.bind(data[0], data[1], jnp.zeros(hashed, jnp.uint32),
                                      _iota_index(hashed))

@@ -1,61 +1,90 @@
 """The accelerator check: what the study's real scale costs on one device.
 
-    python scripts/device_check.py --out DIR [--tiny] [--sections a,b,...]
+    python scripts/device_check.py --out DIR [--tiny] [--sections a,b,...] [--budget-s S]
 
-Sections (each runs in its own process, so that its peak memory is its own and
-JAX and PyTorch do not share an allocator):
+Sections, in this order (each runs in its own process, so that its peak memory is
+its own and JAX and PyTorch do not share an allocator):
 
   peak        bf16 matrix product throughput (the MFU denominator, measured here)
   throughput  train steps/s, tokens/s and MFU for t5_1_0_small and t5_1_0_base,
-              bf16 activations, batch 128, lengths 64/192 (explistops30 medium)
+              bf16 activations, batch 128, lengths 64/192 (explistops30 medium);
+              then a trace of a few base steps, summarised per device line
+              (busy time per step, matrix products against the rest, the
+              costliest kernels): where the step's time goes
+  tests       the tests marked ``gpu`` (tests/test_gpu.py; they skip without one)
+  decode      greedy decoding tokens/s of t5_1_0_small against transformers'
+              ``generate`` on the same device and weights (bf16, equal lengths)
   big         t5_1_0_3B: a few Adafactor steps at bf16, batch 8, lengths 256/512:
               step time and peak device memory, beside ``plan``'s prediction for
               the same shape (compiled for this backend before anything is allocated)
-  decode      greedy decoding tokens/s of t5_1_0_small against transformers'
-              ``generate`` on the same device and weights (bf16, equal lengths)
+  variants    t5_1_0_base again with one change each (bfloat16 attention logits,
+              batch 256): what moves MFU
 
-``--tiny`` runs every section with tiny shapes on whatever device there is (CI
-runs it on the CPU so the script cannot rot). Writes ``device_check.json`` and
-``device_check.md`` to ``--out``. MFU is model FLOPs utilisation as PaLM defines
-it: the step's matrix-product FLOPs counted from the model's shapes
-(``plan.train_flops``) over step time, divided by the measured bf16 matmul peak.
-XLA's own count (``compiled.cost_analysis()``) is recorded beside it: on the CPU
-it agrees within 1% (tests/test_plan.py); on the H200 it reported 28-46% of the
-products (docs/benchmarks.md), so it is not the MFU numerator.
+The whole run keeps to ``--budget-s`` (default 450 s, inside the issue's 8
+minutes with the wheel install): a section gets at most what is left, one that
+cannot start with ``MIN_SECTION_S`` left is recorded as skipped, and the report is
+rewritten after every section (and a section's runs as they finish), so a run
+that is stopped keeps what it measured. ``--tiny`` runs every section with tiny
+shapes on whatever device there is (CI runs it on the CPU so the script cannot
+rot). Writes ``device_check.json`` and ``device_check.md`` to ``--out``. MFU is
+model FLOPs utilisation as PaLM defines it: the step's matrix-product FLOPs
+counted from the model's shapes (``plan.train_flops``) over step time, divided by
+the measured bf16 matmul peak. XLA's own count (``compiled.cost_analysis()``) is
+recorded beside it: on the CPU it agrees within 1% (tests/test_plan.py); on the
+H200 it reported 28-46% of the products (docs/benchmarks.md), so it is not the
+MFU numerator.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("peak", "throughput", "decode", "big")
+SECTIONS = ("peak", "throughput", "tests", "decode", "big", "variants")
 SECTION_TIMEOUT_S = 300
+BUDGET_S = 450
+MIN_SECTION_S = 30
 
 FULL = {
     "peak": {"n": 8192, "repeats": 10},
     "throughput": {"models": ["t5_1_0_small", "t5_1_0_base"], "batch": 128,
-                   "lengths": [64, 192], "steps": 20},
+                   "lengths": [64, 192], "steps": 20, "profile": "t5_1_0_base",
+                   "profile_steps": 3},
+    "tests": {"marker": "gpu", "paths": ["tests/test_gpu.py"]},
     "big": {"model": "t5_1_0_3B", "batch": 8, "lengths": [256, 512], "steps": 5},
     "decode": {"model": "t5_1_0_small", "batch": 64, "input_length": 64,
                "decode_length": 192, "repeats": 3},
+    "variants": {"model": "t5_1_0_base", "batch": 128, "lengths": [64, 192], "steps": 20,
+                 "variants": [{"name": "bfloat16 attention logits",
+                               "overrides": {"float32_attention_logits": False}},
+                              {"name": "batch 256", "batch": 256}]},
 }
 # Tiny: the same code paths, a 512-token vocabulary instead of T5's 32,128.
 TINY = {
     "peak": {"n": 256, "repeats": 3},
     "throughput": {"models": ["t5_1_0_tiny"], "batch": 8, "lengths": [16, 32], "steps": 3,
-                   "vocab_size": 512},
+                   "vocab_size": 512, "profile": "t5_1_0_tiny", "profile_steps": 2},
+    "tests": {"marker": "gpu", "paths": ["tests/test_gpu.py"]},
     "big": {"model": "t5_1_0_tiny", "batch": 4, "lengths": [16, 32], "steps": 2,
             "vocab_size": 512},
     "decode": {"model": "t5_1_0_tiny", "batch": 4, "input_length": 16,
                "decode_length": 8, "repeats": 1, "vocab_size": 512},
+    "variants": {"model": "t5_1_0_tiny", "batch": 8, "lengths": [16, 32], "steps": 2,
+                 "vocab_size": 512,
+                 "variants": [{"name": "bfloat16 attention logits",
+                               "overrides": {"float32_attention_logits": False}},
+                              {"name": "batch 16", "batch": 16}]},
 }
 
 
@@ -84,12 +113,15 @@ def _peak_bytes() -> int | None:
 
 
 def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloat16",
-           random_init: bool = True, vocab_size: int | None = None) -> dict:
+           random_init: bool = True, vocab_size: int | None = None,
+           overrides: dict | None = None, profile_steps: int = 0) -> dict:
     """Compiles and times ``steps`` train steps of a fresh model (Adafactor).
 
     ``random_init=False`` fills the parameters with a constant instead of
     compiling the model's initialiser (a third compilation of a 3B graph): step
-    time and memory do not depend on the values."""
+    time and memory do not depend on the values. ``overrides`` changes
+    ``T5Config`` fields; ``profile_steps`` > 0 traces that many more steps after
+    the timed ones and adds the trace's summary (``_trace_summary``)."""
     import jax
     import numpy as np
 
@@ -97,7 +129,7 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
     from explistops_jax.model import EncoderDecoderModel
     from explistops_jax.plan import random_batch, train_flops
 
-    config = network.get_config(model_name, dtype=dtype,
+    config = network.get_config(model_name, dtype=dtype, **(overrides or {}),
                                 **({"vocab_size": vocab_size} if vocab_size else {}))
     model = EncoderDecoderModel(config)
     p = partitioning.Partitioner()
@@ -138,8 +170,19 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
     elapsed = time.perf_counter() - start
     losses = [float(x) for x in jax.device_get(losses)]
     step_s = elapsed / steps
+    profile = None
+    if profile_steps:
+        with tempfile.TemporaryDirectory() as trace_dir:
+            jax.profiler.start_trace(trace_dir)
+            for i in range(profile_steps):
+                state, metrics = compiled(state, batches[i % 2])
+            _block(state)
+            jax.profiler.stop_trace()
+            profile = _trace_summary(trace_dir, profile_steps, step_s)
     model_flops = train_flops(config, batch, lengths)
     return {"model": model_name, "batch": batch, "lengths": list(lengths), "dtype": dtype,
+            **({"overrides": overrides} if overrides else {}),
+            **({"profile": profile} if profile else {}),
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1.0 / step_s,
             "target_tokens_per_s": batch * lengths[1] / step_s,
@@ -150,10 +193,83 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
             "losses_finite": bool(np.all(np.isfinite(losses)))}
 
 
+# Kernel and op names of matrix products: cuBLAS/cuBLASLt (gemm, xmma, nvjet,
+# cutlass), XLA's own Triton GEMMs, and HLO dots/convolutions (the CPU's names).
+_MATMUL = re.compile(r"gemm|xmma|nvjet|cutlass|cublas|matmul|\bdot|convolution", re.I)
+
+
+# The CPU runtime's bookkeeping events (an op's "end: " mark, thread pool records):
+# instants inside an op's span, not work of their own.
+_MARKER = re.compile(r"end: |ThreadpoolListener::")
+
+
+def _kind(name: str) -> str:
+    """A kernel or op name without its numbering: ``loop_add_fusion_12`` and
+    ``fusion.3`` count with the rest of their kind."""
+    return re.sub(r"([._]\d+)+$", "", name.split("(")[0].strip()) or name
+
+
+def _trace_summary(trace_dir: str, steps: int, step_s: float, top: int = 12) -> dict:
+    """Where the traced steps spent their time, from the profiler's trace
+    (``*.trace.json.gz``, the trace viewer's format): for every line of the
+    device (on the CPU, which has none, XLA's worker threads), the busy time
+    per step and its share of the timed step, the share of matrix products,
+    and the ``top`` kinds of kernel or op by time."""
+    files = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
+    if not files:
+        return {"error": "no *.trace.json.gz in the trace directory"}
+    with gzip.open(files[-1], "rt") as f:
+        events = json.load(f).get("traceEvents", [])
+    processes = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    if devices:
+        wanted = lambda pid, tid: pid in devices
+    else:  # the CPU: ops run on XLA's client and Eigen threads
+        wanted = lambda pid, tid: threads.get((pid, tid), "").startswith("tf_XLA")
+    by_line: dict[str, list] = collections.defaultdict(list)
+    for e in events:
+        if (e.get("ph") == "X" and wanted(e.get("pid"), e.get("tid"))
+                and not _MARKER.match(e.get("name", ""))):
+            line = (f"{processes.get(e['pid'], e['pid'])} / "
+                    f"{threads.get((e['pid'], e['tid']), e['tid'])}")
+            by_line[line].append((float(e["ts"]), float(e.get("dur", 0.0)), e.get("name", "")))
+    lines: dict[str, dict] = {}
+    for line, spans in by_line.items():
+        # Events on a line nest (an executor's span holds its ops): busy time is
+        # the union of the spans, and time is attributed to the innermost ones.
+        spans.sort(key=lambda x: (x[0], -x[1]))
+        entry = lines[line] = {"events": len(spans), "busy_us": 0.0, "matmul_us": 0.0,
+                               "kinds": collections.Counter()}
+        covered_to = float("-inf")
+        for i, (ts, dur, name) in enumerate(spans):
+            end = ts + dur
+            entry["busy_us"] += max(0.0, end - max(ts, covered_to))
+            covered_to = max(covered_to, end)
+            if i + 1 < len(spans) and spans[i + 1][0] < end:
+                continue  # holds the next event: not innermost
+            entry["kinds"][_kind(name)] += dur
+            if _MATMUL.search(name):
+                entry["matmul_us"] += dur
+    summary = {"steps": steps, "step_ms": 1e3 * step_s, "lines": {}}
+    for line, entry in sorted(lines.items(), key=lambda kv: -kv[1]["busy_us"]):
+        busy_ms = entry["busy_us"] / 1e3 / steps
+        summary["lines"][line] = {
+            "events_per_step": entry["events"] / steps,
+            "busy_ms_per_step": busy_ms,
+            "busy_share_of_step": busy_ms / (1e3 * step_s),
+            "matmul_share_of_busy": (entry["matmul_us"] / entry["busy_us"]
+                                     if entry["busy_us"] else 0.0),
+            "top_ms_per_step": {k: v / 1e3 / steps for k, v in entry["kinds"].most_common(top)}}
+    return summary
+
+
 # ----------------------------------------------------------------- sections
 
 
-def section_peak(cfg: dict) -> dict:
+def section_peak(cfg: dict, emit) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -171,12 +287,50 @@ def section_peak(cfg: dict) -> dict:
     return {"n": n, "matmul_s": seconds, "bf16_tflops": 2 * n ** 3 / seconds / 1e12}
 
 
-def section_throughput(cfg: dict) -> dict:
-    return {"runs": [_train(m, cfg["batch"], cfg["lengths"], cfg["steps"],
-                            vocab_size=cfg.get("vocab_size")) for m in cfg["models"]]}
+def section_throughput(cfg: dict, emit) -> dict:
+    result = {"runs": []}
+    for m in cfg["models"]:
+        result["runs"].append(_train(
+            m, cfg["batch"], cfg["lengths"], cfg["steps"], vocab_size=cfg.get("vocab_size"),
+            profile_steps=cfg["profile_steps"] if m == cfg.get("profile") else 0))
+        emit(result)
+    return result
 
 
-def section_big(cfg: dict) -> dict:
+def section_variants(cfg: dict, emit) -> dict:
+    """The throughput run of ``cfg["model"]`` with one change at a time."""
+    result = {"runs": []}
+    for variant in cfg["variants"]:
+        run = _train(cfg["model"], variant.get("batch", cfg["batch"]), cfg["lengths"],
+                     cfg["steps"], vocab_size=cfg.get("vocab_size"),
+                     overrides=variant.get("overrides"))
+        result["runs"].append(dict(run, variant=variant["name"]))
+        emit(result)
+    return result
+
+
+def section_tests(cfg: dict, emit) -> dict:
+    """``pytest -m gpu`` on ``cfg["paths"]``: its counts, exit status and log tail
+    (the whole log beside the report as ``gpu_tests.log``)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+           cfg["marker"], *cfg["paths"]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    out = os.environ.get("DEVICE_CHECK_OUT")
+    if out:
+        Path(out, "gpu_tests.log").write_text(log)
+    counts = {k: int(n) for n, k in re.findall(
+        r"(\d+) (passed|failed|skipped|errors?|deselected)", log.strip().splitlines()[-1]
+        if log.strip() else "")}
+    result = {"command": " ".join(cmd[1:]), "exit": proc.returncode, "counts": counts,
+              "summary": log.strip().splitlines()[-1] if log.strip() else ""}
+    # pytest exits 0 when every test passed or skipped; anything else is a failure
+    if proc.returncode != 0:
+        result["error"] = log[-3000:]
+    return result
+
+
+def section_big(cfg: dict, emit) -> dict:
     import jax
 
     from explistops_jax import plan as plan_lib
@@ -201,7 +355,7 @@ def section_big(cfg: dict) -> dict:
     return run
 
 
-def section_decode(cfg: dict) -> dict:
+def section_decode(cfg: dict, emit) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -268,30 +422,36 @@ def section_decode(cfg: dict) -> dict:
 # ----------------------------------------------------------------- driver
 
 
-def _run_section(name: str, tiny: bool, out: Path) -> dict:
-    """Runs one section in a child process; its JSON, or the error it ended with."""
+def _run_section(name: str, tiny: bool, out: Path, timeout_s: float) -> dict:
+    """Runs one section in a child process, for at most ``timeout_s``: its JSON,
+    or the error it ended with (with what it had measured by then)."""
+    from explistops_jax import rundir
+
     target = out / f"section_{name}.json"
+    target.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--section", name, "--section-out", str(target)]
     if tiny:
         cmd.append("--tiny")
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", DEVICE_CHECK_OUT=str(out),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=SECTION_TIMEOUT_S)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
-        print(f"[{name}] timed out after {SECTION_TIMEOUT_S} s", flush=True)
-        return {"error": f"timed out after {SECTION_TIMEOUT_S} s: "
-                         f"{(e.stderr or b'')[-2000:]!r}", "exit": None,
-                "seconds": SECTION_TIMEOUT_S}
+        print(f"[{name}] timed out after {timeout_s:.0f} s", flush=True)
+        partial = rundir.read_json(target) if target.exists() else {}
+        target.unlink(missing_ok=True)
+        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        return {**partial, "error": f"timed out after {timeout_s:.0f} s: {(stderr or '')[-2000:]}",
+                "exit": None, "seconds": timeout_s}
     seconds = time.perf_counter() - start
     if proc.returncode != 0 or not target.exists():
         tail = (proc.stderr or proc.stdout)[-3000:]
         print(f"[{name}] failed (exit {proc.returncode}) after {seconds:.0f} s:\n{tail}",
               flush=True)
+        target.unlink(missing_ok=True)
         return {"error": tail, "exit": proc.returncode, "seconds": seconds}
-    result = json.loads(target.read_text())
+    result = rundir.read_json(target)
     target.unlink()
     result["seconds"] = seconds
     print(f"[{name}] done in {seconds:.0f} s: {json.dumps(_brief(result))}", flush=True)
@@ -318,14 +478,17 @@ def markdown(report: dict) -> str:
     if "bf16_tflops" in peak:
         lines.append(f"| bf16 matmul peak ({peak['n']}^3) | {peak['bf16_tflops']:.1f} TFLOP/s |")
     for run in report["sections"].get("throughput", {}).get("runs", []):
-        mfu = run.get("mfu")
-        lines.append(
-            f"| {run['model']} train step, bf16, batch {run['batch']}, lengths "
-            f"{run['lengths'][0]}/{run['lengths'][1]} | {run['steps_per_s']:.2f} steps/s, "
-            f"{run['target_tokens_per_s']:.0f} target tokens/s, "
-            f"{run['tflops_per_s']:.1f} model TFLOP/s"
-            + (f", MFU {100 * mfu:.1f}%" if mfu is not None else "")
-            + f" (XLA's count: {run['xla_tflops_per_s']:.1f} TFLOP/s) |")
+        lines.append(_train_row(run))
+        for line, entry in run.get("profile", {}).get("lines", {}).items():
+            top = ", ".join(f"{k} {v:.2f}" for k, v in list(entry["top_ms_per_step"].items())[:5])
+            lines.append(
+                f"| {run['model']} traced, {line} | busy {entry['busy_ms_per_step']:.1f} ms "
+                f"per step ({100 * entry['busy_share_of_step']:.0f}% of the step), matrix "
+                f"products {100 * entry['matmul_share_of_busy']:.0f}% of busy; top ms/step: "
+                f"{top} |")
+    tests = report["sections"].get("tests", {})
+    if "summary" in tests:
+        lines.append(f"| tests marked gpu | {tests['summary']} |")
     big = report["sections"].get("big", {})
     if "step_s" in big:
         measured = big.get("peak_bytes_measured")
@@ -343,10 +506,24 @@ def markdown(report: dict) -> str:
             row += (f"; transformers generate {dec['hf_tokens_per_s']:.0f} tokens/s "
                     f"({dec['speedup']:.2f}x)")
         lines.append(row + " |")
+    for run in report["sections"].get("variants", {}).get("runs", []):
+        lines.append(_train_row(run, f" ({run['variant']})"))
     for name, section in report["sections"].items():
         if "error" in section:
             lines.append(f"| {name} | failed (exit {section.get('exit')}) |")
+        elif "skipped" in section:
+            lines.append(f"| {name} | skipped ({section['skipped']}) |")
     return "\n".join(lines) + "\n"
+
+
+def _train_row(run: dict, note: str = "") -> str:
+    mfu = run.get("mfu")
+    return (f"| {run['model']} train step, bf16, batch {run['batch']}, lengths "
+            f"{run['lengths'][0]}/{run['lengths'][1]}{note} | {run['steps_per_s']:.2f} steps/s, "
+            f"{run['target_tokens_per_s']:.0f} target tokens/s, "
+            f"{run['tflops_per_s']:.1f} model TFLOP/s"
+            + (f", MFU {100 * mfu:.1f}%" if mfu is not None else "")
+            + f" (XLA's count: {run['xla_tflops_per_s']:.1f} TFLOP/s) |")
 
 
 def main(argv=None) -> int:
@@ -354,15 +531,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "device_check_out"))
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CI, CPU)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S,
+                        help=f"seconds for all sections (default {BUDGET_S})")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # child process
     parser.add_argument("--section-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shapes = TINY if args.tiny else FULL
 
     if args.section:
-        result = globals()[f"section_{args.section}"](shapes[args.section])
-        result["device"] = _device_facts()
-        Path(args.section_out).write_text(json.dumps(result, indent=2))
+        from explistops_jax import rundir
+
+        facts = _device_facts()
+        emit = lambda partial: rundir.write_json(args.section_out, dict(partial, device=facts))
+        result = globals()[f"section_{args.section}"](shapes[args.section], emit)
+        emit(result)
         return 0
 
     names = [s for s in args.sections.split(",") if s]
@@ -371,21 +553,44 @@ def main(argv=None) -> int:
         print(f"device_check: unknown section(s) {', '.join(unknown)}; known: "
               f"{', '.join(SECTIONS)}", file=sys.stderr)
         return 2
+    if args.budget_s <= 0:
+        print(f"device_check: --budget-s must be positive, got {args.budget_s}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = {name: _run_section(name, args.tiny, out) for name in names}
-    device = next((s.pop("device") for s in sections.values() if "device" in s), {})
-    for s in sections.values():
-        s.pop("device", None)
-    peak = sections.get("peak", {}).get("bf16_tflops")
-    for run in sections.get("throughput", {}).get("runs", []):
-        run["mfu"] = run["tflops_per_s"] / peak if peak else None
-    report = {"tiny": args.tiny, "device": device, "host": platform.node(),
-              "python": platform.python_version(), "sections": sections}
-    (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "device_check.md").write_text(markdown(report))
+    deadline = time.monotonic() + args.budget_s
+    report = {"tiny": args.tiny, "device": {}, "host": platform.node(),
+              "python": platform.python_version(), "budget_s": args.budget_s, "sections": {}}
+    for name in names:
+        left = deadline - time.monotonic()
+        if left < MIN_SECTION_S:
+            section = {"skipped": f"budget: {left:.0f} s of {args.budget_s:.0f} s left, "
+                                  f"a section needs {MIN_SECTION_S} s"}
+            print(f"[{name}] skipped: {section['skipped']}", flush=True)
+        else:
+            section = _run_section(name, args.tiny, out, min(SECTION_TIMEOUT_S, left))
+        report["device"] = report["device"] or section.pop("device", {})
+        section.pop("device", None)
+        report["sections"][name] = section
+        _finish(report)
+        _write_report(out, report)
     print(markdown(report))
-    return 1 if any("error" in s for s in sections.values()) else 0
+    return 1 if any("error" in s for s in report["sections"].values()) else 0
+
+
+def _finish(report: dict) -> None:
+    """MFU of every training run, once the peak is known."""
+    peak = report["sections"].get("peak", {}).get("bf16_tflops")
+    for name in ("throughput", "variants"):
+        for run in report["sections"].get(name, {}).get("runs", []):
+            run["mfu"] = run["tflops_per_s"] / peak if peak else None
+
+
+def _write_report(out: Path, report: dict) -> None:
+    from explistops_jax import rundir
+
+    rundir.write_text(out / "device_check.json", json.dumps(report, indent=2) + "\n")
+    rundir.write_text(out / "device_check.md", markdown(report))
 
 
 if __name__ == "__main__":

@@ -21,13 +21,27 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["tiny"] is True and report["device"]["platform"] == "cpu"
     sections = report["sections"]
-    assert set(sections) == {"peak", "throughput", "decode", "big"}
-    assert not [name for name, s in sections.items() if "error" in s]
+    assert list(sections) == ["peak", "throughput", "tests", "decode", "big", "variants"]
+    assert not [name for name, s in sections.items() if "error" in s or "skipped" in s]
     assert sections["peak"]["bf16_tflops"] > 0
     run = sections["throughput"]["runs"][0]
     assert run["losses_finite"] and run["xla_flops_per_step"] > 0 and 0 < run["mfu"]
     # MFU's numerator is the model's count; on the CPU XLA's agrees with it
     assert run["xla_flops_per_step"] >= run["model_flops_per_step"] > 0
+    # the traced steps: XLA's CPU threads were busy, and dots count as products
+    lines = run["profile"]["lines"]
+    assert lines and max(e["busy_ms_per_step"] for e in lines.values()) > 0
+    assert max(e["matmul_share_of_busy"] for e in lines.values()) > 0
+    assert not [k for e in lines.values() for k in e["top_ms_per_step"] if k.startswith("end: ")]
+    # the gpu tests ran (and skipped themselves: no GPU here)
+    tests = sections["tests"]
+    assert tests["exit"] == 0 and tests["counts"]["skipped"] >= 3, tests
+    assert (tmp_path / "gpu_tests.log").exists()
+    variants = sections["variants"]["runs"]
+    assert [v["variant"] for v in variants] == ["bfloat16 attention logits", "batch 16"]
+    assert variants[0]["overrides"] == {"float32_attention_logits": False}
+    assert variants[1]["batch"] == 16 and all(v["losses_finite"] and v["mfu"] > 0
+                                              for v in variants)
     big = sections["big"]
     assert big["plan_peak_bytes"] > big["plan"]["params_bytes"] > 0
     decode = sections["decode"]
@@ -40,3 +54,27 @@ def test_device_check_tiny_writes_its_report(tmp_path):
         assert decode["transformers"].startswith("skipped")
     table = (tmp_path / "device_check.md").read_text()
     assert "| measurement | value |" in table and "t5_1_0_tiny" in table
+
+
+def test_device_check_keeps_to_its_budget(tmp_path):
+    """A section that cannot start with MIN_SECTION_S left is recorded as
+    skipped, and the report is still written."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_check.py"),
+                           "--out", str(tmp_path), "--tiny", "--budget-s", "1",
+                           "--sections", "peak,big"],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert report["budget_s"] == 1
+    assert all(s["skipped"].startswith("budget: ") for s in report["sections"].values())
+    assert list(report["sections"]) == ["peak", "big"]
+    assert "| big | skipped (budget: " in (tmp_path / "device_check.md").read_text()
+
+
+def test_device_check_rejects_a_bad_budget(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_check.py"),
+                           "--out", str(tmp_path), "--budget-s", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--budget-s must be positive" in proc.stderr
+    assert not (tmp_path / "device_check.json").exists()

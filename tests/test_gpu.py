@@ -66,7 +66,9 @@ def test_bf16_network_matches_float32():
 def test_greedy_decoding_scores_what_it_decodes():
     """Cached greedy decoding on the GPU: each decoded row's score is the
     teacher-forced log-likelihood of that row (1e-3 relative: bf16-free float32,
-    different reduction orders), and without early stop it runs every step."""
+    different reduction orders), and without early stop it runs every step.
+    A row's score counts every generated token up to and including its first
+    EOS (an untrained model may generate padding ids, which count too)."""
     config = network.get_config("t5_1_0_small", **SMALL)
     model = EncoderDecoderModel(config)
     params = _params(model)
@@ -74,19 +76,21 @@ def test_greedy_decoding_scores_what_it_decodes():
     tokens, aux = jax.jit(lambda p, b: model.predict_batch_with_aux(
         p, b, max_decode_length=16, early_stop=False))(params, batch)
     assert tokens.shape == (4, 16) and int(aux["num_steps"]) == 16
+    eos_before = jnp.cumsum(tokens == 1, axis=1) - (tokens == 1)  # EOS ids before i
     decoded = {"encoder_input_tokens": batch["encoder_input_tokens"],
                "decoder_input_tokens": jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1],
                "decoder_target_tokens": tokens,
-               "decoder_loss_weights": (tokens > 0).astype(jnp.float32)}
+               "decoder_loss_weights": (eos_before == 0).astype(jnp.float32)}
     scores = jax.jit(model.score_batch)(params, decoded)
     np.testing.assert_allclose(aux["scores"], scores, rtol=1e-3, atol=1e-3)
 
 
 def test_sharded_train_step_on_one_device():
     """The trainer's sharded step (mesh 1x1 on the GPU, state donated, bf16
-    activations) lowers its loss on a repeated batch: loss after 5 Adafactor
-    steps is below the first (a fit, not a trajectory)."""
-    config = network.get_config("t5_1_0_small", dtype="bfloat16", **SMALL)
+    activations, dropout 0.1 through network.Dropout's threefry hashes) lowers
+    its loss on a repeated batch: loss after 5 Adafactor steps is below the
+    first (a fit, not a trajectory)."""
+    config = network.get_config("t5_1_0_small", dtype="bfloat16", dropout_rate=0.1, **SMALL)
     model = EncoderDecoderModel(config)
     p = partitioning.Partitioner(devices=jax.devices()[:1])
     tx, schedule = optimizers.adafactor().build()

@@ -386,6 +386,8 @@ def test_random_uint16_is_uniform_independent_and_keyed():
     # draws this array's first row.
     np.testing.assert_array_equal(network.random_uint16(jax.random.key(3), (1, 1000, 7)),
                                   draws[:1])
+    # The JAX this suite installs has the threefry primitive (the fast path above).
+    assert network.threefry2x32_p is not None
     # Other key implementations go through jax.random.bits.
     rbg = np.asarray(network.random_uint16(jax.random.key(3, impl="rbg"), (5, 9)))
     assert rbg.shape == (5, 9) and len(np.unique(rbg)) > 40
