@@ -78,6 +78,13 @@ class T5Config:
     dtype: Any = "float32"
     # Attention logits and softmax in float32 even when dtype is bfloat16.
     float32_attention_logits: bool = True
+    # How attention is computed where no dropout applies to its weights (always in
+    # evaluation; in training only with dropout_rate 0; cached decoding always uses
+    # "einsum"): "einsum" (two einsums and a softmax, the weights materialised),
+    # "xla" (jax.nn.dot_product_attention's XLA implementation, the same sums) or
+    # "cudnn" (its fused cuDNN kernel: NVIDIA GPUs, bfloat16/float16 activations).
+    # Not saved with checkpoints (checkpoints.common.config_to_dict).
+    attention_kernel: str = "einsum"
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
@@ -110,6 +117,16 @@ class T5Config:
         except TypeError:
             raise UnknownFieldError(f"T5Config.dtype: unknown dtype {self.dtype!r}",
                                     expected="e.g. 'float32' or 'bfloat16'") from None
+        if self.attention_kernel not in _ATTENTION_KERNELS:
+            raise ConfigError(
+                f"T5Config.attention_kernel: {self.attention_kernel!r} is not one of "
+                f"{list(_ATTENTION_KERNELS)}", expected="one of " + ", ".join(_ATTENTION_KERNELS))
+        if (self.attention_kernel == "cudnn"
+                and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16)):
+            raise ConfigError(
+                f"T5Config.attention_kernel='cudnn' needs bfloat16 or float16 activations, "
+                f"got dtype {jnp.dtype(self.dtype).name}",
+                expected="dtype 'bfloat16' (or attention_kernel 'einsum'/'xla')")
 
     def replace(self, **changes) -> "T5Config":
         """A copy with some fields changed."""
@@ -127,6 +144,8 @@ _ACTIVATIONS = {
     "silu": nn.silu,
     "linear": lambda x: x,
 }
+
+_ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
 
 _REMAT_POLICIES = {
     "none": None,
@@ -440,6 +459,17 @@ class Attention(nn.Module):
         query = Dense(joined, ("embed", "joined_kv"), dtype, q_init, name="query")(inputs_q)
         query = self._heads(query)  # [b, q, h, kv]
         key, value = self._key_value(inputs_kv, decode, decode_index)  # [b, k, h, kv]
+        # Initialisation (shapes only) takes the einsum path on any backend.
+        fused = (cfg.attention_kernel != "einsum" and not decode
+                 and (deterministic or cfg.dropout_rate == 0.0) and not self.is_initializing())
+        attend = self._fused if fused else self._einsum
+        out = attend(query, key, value, bias, deterministic)  # [b, q, h, kv]
+        out = out.reshape(out.shape[:2] + (joined,))
+        out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
+        return Dense(cfg.emb_dim, ("joined_kv", "embed"), dtype, name="out")(out)
+
+    def _einsum(self, query, key, value, bias, deterministic):
+        cfg = self.config
         if cfg.float32_attention_logits:
             query, key = query.astype(jnp.float32), key.astype(jnp.float32)
         # Heads ahead of length ([b, h, len, kv]) in both products: the batched
@@ -453,9 +483,32 @@ class Attention(nn.Module):
         weights = _dropout(cfg)(weights, deterministic=deterministic)  # [b, h, q, k]
         out = jnp.einsum("bhqk,bhkd->bhqd", weights,
                          heads_first(value.astype(cfg.activation_dtype)))
-        out = heads_first(out).reshape(out.shape[0], out.shape[2], -1)  # [b, q, h*kv]
-        out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
-        return Dense(cfg.emb_dim, ("joined_kv", "embed"), dtype, name="out")(out)
+        return heads_first(out)
+
+    def _fused(self, query, key, value, bias, deterministic):
+        """The same attention through jax.nn.dot_product_attention ([b, len, h, kv]
+        operands; scale 1, as T5 folds it into the query kernel). Its bias must
+        cover every example and head, so the shared parts are broadcast."""
+        del deterministic  # only called where no dropout applies
+        cfg = self.config
+        if cfg.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
+            raise ConfigError(
+                f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU; JAX's backend "
+                f"here is {jax.default_backend()!r}",
+                expected="attention_kernel 'xla' or 'einsum' off the GPU")
+        if cfg.attention_kernel == "xla" and cfg.float32_attention_logits:
+            query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+            value = value.astype(jnp.float32)
+            if bias is not None:
+                bias = bias.astype(jnp.float32)
+        else:
+            query, key, value = (x.astype(cfg.activation_dtype) for x in (query, key, value))
+        if bias is not None:
+            full = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+            bias = jnp.broadcast_to(bias.astype(query.dtype), full)
+        out = jax.nn.dot_product_attention(query, key, value, bias, scale=1.0,
+                                           implementation=cfg.attention_kernel)
+        return out.astype(cfg.activation_dtype)
 
 
 class Mlp(nn.Module):

@@ -17,8 +17,9 @@ its own and JAX and PyTorch do not share an allocator):
   big         t5_1_0_3B: a few Adafactor steps at bf16, batch 8, lengths 256/512:
               step time and peak device memory, beside ``plan``'s prediction for
               the same shape (compiled for this backend before anything is allocated)
-  variants    t5_1_0_base again with one change each (bfloat16 attention logits,
-              batch 256): what moves MFU
+  variants    t5_1_0_base again with one change each (cuDNN fused attention,
+              bfloat16 attention logits, batch 256): what moves MFU; a variant
+              that fails is recorded with its error and the next one runs
 
 The whole run keeps to ``--budget-s`` (default 450 s, inside the issue's 8
 minutes with the wheel install): a section gets at most what is left, one that
@@ -66,7 +67,9 @@ FULL = {
     "decode": {"model": "t5_1_0_small", "batch": 64, "input_length": 64,
                "decode_length": 192, "repeats": 3},
     "variants": {"model": "t5_1_0_base", "batch": 128, "lengths": [64, 192], "steps": 20,
-                 "variants": [{"name": "bfloat16 attention logits",
+                 "variants": [{"name": "cuDNN attention",
+                               "overrides": {"attention_kernel": "cudnn"}},
+                              {"name": "bfloat16 attention logits",
                                "overrides": {"float32_attention_logits": False}},
                               {"name": "batch 256", "batch": 256}]},
 }
@@ -82,7 +85,10 @@ TINY = {
                "decode_length": 8, "repeats": 1, "vocab_size": 512},
     "variants": {"model": "t5_1_0_tiny", "batch": 8, "lengths": [16, 32], "steps": 2,
                  "vocab_size": 512,
-                 "variants": [{"name": "bfloat16 attention logits",
+                 # the CPU has no cuDNN: the same fused call, XLA's implementation
+                 "variants": [{"name": "XLA fused attention",
+                               "overrides": {"attention_kernel": "xla"}},
+                              {"name": "bfloat16 attention logits",
                                "overrides": {"float32_attention_logits": False}},
                               {"name": "batch 16", "batch": 16}]},
 }
@@ -299,12 +305,17 @@ def section_throughput(cfg: dict, emit) -> dict:
 
 def section_variants(cfg: dict, emit) -> dict:
     """The throughput run of ``cfg["model"]`` with one change at a time."""
-    result = {"runs": []}
+    result = {"runs": [], "failed": []}
     for variant in cfg["variants"]:
-        run = _train(cfg["model"], variant.get("batch", cfg["batch"]), cfg["lengths"],
-                     cfg["steps"], vocab_size=cfg.get("vocab_size"),
-                     overrides=variant.get("overrides"))
-        result["runs"].append(dict(run, variant=variant["name"]))
+        try:
+            run = _train(cfg["model"], variant.get("batch", cfg["batch"]), cfg["lengths"],
+                         cfg["steps"], vocab_size=cfg.get("vocab_size"),
+                         overrides=variant.get("overrides"))
+        except Exception as e:  # e.g. a kernel this GPU or JAX does not have
+            result["failed"].append({"variant": variant["name"],
+                                     "error": f"{type(e).__name__}: {e}"[:2000]})
+        else:
+            result["runs"].append(dict(run, variant=variant["name"]))
         emit(result)
     return result
 
@@ -508,6 +519,9 @@ def markdown(report: dict) -> str:
         lines.append(row + " |")
     for run in report["sections"].get("variants", {}).get("runs", []):
         lines.append(_train_row(run, f" ({run['variant']})"))
+    for run in report["sections"].get("variants", {}).get("failed", []):
+        first = run["error"].splitlines()[0][:160].replace("|", "/")
+        lines.append(f"| variant {run['variant']} | failed: {first} |")
     for name, section in report["sections"].items():
         if "error" in section:
             lines.append(f"| {name} | failed (exit {section.get('exit')}) |")

@@ -163,6 +163,17 @@ def test_params_directory_round_trip(model, tmp_path):
     _assert_same(got, params)
 
 
+def test_the_attention_kernel_is_not_saved(model, tmp_path):
+    """A config trained with cuDNN attention saves as the model it is: loaded on a
+    machine without a GPU it computes attention the default way."""
+    config, params = model
+    fused = config.replace(dtype="bfloat16", attention_kernel="cudnn")
+    checkpoints.save_params(tmp_path / "p", fused, params)
+    assert "attention_kernel" not in json.loads((tmp_path / "p" / "config.json").read_text())
+    got_config, _ = checkpoints.load_params(tmp_path / "p")
+    assert got_config == fused.replace(attention_kernel="einsum")
+
+
 def test_load_any_detects_each_format(model, tmp_path):
     config, params = model
     checkpoints.save_params(tmp_path / "ours", config, params)

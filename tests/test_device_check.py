@@ -38,9 +38,12 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     assert tests["exit"] == 0 and tests["counts"]["skipped"] >= 3, tests
     assert (tmp_path / "gpu_tests.log").exists()
     variants = sections["variants"]["runs"]
-    assert [v["variant"] for v in variants] == ["bfloat16 attention logits", "batch 16"]
-    assert variants[0]["overrides"] == {"float32_attention_logits": False}
-    assert variants[1]["batch"] == 16 and all(v["losses_finite"] and v["mfu"] > 0
+    assert sections["variants"]["failed"] == []
+    assert [v["variant"] for v in variants] == ["XLA fused attention",
+                                                "bfloat16 attention logits", "batch 16"]
+    assert variants[0]["overrides"] == {"attention_kernel": "xla"}
+    assert variants[1]["overrides"] == {"float32_attention_logits": False}
+    assert variants[2]["batch"] == 16 and all(v["losses_finite"] and v["mfu"] > 0
                                               for v in variants)
     big = sections["big"]
     assert big["plan_peak_bytes"] > big["plan"]["params_bytes"] > 0
@@ -78,3 +81,26 @@ def test_device_check_rejects_a_bad_budget(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--budget-s must be positive" in proc.stderr
     assert not (tmp_path / "device_check.json").exists()
+
+
+def test_a_failing_variant_is_recorded_and_the_next_one_runs():
+    """On the CPU the cuDNN kernel does not exist: that variant's error is kept,
+    the variant after it still runs, and the table says which one failed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_check",
+                                                  ROOT / "scripts" / "device_check.py")
+    device_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_check)
+    cfg = dict(device_check.TINY["variants"], steps=1, variants=[
+        {"name": "cuDNN attention",
+         "overrides": {"attention_kernel": "cudnn", "dropout_rate": 0.0}},
+        {"name": "batch 4", "batch": 4}])
+    emitted = []
+    result = device_check.section_variants(cfg, emitted.append)
+    assert [f["variant"] for f in result["failed"]] == ["cuDNN attention"]
+    assert result["failed"][0]["error"]
+    assert [r["variant"] for r in result["runs"]] == ["batch 4"]
+    assert result["runs"][0]["losses_finite"] and len(emitted) == 2
+    table = device_check.markdown({"tiny": True, "device": {}, "sections": {"variants": result}})
+    assert "| variant cuDNN attention | failed: " in table

@@ -484,3 +484,97 @@ def test_dense_over_leading_axes_equals_one_einsum():
     y = layer.apply(params, x)
     assert y.shape == (2, 3, 4, 6)
     np.testing.assert_allclose(y, jnp.einsum("abci,io->abco", x, kernel), rtol=1e-5, atol=1e-6)
+
+
+def _loss_and_grads(config, params, enc, dec, **kwargs):
+    """Mean next-token cross-entropy (targets = dec shifted) and its gradients."""
+    targets = jnp.concatenate([dec[:, 1:], jnp.ones_like(dec[:, :1])], axis=1)
+
+    def loss(p):
+        logits = Transformer(config).apply({"params": p}, enc, dec, **kwargs)
+        logp = jax.nn.log_softmax(logits, -1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def _count_fused_calls(monkeypatch):
+    calls = []
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, **k: calls.append(k["implementation"]) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["t5_1_0_tiny", "t5_1_1_tiny"])
+def test_xla_attention_kernel_matches_einsum(name, monkeypatch):
+    """attention_kernel="xla" (jax.nn.dot_product_attention) computes the einsum
+    path's attention: same logits, loss and gradients in float32, on a padded
+    batch and on a packed one (segment ids, positions). Only summation order
+    differs, so agreement is to float32 rounding (2e-5 on logits of order 1-10;
+    gradients to 1e-4 of their largest entry)."""
+    ref_cfg = _tiny(name)
+    cfg = ref_cfg.replace(attention_kernel="xla")
+    params = _random_params(ref_cfg)
+    enc, dec = _batch(11, enc_lengths=(8, 3), dec_lengths=(DEC, 2))
+    packed = dict(encoder_segment_ids=jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0]] * 2),
+                  decoder_segment_ids=jnp.asarray([[1, 1, 2, 2, 2, 0]] * 2),
+                  encoder_positions=jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0]] * 2),
+                  decoder_positions=jnp.asarray([[0, 1, 0, 1, 2, 0]] * 2))
+    calls = _count_fused_calls(monkeypatch)
+    for kwargs in ({}, packed):
+        want = Transformer(ref_cfg).apply({"params": params}, enc, dec, **kwargs)
+        got = Transformer(cfg).apply({"params": params}, enc, dec, **kwargs)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+        (l_want, g_want), (l_got, g_got) = (_loss_and_grads(c, params, enc, dec, **kwargs)
+                                            for c in (ref_cfg, cfg))
+        np.testing.assert_allclose(l_got, l_want, rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):
+            np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
+    # Every attention layer went through the fused call: encoder self-attention,
+    # decoder self- and cross-attention.
+    layers = cfg.num_encoder_layers + 2 * cfg.num_decoder_layers
+    assert calls and set(calls) == {"xla"} and len(calls) % layers == 0
+
+
+def test_fused_attention_only_where_no_dropout_applies(monkeypatch):
+    """Attention weights under dropout and cached decoding take the einsum path
+    whatever attention_kernel says: a dropout training pass is bit-identical to
+    the einsum config's, cached decoding gives the fused full forward's logits,
+    and neither calls jax.nn.dot_product_attention."""
+    ref_cfg = _tiny(dropout_rate=0.3, num_encoder_layers=1, num_decoder_layers=1)
+    cfg = ref_cfg.replace(attention_kernel="xla")
+    params = _random_params(ref_cfg)
+    enc, dec = _batch(12, dec_lengths=(DEC, DEC))
+    calls = _count_fused_calls(monkeypatch)
+    train = lambda c: Transformer(c).apply({"params": params}, enc, dec, enable_dropout=True,
+                                           rngs={"dropout": jax.random.key(3, impl="rbg")})
+    np.testing.assert_array_equal(train(cfg), train(ref_cfg))
+    assert calls == []
+    model = Transformer(cfg)
+    full = model.apply({"params": params}, enc, dec)
+    assert len(calls) == 3
+    encoded = model.apply({"params": params}, enc, method="encode")
+    kwargs = dict(decode=True, max_decode_length=DEC, method="decode", mutable="cache")
+    _, state = model.apply({"params": params}, encoded, enc, jnp.zeros_like(dec), **kwargs)
+    calls.clear()
+    steps = []
+    for t in range(DEC):
+        logits, state = model.apply({"params": params, "cache": state["cache"]}, encoded,
+                                    enc, dec[:, t:t + 1], **kwargs)
+        steps.append(logits)
+    assert calls == []
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+
+
+def test_attention_kernel_is_checked():
+    with pytest.raises(ConfigError, match="attention_kernel: 'flash'"):
+        get_config("t5_1_1_tiny", attention_kernel="flash")
+    with pytest.raises(ConfigError, match="needs bfloat16 or float16.*float32"):
+        get_config("t5_1_1_tiny", attention_kernel="cudnn")
+    cudnn = get_config("t5_1_1_tiny", attention_kernel="cudnn", dtype="bfloat16",
+                       vocab_size=VOCAB)
+    if jax.default_backend() != "gpu":  # a clear error, not a failed lowering
+        enc, dec = _batch(13)
+        with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
+            Transformer(cudnn).apply({"params": _random_params(cudnn)}, enc, dec)

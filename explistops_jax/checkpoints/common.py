@@ -119,10 +119,18 @@ def check_params(
 # ----------------------------------------------------------- config handling
 
 
+# T5Config fields that choose how this machine computes, not what the model is:
+# not saved, so that a run trained with cuDNN attention evaluates on a CPU.
+_MACHINE_FIELDS = ("attention_kernel",)
+
+
 def config_to_dict(config) -> dict[str, Any]:
-    """JSON-ready dict of a T5Config (tuples become lists)."""
+    """JSON-ready dict of a T5Config (tuples become lists), without the fields
+    that only choose a kernel (``_MACHINE_FIELDS``)."""
     out = {}
     for field in dataclasses.fields(config):
+        if field.name in _MACHINE_FIELDS:
+            continue
         value = getattr(config, field.name)
         out[field.name] = list(value) if isinstance(value, tuple) else value
     return out
