@@ -454,6 +454,13 @@ class Attention(nn.Module):
                  decode_index: Array | None = None) -> Array:
         # inputs_q: [b, q, embed], inputs_kv: [b, k, embed] -> [b, q, embed]
         cfg = self.config
+        if cfg.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
+            # on every path (initialisation and dropout training use einsum), so
+            # that the mistake shows before training, not at the first evaluation
+            raise ConfigError(
+                f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU; JAX's backend "
+                f"here is {jax.default_backend()!r}",
+                expected="attention_kernel 'xla' or 'einsum' off the GPU")
         dtype, joined = cfg.activation_dtype, cfg.num_heads * cfg.head_dim
         q_init = _kernel_init(1.0 / cfg.head_dim)  # the 1/sqrt(d_kv) of attention
         query = Dense(joined, ("embed", "joined_kv"), dtype, q_init, name="query")(inputs_q)
@@ -491,11 +498,6 @@ class Attention(nn.Module):
         cover every example and head, so the shared parts are broadcast."""
         del deterministic  # only called where no dropout applies
         cfg = self.config
-        if cfg.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
-            raise ConfigError(
-                f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU; JAX's backend "
-                f"here is {jax.default_backend()!r}",
-                expected="attention_kernel 'xla' or 'einsum' off the GPU")
         if cfg.attention_kernel == "xla" and cfg.float32_attention_logits:
             query, key = query.astype(jnp.float32), key.astype(jnp.float32)
             value = value.astype(jnp.float32)

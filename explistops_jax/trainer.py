@@ -21,6 +21,7 @@ from the step number.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -246,9 +247,12 @@ def _compile_ahead(step_fn, abstract_state: TrainState, batch: Mapping[str, jax.
     """Starts compiling the train step for the state's shapes and a batch laid out
     like the stream's, in a thread: XLA compiles without holding the GIL, so this
     overlaps the state's initialisation or restoration (its own compilation
-    included). A daemon thread: a run that fails before its first step exits
-    without waiting for the compilation. Returns (future, batch) for
-    :meth:`_Loop._compile`."""
+    included). Not a daemon thread: the interpreter waits for it at exit. A
+    daemon thread still inside XLA when Python finalises is unwound through C++
+    frames that do not allow it, and the process aborts ("FATAL: exception not
+    rethrown", SIGABRT) instead of exiting with the run's error (a missing
+    INITIAL_CHECKPOINT_PATH, say, found while the step compiles). Returns
+    (future, batch) for :meth:`_Loop._compile`."""
     future: concurrent.futures.Future = concurrent.futures.Future()
 
     def compile_step():
@@ -257,7 +261,7 @@ def _compile_ahead(step_fn, abstract_state: TrainState, batch: Mapping[str, jax.
         except BaseException as err:  # handed to the loop, which compiles again
             future.set_exception(err)
 
-    threading.Thread(target=compile_step, name="compile-train-step", daemon=True).start()
+    threading.Thread(target=compile_step, name="compile-train-step", daemon=False).start()
     return future, batch
 
 
@@ -346,41 +350,40 @@ def train(
     tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
 
     checkpoints = RunCheckpoints(model_dir, checkpoint)
-    if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
-        checkpoints.close()
-        return _finished(model_dir, checkpoints.latest_step())
-    layout = state_layout(model, tx, partitioner)
-    info = _run_info(model, data, total_steps, run_info)
-    step_fn = partitioner.jit(
-        make_train_step(model, tx, schedule, num_microbatches),
-        in_shardings=(layout.shardings, partitioner.batch_sharding()),
-        out_shardings=(layout.shardings, partitioner.sharding()),
-        donate_argnums=0)
-    compiling = _compile_ahead(step_fn, layout.abstract,
-                               partitioner.shard_batch(stream.empty_batch()))
-    state, position = _start(checkpoints, layout, model, tx, partitioner, seed,
-                             initial_checkpoint_path)
-    start_step = int(jax.device_get(state.step))
-    if is_chief:
-        run = RunDir(model_dir)
-        summaries.truncate_log(run.train_log, start_step)
-        summaries.truncate_log(run.eval_log, start_step)
-        rundir.write_json(run.run_json, info)
+    # Closed however the run ends: bar, writer, then checkpoints (last in, first out).
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(checkpoints.close)
+        if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
+            return _finished(model_dir, checkpoints.latest_step())
+        layout = state_layout(model, tx, partitioner)
+        info = _run_info(model, data, total_steps, run_info)
+        step_fn = partitioner.jit(
+            make_train_step(model, tx, schedule, num_microbatches),
+            in_shardings=(layout.shardings, partitioner.batch_sharding()),
+            out_shardings=(layout.shardings, partitioner.sharding()),
+            donate_argnums=0)
+        compiling = _compile_ahead(step_fn, layout.abstract,
+                                   partitioner.shard_batch(stream.empty_batch()))
+        state, position = _start(checkpoints, layout, model, tx, partitioner, seed,
+                                 initial_checkpoint_path)
+        start_step = int(jax.device_get(state.step))
+        if is_chief:
+            run = RunDir(model_dir)
+            summaries.truncate_log(run.train_log, start_step)
+            summaries.truncate_log(run.eval_log, start_step)
+            rundir.write_json(run.run_json, info)
 
-    evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
-    writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
-    bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
-    loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
-                 progress=bar, evaluator=evaluator,
-                 eval_period=evaluation.period if evaluation else None,
-                 total_steps=total_steps, run_info=info, partitioner=partitioner,
-                 compiling=compiling)
-    try:
+        evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
+        writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
+        cleanup.callback(writer.close)
+        bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
+        cleanup.callback(bar.close)
+        loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
+                     progress=bar, evaluator=evaluator,
+                     eval_period=evaluation.period if evaluation else None,
+                     total_steps=total_steps, run_info=info, partitioner=partitioner,
+                     compiling=compiling)
         state = loop.run(state, position)
-    finally:
-        bar.close()
-        writer.close()
-        checkpoints.close()
     return TrainResult(str(model_dir), int(jax.device_get(state.step)),
                        loop.last_metrics, loop.eval_metrics)
 

@@ -127,6 +127,10 @@ def _train_cases(tmp: Path, task: str, a_file: Path):
         (bind("MIXTURE_OR_TASK_NAME = 'no_such_task'"), ["no_such_task"]),
         (bind("trainer.ModelSpec.preset = 't5_nosuch'"), ["t5_nosuch", "t5_1_1_tiny"]),
         (bind("trainer.ModelSpec.overrides = {'emb_size': 8}"), ["emb_size"]),
+        (bind("trainer.ModelSpec.overrides = {'attention_kernel': 'flash'}"),
+         ["attention_kernel", "'flash'", "einsum"]),
+        (bind("trainer.ModelSpec.overrides = {'attention_kernel': 'cudnn', "
+              "'dtype': 'bfloat16'}"), ["attention_kernel='cudnn'", "NVIDIA GPU"]),
         (bind("partitioning.PartitionConfig.num_partitions = 3"), ["num_partitions=3"]),
         (bind("partitioning.PartitionConfig.logical_axis_rules = (('embed', 'nosuch'),)"),
          ["nosuch", "logical_axis_rules"]),
@@ -339,3 +343,19 @@ def test_each_entry_point_as_a_process(tmp_path, a_file):
         one_line_error(proc.returncode, proc.stderr, *names)
         assert proc.stdout == ""
         assert not run.exists(), (argv, "left a directory behind")
+
+
+def test_runs_that_fail_while_their_step_compiles_exit_with_their_error(tmp_path, task, a_file):
+    """The trainer compiles its step in a thread while it restores the initial
+    checkpoint; a missing one fails while XLA is still compiling. Three such runs
+    in one process, then exit: the process ends with the runs' error (status 2),
+    not an abort from a compiling thread killed at interpreter exit (it did,
+    two runs in three, with "FATAL: exception not rethrown" and SIGABRT)."""
+    _, cases = _train_cases(tmp_path, task, a_file)
+    argv = next(a for a, names in cases if "/no/such/checkpoint" in names)
+    script = ("import sys; from explistops_jax import train; "
+              f"sys.exit(max(train.main({argv!r}) for _ in range(3)))")
+    proc = _run(["-c", script])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "FATAL" not in proc.stderr
+    assert proc.stderr.count("/no/such/checkpoint") == 3

@@ -574,7 +574,12 @@ def test_attention_kernel_is_checked():
         get_config("t5_1_1_tiny", attention_kernel="cudnn")
     cudnn = get_config("t5_1_1_tiny", attention_kernel="cudnn", dtype="bfloat16",
                        vocab_size=VOCAB)
-    if jax.default_backend() != "gpu":  # a clear error, not a failed lowering
+    if jax.default_backend() != "gpu":  # a clear error, from the first trace
         enc, dec = _batch(13)
         with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
-            Transformer(cudnn).apply({"params": _random_params(cudnn)}, enc, dec)
+            Transformer(cudnn).init(jax.random.key(0), enc, dec)
+        params = _random_params(_tiny())
+        with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
+            Transformer(cudnn.replace(dropout_rate=0.1)).apply(
+                {"params": params}, enc, dec, enable_dropout=True,
+                rngs={"dropout": jax.random.key(0)})
