@@ -454,9 +454,12 @@ class Attention(nn.Module):
                  decode_index: Array | None = None) -> Array:
         # inputs_q: [b, q, embed], inputs_kv: [b, k, embed] -> [b, q, embed]
         cfg = self.config
-        if cfg.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
-            # on every path (initialisation and dropout training use einsum), so
-            # that the mistake shows before training, not at the first evaluation
+        if (cfg.attention_kernel == "cudnn" and jax.default_backend() != "gpu"
+                and not self.is_initializing()):
+            # on every applying path (dropout training and decoding use einsum), so
+            # the mistake shows when the train step compiles, not at the first
+            # evaluation; initialising computes only shapes, which any host may do
+            # for a GPU's config (plans, checkpoint checks)
             raise ConfigError(
                 f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU; JAX's backend "
                 f"here is {jax.default_backend()!r}",

@@ -574,11 +574,16 @@ def test_attention_kernel_is_checked():
         get_config("t5_1_1_tiny", attention_kernel="cudnn")
     cudnn = get_config("t5_1_1_tiny", attention_kernel="cudnn", dtype="bfloat16",
                        vocab_size=VOCAB)
-    if jax.default_backend() != "gpu":  # a clear error, from the first trace
+    if jax.default_backend() != "gpu":  # a clear error, from the first applying trace
         enc, dec = _batch(13)
-        with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
-            Transformer(cudnn).init(jax.random.key(0), enc, dec)
+        # shapes only: a CPU host may plan or check checkpoints for a GPU's config
+        shapes = jax.eval_shape(
+            lambda: nn.unbox(Transformer(cudnn).init(jax.random.key(0), enc, dec)))
         params = _random_params(_tiny())
+        assert (jax.tree.map(lambda x: x.shape, shapes["params"])
+                == jax.tree.map(lambda x: x.shape, params))
+        with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
+            Transformer(cudnn).apply({"params": params}, enc, dec)
         with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*'cpu'"):
             Transformer(cudnn.replace(dropout_rate=0.1)).apply(
                 {"params": params}, enc, dec, enable_dropout=True,
