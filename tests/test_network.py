@@ -486,16 +486,18 @@ def test_dense_over_leading_axes_equals_one_einsum():
     np.testing.assert_allclose(y, jnp.einsum("abci,io->abco", x, kernel), rtol=1e-5, atol=1e-6)
 
 
-def _loss_and_grads(config, params, enc, dec, **kwargs):
-    """Mean next-token cross-entropy (targets = dec shifted) and its gradients."""
+def _logits_loss_and_grads(config, params, enc, dec, **kwargs):
+    """Logits, mean next-token cross-entropy (targets = dec shifted) and its
+    gradients, in one compiled call."""
     targets = jnp.concatenate([dec[:, 1:], jnp.ones_like(dec[:, :1])], axis=1)
 
     def loss(p):
         logits = Transformer(config).apply({"params": p}, enc, dec, **kwargs)
         logp = jax.nn.log_softmax(logits, -1)
-        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1)), logits
 
-    return jax.jit(jax.value_and_grad(loss))(params)
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, value, grads
 
 
 def _count_fused_calls(monkeypatch):
@@ -523,11 +525,9 @@ def test_xla_attention_kernel_matches_einsum(name, monkeypatch):
                   decoder_positions=jnp.asarray([[0, 1, 0, 1, 2, 0]] * 2))
     calls = _count_fused_calls(monkeypatch)
     for kwargs in ({}, packed):
-        want = Transformer(ref_cfg).apply({"params": params}, enc, dec, **kwargs)
-        got = Transformer(cfg).apply({"params": params}, enc, dec, **kwargs)
+        (want, l_want, g_want), (got, l_got, g_got) = (
+            _logits_loss_and_grads(c, params, enc, dec, **kwargs) for c in (ref_cfg, cfg))
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
-        (l_want, g_want), (l_got, g_got) = (_loss_and_grads(c, params, enc, dec, **kwargs)
-                                            for c in (ref_cfg, cfg))
         np.testing.assert_allclose(l_got, l_want, rtol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):
             np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()) + 1e-7)
@@ -547,8 +547,9 @@ def test_fused_attention_only_where_no_dropout_applies(monkeypatch):
     params = _random_params(ref_cfg)
     enc, dec = _batch(12, dec_lengths=(DEC, DEC))
     calls = _count_fused_calls(monkeypatch)
-    train = lambda c: Transformer(c).apply({"params": params}, enc, dec, enable_dropout=True,
-                                           rngs={"dropout": jax.random.key(3, impl="rbg")})
+    train = jax.jit(lambda c: Transformer(c).apply(
+        {"params": params}, enc, dec, enable_dropout=True,
+        rngs={"dropout": jax.random.key(3, impl="rbg")}), static_argnums=0)
     np.testing.assert_array_equal(train(cfg), train(ref_cfg))
     assert calls == []
     model = Transformer(cfg)
@@ -558,10 +559,11 @@ def test_fused_attention_only_where_no_dropout_applies(monkeypatch):
     kwargs = dict(decode=True, max_decode_length=DEC, method="decode", mutable="cache")
     _, state = model.apply({"params": params}, encoded, enc, jnp.zeros_like(dec), **kwargs)
     calls.clear()
+    step = jax.jit(lambda cache, token: model.apply({"params": params, "cache": cache},
+                                                    encoded, enc, token, **kwargs))
     steps = []
     for t in range(DEC):
-        logits, state = model.apply({"params": params, "cache": state["cache"]}, encoded,
-                                    enc, dec[:, t:t + 1], **kwargs)
+        logits, state = step(state["cache"], dec[:, t:t + 1])
         steps.append(logits)
     assert calls == []
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
