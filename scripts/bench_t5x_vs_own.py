@@ -20,7 +20,8 @@ Both: task explistops30_medium (generated on the fly: T5X through the SeqIO task
 the own trainer through its grain pipeline by default, ``--data_backend seqio`` for
 the SeqIO task), batch 8, lengths inputs 64 / targets 192, no packing, float32,
 dropout ``--dropout`` (default 0.1, T5's fine-tuning rate; each trainer's own
-masks: T5X's shared along the length axis, ours per element), 384 embedding rows,
+masks: T5X's shared along the length axis, ours per element unless ``--own_masks
+broadcast`` gives it T5X's), 384 embedding rows,
 z-loss 1e-4, no evaluation, a checkpoint only after the last step.
 
 Timing: steps are grouped in blocks of ``--block`` steps and the first ``--skip``
@@ -117,9 +118,12 @@ def t5x_command(shape: str, steps: int, block: int, model_dir: str, python: str,
 
 
 def own_command(shape: str, steps: int, model_dir: str, python: str,
-                dropout: float = 0.0, data_backend: str = "grain") -> list[str]:
+                dropout: float = 0.0, data_backend: str = "grain",
+                masks: str = "element") -> list[str]:
     preset, dims = SHAPES[shape]
     overrides = dict(dims, dtype="float32")
+    if masks == "broadcast":  # T5X's masks: shared along the length axis
+        overrides["broadcast_dropout"] = True
     bindings = [
         "import seqio_tasks",
         f"trainer.ModelSpec.preset = '{preset}'",
@@ -182,7 +186,7 @@ def bench_t5x(shape: str, args, work: Path) -> dict:
 def bench_own(shape: str, args, work: Path) -> dict:
     model_dir = work / f"own_{shape}"
     cmd = own_command(shape, args.steps, str(model_dir), args.own_python, args.dropout,
-                      args.data_backend)
+                      args.data_backend, args.own_masks)
     load = os.getloadavg()[0]
     wall = _run(cmd, work / f"own_{shape}.log", args.timeout)
     log = [json.loads(line) for line in open(model_dir / "train_log.jsonl") if line.strip()]
@@ -211,6 +215,9 @@ def main(argv=None) -> int:
                         help="DROPOUT_RATE of both (0.1: T5's fine-tuning default)")
     parser.add_argument("--data_backend", default="grain", choices=("grain", "seqio"),
                         help="the own trainer's input backend")
+    parser.add_argument("--own_masks", default="element", choices=("element", "broadcast"),
+                        help="the own trainer's dropout masks: per element (its default) "
+                             "or T5X's, shared along the length axis")
     parser.add_argument("--t5x_python", default="/tmp/t5x-venv/bin/python")
     parser.add_argument("--own_python", default=sys.executable)
     parser.add_argument("--timeout", type=float, default=600, help="per run, seconds")
@@ -253,7 +260,8 @@ def main(argv=None) -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nbatch {BATCH}, lengths {LENGTHS}, {TASK}, float32, steps {args.skip + 1}.."
+    print(f"\nbatch {BATCH}, lengths {LENGTHS}, {TASK}, float32, dropout {args.dropout} "
+          f"(own masks: {args.own_masks}), steps {args.skip + 1}.."
           f"{args.steps} in blocks of {args.block}; median over blocks, then over "
           f"{args.repeats} run(s) each")
     print("| shape | trainer | steps/s (runs) | steps/s | examples/s | ratio own/T5X |")
