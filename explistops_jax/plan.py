@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 from explistops_jax.errors import UserError
 
-__all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "parse_mesh", "plan", "largest_batch",
+__all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "LargestBatch", "parse_mesh", "plan",
+           "largest_batch",
            "format_plan", "abstract_batch", "random_batch", "train_flops"]
 
 GIB = 1024 ** 3
@@ -248,13 +249,42 @@ def random_batch(rng, batch_size: int, lengths: Sequence[int], vocab_size: int) 
             "decoder_loss_weights": np.ones_like(targets)}
 
 
-def largest_batch(device_gib: float, first: MemoryPlan, **plan_kwargs) -> tuple[int, MemoryPlan | None]:
-    """The largest global batch (a multiple of the data axis) whose step fits
-    ``device_gib``, and its plan (None if not even one row per data shard fits).
+@dataclasses.dataclass(frozen=True)
+class LargestBatch:
+    """What :func:`largest_batch` found: ``batch`` fits (0: not even one row per
+    data shard does) and, when ``over`` is set, ``batch`` + one row per data shard
+    does not; ``over`` is None only when the search stopped at its compile budget,
+    so ``batch`` fits but may not be the largest."""
 
-    Peak memory is affine in the batch (state + per-row activations): fitted
-    through two compiled plans, then confirmed by compiling the candidate and
-    refitting (secant steps) until the candidate fits and one more step does not.
+    device_gib: float
+    batch: int
+    plan: MemoryPlan | None  # the plan of ``batch`` (None when batch is 0)
+    over: MemoryPlan | None  # the plan of the next batch, which does not fit
+    compilations: int  # plans compiled, the first one included
+
+    def to_json(self) -> dict:
+        return {"device_gib": self.device_gib, "batch": self.batch,
+                "peak_bytes": self.plan.peak_bytes if self.plan else None,
+                "next_batch": self.over.batch_size if self.over else None,
+                "next_peak_bytes": self.over.peak_bytes if self.over else None,
+                "compilations": self.compilations}
+
+
+def largest_batch(device_gib: float, first: MemoryPlan, *, max_compilations: int = 16,
+                  **plan_kwargs) -> LargestBatch:
+    """The largest global batch (a multiple of the data axis) whose step fits
+    ``device_gib``: a batch that fits next to one a row per data shard larger that
+    does not, both compiled (peak memory is taken to grow with the batch).
+
+    Each step compiles one candidate: the secant through the two plans nearest
+    the limit (exact where the peak is affine in the batch, state plus per-row
+    activations: four compilations for a large model), if it falls inside the
+    bracket of the largest batch known to fit and the smallest known not to
+    (while nothing is over the limit: at most 64x the largest fitting batch),
+    followed by its neighbour, which ends the search when the secant was right.
+    Where the secant says nothing or falls outside: the bracket's middle, or 8x
+    the largest fitting batch while nothing is over. Stops after
+    ``max_compilations`` plans, with ``over`` None.
     """
     limit = device_gib * GIB
     unit = first.mesh["data"]
@@ -265,29 +295,70 @@ def largest_batch(device_gib: float, first: MemoryPlan, **plan_kwargs) -> tuple[
             points[batch] = plan(first.model, batch_size=batch, **plan_kwargs)
         return points[batch]
 
-    at(2 * first.batch_size if first.batch_size > unit else first.batch_size + unit)
-    for _ in range(6):
-        (b0, p0), (b1, p1) = sorted(points.items())[:1] + sorted(points.items())[-1:]
-        slope = max((p1.peak_bytes - p0.peak_bytes) / (b1 - b0), 1.0)
-        guess = int((limit - p0.peak_bytes) / slope + b0) // unit * unit
-        guess = max(guess, unit)
-        fits, next_fits = at(guess).fits(device_gib), None
-        if fits:
-            next_fits = at(guess + unit).fits(device_gib)
-            if not next_fits:
-                return guess, points[guess]
-        elif guess == unit:
-            return 0, None
-        # Keep the two points closest to the limit for the next secant step.
-        near = sorted(points.items(), key=lambda kv: abs(kv[1].peak_bytes - limit))[:2]
-        points = dict(sorted(near))
-    fitting = [b for b, p in points.items() if p.fits(device_gib)]
-    best = max(fitting, default=0)
-    return best, points.get(best)
+    def fits(batch: int) -> bool:
+        return points[batch].peak_bytes <= limit
+
+    def bracket() -> tuple[int, int | None]:
+        lo = max((b for b in points if fits(b)), default=0)
+        hi = min((b for b in points if b > lo and not fits(b)), default=None)
+        return lo, hi
+
+    def secant() -> float | None:
+        # the pair of plans nearest the limit whose peaks differ by enough to
+        # give a slope (0.5% of the device: XLA's peak can stay flat over small
+        # batches, where neighbouring plans differ by a few bytes)
+        near = sorted(points, key=lambda b: abs(points[b].peak_bytes - limit))
+        for i, a in enumerate(near):
+            for b in near[:i]:
+                rise = points[b].peak_bytes - points[a].peak_bytes
+                if abs(rise) >= 0.005 * limit and rise / (b - a) > 0:
+                    return a + (limit - points[a].peak_bytes) * (b - a) / rise
+        return None
+
+    def result() -> LargestBatch:
+        lo, hi = bracket()
+        over = points[hi] if hi is not None and hi - lo <= unit else None
+        return LargestBatch(device_gib, lo, points.get(lo), over, len(points))
+
+    if fits(first.batch_size):
+        at(2 * first.batch_size if first.batch_size > unit else first.batch_size + unit)
+    elif first.batch_size > unit:
+        at(max(first.batch_size // 2 // unit * unit, unit))
+    while len(points) < max_compilations:
+        lo, hi = bracket()
+        if hi is not None and hi - lo <= unit:
+            break
+        low, high = lo + unit, (hi - unit if hi is not None else 64 * max(lo, unit))
+        estimate = secant()
+        guess = None if estimate is None else int(max(estimate, 0)) // unit * unit
+        placed = guess is not None and low <= guess <= high
+        if not placed:
+            guess = (lo + (hi - lo) // unit // 2 * unit if hi is not None  # bisect
+                     else 8 * max(lo, unit))  # grow
+        at(guess)
+        neighbour = guess + unit if fits(guess) else guess - unit
+        if placed and low <= neighbour <= high and len(points) < max_compilations:
+            at(neighbour)
+    return result()
 
 
-def format_plan(p: MemoryPlan, *, device_gib: float | None = None,
-                largest: tuple[int, MemoryPlan | None] | None = None) -> str:
+def format_largest(found: LargestBatch) -> str:
+    """One line: the largest batch for the device size, and the evidence."""
+    head = f"largest batch for {found.device_gib:g} GiB:"
+    tried = f"{found.compilations} plans compiled"
+    if found.plan is None and found.over is not None:
+        return (f"{head} none (batch {found.over.batch_size}, one row per data shard, "
+                f"needs {found.over.peak_bytes / GIB:.3f} GiB; {tried})")
+    if found.plan is None:
+        return f"{head} none found ({tried})"
+    fit = f"{found.batch} (peak {found.plan.peak_bytes / GIB:.3f} GiB"
+    if found.over is None:
+        return f"{head} at least {fit}; the search stopped after {tried})"
+    return (f"{head} {fit}; batch {found.over.batch_size} needs "
+            f"{found.over.peak_bytes / GIB:.3f} GiB; {tried})")
+
+
+def format_plan(p: MemoryPlan, *, largest: LargestBatch | None = None) -> str:
     """The plan as the text ``explistops plan`` prints."""
     def gib(n: int) -> str:
         return f"{n / GIB:8.2f} GiB"
@@ -308,12 +379,6 @@ def format_plan(p: MemoryPlan, *, device_gib: float | None = None,
         "fits: " + "  ".join(f"{g} GiB {'yes' if p.fits(g) else 'no'}"
                              for g in DEVICE_SIZES_GIB),
     ]
-    if largest is not None and device_gib is not None:
-        batch, best = largest
-        if best is None:
-            lines.append(f"largest batch for {device_gib:g} GiB: none (one row per data "
-                         "shard does not fit)")
-        else:
-            lines.append(f"largest batch for {device_gib:g} GiB: {batch} "
-                         f"(peak {best.peak_bytes / GIB:.2f} GiB)")
+    if largest is not None:
+        lines.append(format_largest(largest))
     return "\n".join(lines)

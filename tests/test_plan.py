@@ -86,8 +86,12 @@ def test_plan_command_prints_the_plan_and_the_largest_batch():
     out = json.loads(proc.stdout)
     assert out["mesh"] == {"data": 2, "model": 1} and out["backend"] == "cpu"
     largest = out["largest_batch"]
-    assert largest["batch"] % 2 == 0 and largest["batch"] > 2  # batch 2 peaks near 0.08 GiB
-    assert largest["peak_bytes"] <= 0.2 * 2 ** 30
+    # batch 2 peaks near 0.08 GiB; the answer is the batch that fits next to the
+    # one two rows larger that does not, both compiled
+    assert largest["batch"] % 2 == 0 and largest["batch"] > 2
+    assert largest["peak_bytes"] <= 0.2 * 2 ** 30 < largest["next_peak_bytes"]
+    assert largest["next_batch"] == largest["batch"] + 2
+    assert 4 <= largest["compilations"] <= 16
 
 
 @pytest.mark.parametrize("args, message", [
@@ -132,3 +136,65 @@ def test_train_flops_matches_xla_count_of_the_step(preset):
     ours = plan.train_flops(config, 8, (32, 48))
     assert ours > 1e9
     assert 1.0 <= xla / ours <= 1.02, (xla, ours)
+
+
+def _fake_plans(monkeypatch, peak_gib):
+    """plan.plan replaced by one that "compiles" a plan whose peak is
+    ``peak_gib(batch)``; returns the batches asked for, in order."""
+    from explistops_jax import plan
+
+    asked = []
+
+    def fake(model, *, batch_size, mesh, **_):
+        asked.append(batch_size)
+        return plan.MemoryPlan(model=model, mesh=mesh, batch_size=batch_size,
+                               lengths={"inputs": 8, "targets": 8}, dtype="float32",
+                               optimizer="adafactor", backend="cpu", num_params=1,
+                               params_bytes=0, optimizer_bytes=0,
+                               argument_bytes=int(peak_gib(batch_size) * plan.GIB),
+                               output_bytes=0, alias_bytes=0, temp_bytes=0)
+
+    monkeypatch.setattr(plan, "plan", fake)
+    return asked
+
+
+@pytest.mark.parametrize("peak_gib, device_gib, first, unit, want, most", [
+    # affine (state + rows): the secant is exact, four plans in all
+    (lambda b: 30 + 0.37 * b, 80, 8, 1, 135, 4),
+    (lambda b: 30 + 0.37 * b, 141, 8, 8, 296, 4),
+    # flat over small batches, then affine (XLA's CPU peak for a tiny model): the
+    # secant sees no growth at first; an affine-only search answered 4 here
+    (lambda b: max(0.08, 0.146 + (b - 64) * 0.00153), 0.2, 2, 2, 98, 12),
+    # a step (another algorithm past batch 40): bisection, not the secant, closes it
+    (lambda b: 1 + 0.01 * b + (5 if b > 40 else 0), 4, 4, 4, 40, 12),
+    # the first batch does not fit
+    (lambda b: 10 + b, 20, 64, 2, 10, 12),
+    # not even one row per data shard fits
+    (lambda b: 10 + b, 11, 8, 4, 0, 12),
+])
+def test_largest_batch_is_bracketed_by_a_batch_that_does_not_fit(
+        monkeypatch, peak_gib, device_gib, first, unit, want, most):
+    from explistops_jax import plan
+
+    asked = _fake_plans(monkeypatch, peak_gib)
+    first_plan = plan.plan("m", batch_size=first, mesh={"data": unit, "model": 1})
+    found = plan.largest_batch(device_gib, first_plan, mesh={"data": unit, "model": 1})
+    assert found.batch == want, (asked, found)
+    assert found.over is not None and found.over.batch_size == want + unit
+    assert found.over.peak_bytes > device_gib * plan.GIB
+    if want:
+        assert found.plan.peak_bytes <= device_gib * plan.GIB
+    assert all(b % unit == 0 and b > 0 for b in asked)
+    assert found.compilations == len(set(asked)) <= most, asked
+    line = plan.format_largest(found)
+    assert f"batch {want + unit} needs" in line or "none" in line
+
+
+def test_largest_batch_stops_at_its_compile_budget(monkeypatch):
+    from explistops_jax import plan
+
+    _fake_plans(monkeypatch, lambda b: 1 + 0.01 * b + (5 if b > 40 else 0))
+    first = plan.plan("m", batch_size=4, mesh={"data": 4, "model": 1})
+    found = plan.largest_batch(4, first, mesh={"data": 4, "model": 1}, max_compilations=3)
+    assert found.compilations == 3 and found.over is None and found.batch > 4
+    assert "at least" in plan.format_largest(found)

@@ -77,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_json()
         if largest is not None:
-            out["largest_batch"] = {"device_gib": args.device_memory, "batch": largest[0],
-                                    "peak_bytes": largest[1].peak_bytes if largest[1] else None}
+            out["largest_batch"] = largest.to_json()
         print(json.dumps(out, indent=2))
     else:
-        print(plan_lib.format_plan(result, device_gib=args.device_memory, largest=largest))
+        print(plan_lib.format_plan(result, largest=largest))
     return 0
