@@ -80,15 +80,18 @@ def _cli(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
 
 
 def test_plan_command_prints_the_plan_and_the_largest_batch():
-    proc = _cli("--model", "t5_1_1_tiny", "--mesh", "data=2", "--batch", "2",
+    # From batch 64 up, XLA's CPU peak here grows by about 1.5 MiB a row (below
+    # it stays flat: the synthetic-peak tests below cover that shape without
+    # compiling), so the secant lands at once: four compilations.
+    proc = _cli("--model", "t5_1_1_tiny", "--mesh", "data=2", "--batch", "64",
                 "--lengths", "8,8", "--device-memory", "0.2", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["mesh"] == {"data": 2, "model": 1} and out["backend"] == "cpu"
     largest = out["largest_batch"]
-    # batch 2 peaks near 0.08 GiB; the answer is the batch that fits next to the
-    # one two rows larger that does not, both compiled
-    assert largest["batch"] % 2 == 0 and largest["batch"] > 2
+    # the answer is a batch that fits next to the one two rows larger that does
+    # not, both compiled
+    assert largest["batch"] % 2 == 0 and largest["batch"] > 64
     assert largest["peak_bytes"] <= 0.2 * 2 ** 30 < largest["next_peak_bytes"]
     assert largest["next_batch"] == largest["batch"] + 2
     assert 4 <= largest["compilations"] <= 16
