@@ -29,8 +29,8 @@ from typing import Any, Sequence
 from explistops_jax.errors import UserError
 
 __all__ = ["GIB", "DEVICE_SIZES_GIB", "MemoryPlan", "LargestBatch", "parse_mesh", "plan",
-           "largest_batch",
-           "format_plan", "abstract_batch", "random_batch", "train_flops"]
+           "largest_batch", "format_largest", "format_plan", "abstract_batch", "random_batch",
+           "train_flops"]
 
 GIB = 1024 ** 3
 # Common accelerator memory sizes (GiB): v5e/T4, A10/v4-ish, A100-40, A100/H100-80, H200.
@@ -296,7 +296,7 @@ def largest_batch(device_gib: float, first: MemoryPlan, *, max_compilations: int
         return points[batch]
 
     def fits(batch: int) -> bool:
-        return points[batch].peak_bytes <= limit
+        return points[batch].fits(device_gib)
 
     def bracket() -> tuple[int, int | None]:
         lo = max((b for b in points if fits(b)), default=0)
@@ -314,11 +314,6 @@ def largest_batch(device_gib: float, first: MemoryPlan, *, max_compilations: int
                 if abs(rise) >= 0.005 * limit and rise / (b - a) > 0:
                     return a + (limit - points[a].peak_bytes) * (b - a) / rise
         return None
-
-    def result() -> LargestBatch:
-        lo, hi = bracket()
-        over = points[hi] if hi is not None and hi - lo <= unit else None
-        return LargestBatch(device_gib, lo, points.get(lo), over, len(points))
 
     if fits(first.batch_size):
         at(2 * first.batch_size if first.batch_size > unit else first.batch_size + unit)
@@ -339,7 +334,9 @@ def largest_batch(device_gib: float, first: MemoryPlan, *, max_compilations: int
         neighbour = guess + unit if fits(guess) else guess - unit
         if placed and low <= neighbour <= high and len(points) < max_compilations:
             at(neighbour)
-    return result()
+    lo, hi = bracket()
+    over = points[hi] if hi is not None and hi - lo <= unit else None
+    return LargestBatch(device_gib, lo, points.get(lo), over, len(points))
 
 
 def format_largest(found: LargestBatch) -> str:
