@@ -29,11 +29,6 @@ from flax import linen as nn
 
 from explistops_jax.errors import ConfigError, UnknownFieldError, UnknownNameError
 
-try:  # JAX's extension API; a JAX without it draws through jax.random.bits
-    from jax.extend.random import threefry2x32_p
-except ImportError:  # pragma: no cover - depends on the installed JAX
-    threefry2x32_p = None
-
 Array = jax.Array
 # Added to attention logits where attention is not allowed. Finite, so that a row
 # with nothing to attend to gives a uniform (not NaN) distribution.
@@ -46,7 +41,7 @@ __all__ = [
     "Transformer",
     "relative_position_bucket",
     "Dropout",
-    "random_uint16",
+    "random_bits",
 ]
 
 
@@ -236,11 +231,28 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool,
 # ----------------------------------------------------------------- layers
 
 
-# Dropout draws one 16-bit number per mask element.
-_DRAW_LEVELS = 1 << 16
+# Threefry-2x32's rotation distances, by group of four rounds (alternating), and
+# the constant of its key schedule (Salmon et al., "Parallel random numbers: as
+# easy as 1, 2, 3", SC 2011; the same hash as jax.random's threefry2x32).
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = 0x1BD11BDA
 
 
-def _iota_index(shape: tuple[int, ...]) -> Array:
+def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """Threefry-2x32 (20 rounds) of the counters (x0, x1) under the key (k0, k1),
+    written out round by round as uint32 elementwise ops."""
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(_THREEFRY_PARITY))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for group in range(5):
+        for r in _THREEFRY_ROTATIONS[group % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+        x0 = x0 + ks[(group + 1) % 3]
+        x1 = x1 + ks[(group + 2) % 3] + np.uint32(group + 1)
+    return x0, x1
+
+
+def _position(shape: tuple[int, ...]) -> Array:
     """uint32 row-major position of every element of an array of `shape`."""
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
@@ -250,48 +262,42 @@ def _iota_index(shape: tuple[int, ...]) -> Array:
     return index
 
 
-def random_uint16(key: Array, shape: tuple[int, ...]) -> Array:
-    """Uniform uint16 draws of `shape` from `key` (typed or raw uint32[2]).
+def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    """``jax.random.bits(key, shape, jnp.uint32)``, bit for bit, as ops XLA fuses.
 
-    With a threefry key (JAX's default), one threefry2x32 hash of an element's
-    position gives 64 bits, four draws, where ``jax.random.bits`` spends a hash per
-    element; like JAX's partitionable threefry, each draw depends only on the key
-    and its position, so a sharded array's shards are drawn where they live. Other
-    key implementations fall back to ``jax.random.bits``.
+    With a threefry key (typed or raw uint32[2]) and JAX's partitionable threefry
+    (its default), the draw at each position is the xor of the two words of one
+    threefry2x32 hash of (0, position). JAX lowers that hash on CPU as a loop of
+    five steps, each a pass over the whole array in memory, which its consumer
+    cannot fuse; here its twenty rounds are plain elementwise ops, which XLA fuses
+    into the consumer (a dropout mask costs half as much in the CPU train step;
+    accelerators already lower JAX's hash this way). Each draw depends only on the
+    key and its position, so a sharded array's shards are drawn where they live.
+    Other keys, other threefry modes and arrays of 2**32 elements or more go
+    through ``jax.random.bits`` itself.
     """
-    shape = tuple(shape) or (1,)
-    words = -(-shape[-1] // 4)
-    hashed = (*shape[:-1], words)
-    if math.prod(hashed) >= 1 << 32:
-        raise ValueError(f"random_uint16: {shape} needs more than 2**32 hashes")
+    shape = tuple(shape)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         threefry = str(jax.random.key_impl(key)) == "threefry2x32"
     else:  # raw key data: uint32[2] is threefry's (rbg's are uint32[4])
         threefry = key.shape == (2,)
-    if threefry and threefry2x32_p is not None:
-        data = jax.random.key_data(key)
-        hi, lo = threefry2x32_p.bind(data[0], data[1], jnp.zeros(hashed, jnp.uint32),
-                                     _iota_index(hashed))
-    else:
-        hi, lo = jax.random.bits(key, (2, *hashed), jnp.uint32)
-    # Draw k of a hash (k = 0..3): 16-bit half k % 2 of word k // 2, by selects and
-    # shifts that XLA fuses into the consumer (a concatenation would be copied).
-    quarter = jax.lax.broadcasted_iota(jnp.uint32, (*hashed, 4), len(hashed))
-    word = jnp.where(quarter < 2, hi[..., None], lo[..., None])
-    draws = ((word >> ((quarter & 1) * np.uint32(16))) & np.uint32(0xFFFF)).astype(jnp.uint16)
-    return draws.reshape(*shape[:-1], 4 * words)[..., :shape[-1]]
+    if (not threefry or not getattr(jax.config, "jax_threefry_partitionable", True)
+            or math.prod(shape) >= 1 << 32):
+        return jax.random.bits(key, shape, jnp.uint32)
+    data = jax.random.key_data(key)
+    hi, lo = _threefry2x32(data[0], data[1], jnp.zeros(shape, jnp.uint32), _position(shape))
+    return hi ^ lo
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (``nn.Dropout``'s contract: rate, broadcast_dims, the
-    "dropout" rng stream), drawing 16 random bits per mask element.
+    """``flax.linen.Dropout`` (same contract: rate, broadcast_dims, the "dropout"
+    rng stream; same masks and outputs, bit for bit) whose per-element masks are
+    drawn by `random_bits`, which XLA's CPU backend fuses into their consumers.
 
-    An element is dropped when its uniform 16-bit draw is below
-    ``round(rate * 2**16)``, so the rate is realised to 1/65536 (0.1 ->
-    0.1000061); kept elements are scaled by the inverse of the realised keep
-    probability, so the expectation of the output is ``x`` exactly. On CPU this
-    makes per-element dropout cost a quarter of the hashing of ``nn.Dropout``
-    (docs/benchmarks.md).
+    flax keeps an element when ``uniform < 1 - rate``, its float32 uniform being
+    the top 23 bits of a 32-bit draw over 2**23 (with JAX's 64-bit mode off, its
+    default); that is the draw below ``ceil(float32(1 - rate) * 2**23) * 2**9``,
+    compared here as integers.
     """
 
     rate: float
@@ -299,16 +305,23 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
-        dropped = round(self.rate * _DRAW_LEVELS)
-        if deterministic or dropped == 0:
+        if deterministic or self.rate == 0.0:
             return x
-        if dropped >= _DRAW_LEVELS:
+        if self.rate == 1.0:
             return jnp.zeros_like(x)
+        keep_prob = 1.0 - self.rate
         broadcast = {axis % x.ndim for axis in self.broadcast_dims}
         mask_shape = tuple(1 if axis in broadcast else size for axis, size in enumerate(x.shape))
-        keep = random_uint16(self.make_rng("dropout"), mask_shape).reshape(mask_shape) >= dropped
-        scale = jnp.asarray(_DRAW_LEVELS / (_DRAW_LEVELS - dropped), x.dtype)
-        return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
+        key = self.make_rng("dropout")
+        below = math.ceil(float(np.float32(keep_prob)) * (1 << 23)) << 9
+        if below >= 1 << 32:
+            keep = jnp.ones(mask_shape, bool)
+        elif mask_shape == x.shape:
+            keep = random_bits(key, mask_shape) < np.uint32(below)
+        else:  # a shared mask is drawn once, into memory; fused into its consumer,
+            # it would be hashed again for every element it covers
+            keep = jax.random.bits(key, mask_shape, jnp.uint32) < np.uint32(below)
+        return jax.lax.select(jnp.broadcast_to(keep, x.shape), x / keep_prob, jnp.zeros_like(x))
 
 
 def _dropout(cfg: T5Config) -> Dropout:

@@ -6,8 +6,9 @@ Times `jax.jit(jax.value_and_grad(loss_fn))` on one fixed batch (8 x (64, 192),
 vocabulary 384, float32, z-loss 1e-4) for five variants compiled in one process
 and timed in turn, round after round (so that a busy moment of the machine falls
 on all of them): dropout off; per-element dropout 0.1 with flax's ``nn.Dropout``
-(the baseline: a threefry hash and a float compare per element); per-element
-dropout 0.1 with ``network.Dropout`` (16-bit draws, four per hash; the default);
+(the baseline: JAX's threefry, a loop on CPU, and a float compare per element);
+per-element dropout 0.1 with ``network.Dropout`` (the default: the same masks,
+its threefry written out so that XLA fuses it into the mask's consumers);
 broadcast dropout 0.1 (T5X's masks, ``T5Config.broadcast_dropout``) with each.
 Each round times 3 steps of each variant (fresh dropout keys) after one untimed
 step. Prints the median over rounds of wall and process CPU ms per step, and

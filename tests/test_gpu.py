@@ -87,7 +87,7 @@ def test_greedy_decoding_scores_what_it_decodes():
 
 def test_sharded_train_step_on_one_device():
     """The trainer's sharded step (mesh 1x1 on the GPU, state donated, bf16
-    activations, dropout 0.1 through network.Dropout's threefry hashes) lowers
+    activations, dropout 0.1 through network.Dropout's fused threefry) lowers
     its loss on a repeated batch: loss after 5 Adafactor steps is below the
     first (a fit, not a trajectory)."""
     config = network.get_config("t5_1_0_small", dtype="bfloat16", dropout_rate=0.1, **SMALL)
@@ -108,6 +108,17 @@ def test_sharded_train_step_on_one_device():
     assert losses[-1] < losses[0] - 0.1, losses
     leaf = jax.tree.leaves(state.params)[0]
     assert leaf.devices() == {jax.devices()[0]} and leaf.dtype == jnp.float32
+
+
+def test_dropout_is_flax_dropout_on_the_gpu():
+    """network.Dropout's fused threefry gives flax's masks on the GPU's JAX too."""
+    x = jax.random.normal(jax.random.key(1), (8, 128, 512), jnp.bfloat16)
+    rngs = {"dropout": jax.random.key(5)}
+    run = lambda m: np.asarray(jax.jit(lambda v: m.apply(
+        {}, v, deterministic=False, rngs=rngs))(x).astype(jnp.float32))
+    own = run(network.Dropout(0.1))
+    np.testing.assert_array_equal(own, run(nn.Dropout(0.1)))
+    assert 0.09 < (own == 0).mean() < 0.11
 
 
 def test_cudnn_attention_matches_einsum():
