@@ -40,9 +40,11 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     variants = sections["variants"]["runs"]
     assert sections["variants"]["failed"] == []
     assert [v["variant"] for v in variants] == ["XLA fused attention",
-                                                "bfloat16 attention logits", "batch 16"]
+                                                "bfloat16 attention logits", "batch 16",
+                                                "dropout 0.1"]
     assert variants[0]["overrides"] == {"attention_kernel": "xla"}
     assert variants[1]["overrides"] == {"float32_attention_logits": False}
+    assert variants[3]["overrides"] == {"dropout_rate": 0.1}
     assert variants[2]["batch"] == 16 and all(v["losses_finite"] and v["mfu"] > 0
                                               for v in variants)
     big = sections["big"]
