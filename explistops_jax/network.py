@@ -289,6 +289,13 @@ def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
     return hi ^ lo
 
 
+def _keep_below(keep_prob: float) -> int:
+    """The 32-bit draws below which flax's dropout keeps an element: its test
+    ``uniform < keep_prob`` in float32, the uniform being the draw's top 23 bits
+    over 2**23 (exact in float32)."""
+    return math.ceil(float(np.float32(keep_prob)) * (1 << 23)) << 9
+
+
 class Dropout(nn.Module):
     """``flax.linen.Dropout`` (same contract: rate, broadcast_dims, the "dropout"
     rng stream; same masks and outputs, bit for bit) whose per-element masks are
@@ -296,8 +303,8 @@ class Dropout(nn.Module):
 
     flax keeps an element when ``uniform < 1 - rate``, its float32 uniform being
     the top 23 bits of a 32-bit draw over 2**23 (with JAX's 64-bit mode off, its
-    default); that is the draw below ``ceil(float32(1 - rate) * 2**23) * 2**9``,
-    compared here as integers.
+    default); that is the draw below ``ceil(float32(1 - rate) * 2**23) * 2**9``
+    (`_keep_below`), compared here as integers.
     """
 
     rate: float
@@ -313,7 +320,7 @@ class Dropout(nn.Module):
         broadcast = {axis % x.ndim for axis in self.broadcast_dims}
         mask_shape = tuple(1 if axis in broadcast else size for axis, size in enumerate(x.shape))
         key = self.make_rng("dropout")
-        below = math.ceil(float(np.float32(keep_prob)) * (1 << 23)) << 9
+        below = _keep_below(keep_prob)
         if below >= 1 << 32:
             keep = jnp.ones(mask_shape, bool)
         elif mask_shape == x.shape:

@@ -381,7 +381,7 @@ def _flax_and_own_dropout(x, rate, broadcast_dims=(), seed=0):
     own = network.Dropout(rate, broadcast_dims=broadcast_dims)
     ref = nn.Dropout(rate, broadcast_dims=broadcast_dims)
     run = lambda m: jax.jit(lambda v: m.apply({}, v, deterministic=False, rngs=rngs))(x)
-    return np.asarray(run(own).astype(jnp.float32)), np.asarray(run(ref).astype(jnp.float32))
+    return run(own), run(ref)
 
 
 @pytest.mark.parametrize("rate,broadcast_dims,dtype", [
@@ -392,12 +392,29 @@ def _flax_and_own_dropout(x, rate, broadcast_dims=(), seed=0):
 def test_dropout_is_flax_dropout_bit_for_bit(rate, broadcast_dims, dtype):
     x = jax.random.normal(jax.random.key(1), (4, 33, 65)).astype(dtype)
     own, ref = _flax_and_own_dropout(x, rate, broadcast_dims)
-    assert own.dtype == ref.dtype
+    assert own.dtype == ref.dtype == dtype
+    own, ref = np.asarray(own.astype(jnp.float32)), np.asarray(ref.astype(jnp.float32))
     np.testing.assert_array_equal(own, ref)
     if 0.0 < rate < 1e-3:
         assert (own != 0).all()
     elif 0.0 < rate < 1.0:  # a real mask: some dropped, some kept, as flax does
         assert 0 < (own == 0).mean() < 1
+
+
+@pytest.mark.parametrize("keep_prob", [0.9, 0.5, 2 / 3, 0.1, 1 - 1e-9, 1e-9])
+def test_keep_threshold_is_flax_uniform_test_at_its_edge(keep_prob):
+    """At the draws around the threshold (where sampling never lands), the integer
+    test keeps exactly what ``jax.random.uniform(...) < keep_prob`` keeps: the
+    uniform built from the draw's top 23 bits as JAX builds it."""
+    below = network._keep_below(keep_prob)
+    edge = min(below, (1 << 32) - 1)
+    bits = np.array(sorted({max(0, min(b, (1 << 32) - 1)) for b in (
+        0, edge - 513, edge - 512, edge - 1, edge, edge + 1, edge + 511, edge + 512,
+        (1 << 32) - 1)}), np.uint32)
+    one = np.float32(1.0).view(np.uint32)
+    uniform = jax.lax.bitcast_convert_type(jnp.asarray((bits >> 9) | one), jnp.float32) - 1.0
+    flax_keeps = np.asarray(uniform < jnp.float32(keep_prob))
+    np.testing.assert_array_equal(bits.astype(np.uint64) < below, flax_keeps)
 
 
 def test_per_element_dropout_compiles_without_a_loop():
