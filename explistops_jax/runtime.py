@@ -130,15 +130,17 @@ def confine_tensorflow() -> None:
     tf_loader.confine()
 
 
-def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain") -> bool:
+def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain", *,
+                       training: bool = False) -> bool:
     """Registers the SeqIO tasks (``import seqio_tasks``, which loads TensorFlow)
     when any of ``names`` is read by the SeqIO backend
-    (``input_pipeline.resolve_backend``); the grain backend needs no registry.
-    Returns whether they were registered."""
+    (``input_pipeline.resolve_backend``): for evaluation, or with ``training``
+    for training as well (a mixture is sampled through SeqIO; its members are
+    evaluated with grain). The grain backend needs no registry. Returns whether
+    they were registered."""
     from explistops_jax import input_pipeline
 
-    if not any(input_pipeline.resolve_backend(name, data_backend, training=False) == "seqio"
-               or input_pipeline.resolve_backend(name, data_backend) == "seqio"
+    if not any(input_pipeline.resolve_backend(name, data_backend, training=training) == "seqio"
                for name in names if name):
         return False
     import seqio_tasks  # noqa: F401  (registers the tasks)

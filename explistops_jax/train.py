@@ -10,7 +10,8 @@ Gin files come in three layers (model / run / experiment) as in T5X; an
 experiment file ``include``s a model file and ``runs/finetune.gin`` and sets the
 run macros, which have T5X's names and meanings:
 
-    MIXTURE_OR_TASK_NAME   registered SeqIO task or mixture (``import seqio_tasks``)
+    MIXTURE_OR_TASK_NAME   one of the project's tasks or mixtures, or a SeqIO task
+                           registered by a module the gin file imports
     TASK_FEATURE_LENGTHS   {"inputs": n, "targets": m}
     TRAIN_STEPS            optimizer steps of this run (None: use EPOCHS)
     EPOCHS                 passes over the training split (None: use TRAIN_STEPS)
@@ -64,10 +65,11 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     if task_files:  # recorded in run.json, so an evaluation of the run finds them
         arguments["run_info"] = {**(arguments.get("run_info") or {}), "task_files": task_files}
     data, evaluation = arguments.get("data"), arguments.get("evaluation")
-    runtime.register_tasks_for(  # SeqIO's registry only when a task is read through it
-        [getattr(data, "mixture_or_task_name", None),
-         getattr(evaluation, "mixture_or_task_name", None)],
-        getattr(data, "data_backend", "grain"))
+    backend = getattr(data, "data_backend", "grain")
+    # SeqIO's registry only when a task is read through it
+    runtime.register_tasks_for([getattr(data, "mixture_or_task_name", None)], backend,
+                               training=True)
+    runtime.register_tasks_for([getattr(evaluation, "mixture_or_task_name", None)], backend)
     with runtime.new_output(arguments["model_dir"], "run directory (MODEL_DIR)"):
         gin_config.write_config(arguments["model_dir"])
         try:

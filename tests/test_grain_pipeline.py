@@ -263,6 +263,58 @@ def test_training_and_evaluation_never_import_tensorflow_or_seqio(no_tf_run):
     assert (run / "eval" / "explistops_test_grain_medium" / "test").is_dir()
 
 
+# The shipped gin files and the command line, the way a user runs them: a study
+# condition's experiment file (shrunk to a tiny model and one step), the gin
+# evaluation file, and `explistops eval` of a mixture (its members are read with
+# grain; only training samples a mixture through SeqIO).
+_NO_TF_ENTRY_POINTS = textwrap.dedent("""
+    import json, sys
+    from explistops_jax import cli, eval as gin_eval, train
+
+    run, out = sys.argv[1], sys.argv[2]
+    shrink = ["TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}", "BATCH_SIZE = 2",
+              "TRAIN_STEPS = 1", "EPOCHS = None", "train.evaluation = None",
+              "train.progress = False", "trainer.ModelSpec.preset = 't5_1_0_tiny'",
+              f"MODEL_DIR = '{run}'"]
+    codes = [train.main(["--gin_file=gin_configs/experiments/explistops30_medium_t5_1_0_small.gin",
+                         *(f"--gin_bindings={b}" for b in shrink)]),
+             gin_eval.main(["--gin_file=gin_configs/runs/eval.gin",
+                            f"--gin.CHECKPOINT_PATH='{run}'", "--gin.EVAL_SPLIT='validation'",
+                            "--gin.BATCH_SIZE=2", "--gin.evaluate.max_examples=2",
+                            f"--gin.EVAL_OUTPUT_DIR='{out}/gin'"]),
+             cli.main(["eval", run, "--task", "explistops30_all_styles", "--split", "validation",
+                       "--max_examples", "2", "--batch_size", "2", "--output_dir", f"{out}/mix"])]
+    print(json.dumps({"codes": codes,
+                      "loaded": sorted(m for m in ("tensorflow", "seqio") if m in sys.modules)}))
+""")
+
+
+def test_gin_files_and_commands_never_import_tensorflow_or_seqio(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _NO_TF_ENTRY_POINTS, str(tmp_path / "run"),
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [0, 0, 0], "loaded": []}, out.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint_1").is_dir()
+    assert list((tmp_path / "out" / "gin" / "eval").glob("explistops30_medium/validation/metrics_1.json"))
+    members = sorted(p.name for p in (tmp_path / "out" / "mix" / "eval").iterdir())
+    # the mixture of the four styles, each tagged with its style in the inputs
+    assert members == [f"explistops30_{s}_tagged" for s in ("long", "medium", "none", "short")]
+
+
+def test_seqio_registry_only_where_seqio_reads():
+    from explistops_jax import runtime
+
+    register = runtime.register_tasks_for
+    assert not register([f"{TINY.name}_medium", None, "explistops30_all_styles"])
+    assert register(["explistops30_all_styles"], training=True)  # sampled through SeqIO
+    assert not register([f"{TINY.name}_medium"], training=True)
+    assert register(["explistops30_medium_sp"])  # SentencePiece: SeqIO's task only
+    assert register([f"{TINY.name}_medium"], "seqio")
+
+
 def test_evaluation_files_are_the_same_with_either_backend(no_tf_run, seqio_tasks, tmp_path):
     from explistops_jax import evaluator
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                               checkpoints=checkpoints, sizes=_csv(args.sizes),
                               findings=_csv(args.finding))
     # SeqIO's registry (and TensorFlow) only for runs that read through it
-    runtime.register_tasks_for([r.task for r in runs], args.data_backend)
+    runtime.register_tasks_for([r.task for r in runs], args.data_backend, training=True)
     if args.preset == "paper":
         commands = reproduce.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
