@@ -105,7 +105,7 @@ def _check(address: str | None, num_processes: int | None, process_id: int | Non
 
 def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"coordinator address {address!r}", where="--coordinator_address",
                           expected="HOST:PORT of process 0, e.g. 10.0.0.1:1234")
     return host.strip("[]"), int(port)

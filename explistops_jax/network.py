@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Sequence
 
 import jax
@@ -108,10 +109,17 @@ class T5Config:
                 f"T5Config.remat_policy: {self.remat_policy!r} is not one of "
                 f"{sorted(_REMAT_POLICIES)}", expected="one of " + ", ".join(_REMAT_POLICIES))
         try:
-            jnp.dtype(self.dtype)
+            dtype = jnp.dtype(self.dtype)
         except TypeError:
             raise UnknownFieldError(f"T5Config.dtype: unknown dtype {self.dtype!r}",
                                     expected="e.g. 'float32' or 'bfloat16'") from None
+        if dtype not in _ACTIVATION_DTYPES:  # float64 would be float32 without jax_enable_x64
+            raise ConfigError(f"T5Config.dtype: {dtype.name} activations are not supported",
+                              expected="float32, bfloat16 or float16")
+        for name in _POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"T5Config.{name}: {value!r}", expected="a positive integer")
         if self.attention_kernel not in _ATTENTION_KERNELS:
             raise ConfigError(
                 f"T5Config.attention_kernel: {self.attention_kernel!r} is not one of "
@@ -141,6 +149,10 @@ _ACTIVATIONS = {
 }
 
 _ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
+_ACTIVATION_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_POSITIVE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
+                    "num_decoder_layers", "head_dim", "mlp_dim",
+                    "relative_attention_num_buckets", "relative_attention_max_distance")
 
 _REMAT_POLICIES = {
     "none": None,

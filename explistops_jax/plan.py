@@ -74,13 +74,18 @@ class MemoryPlan:
 def parse_mesh(text: str) -> dict[str, int]:
     """``"data=1,model=8"`` -> ``{"data": 1, "model": 8}`` (either may be left out: 1)."""
     mesh = {"data": 1, "model": 1}
+    seen = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in mesh or not value.strip().isdigit() \
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or name not in mesh or not (value.isascii() and value.isdigit()) \
                 or int(value) < 1:
             raise UserError(f"bad mesh entry {part!r}", where="--mesh",
                             expected="data=N,model=M with positive integers")
-        mesh[name.strip()] = int(value)
+        if name in seen:
+            raise UserError(f"the {name} axis is given twice in {text!r}", where="--mesh",
+                            expected="each of data and model at most once")
+        seen.add(name)
+        mesh[name] = int(value)
     return mesh
 
 
@@ -161,12 +166,17 @@ def plan(model_name: str, *, mesh: dict[str, int], batch_size: int,
         raise UserError(f"bad lengths {tuple(lengths)}", where="--lengths",
                         expected="INPUTS,TARGETS, two positive integers")
     try:
-        np.dtype(jax.numpy.dtype(dtype))
+        dtype_name = jax.numpy.dtype(dtype).name
     except TypeError:
+        dtype_name = None
+    if dtype_name not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype {dtype!r}", where="--dtype",
-                        expected="float32 or bfloat16") from None
+                        expected="float32, bfloat16 or float16 (the activations' dtype)")
+    if vocab_size is not None and vocab_size < 1:
+        raise UserError(f"vocabulary size {vocab_size}", where="--vocab-size",
+                        expected="a positive integer")
     overrides: dict[str, Any] = {"dtype": dtype}
-    if vocab_size:
+    if vocab_size is not None:
         overrides["vocab_size"] = vocab_size
     if remat_policy:
         overrides["remat_policy"] = remat_policy

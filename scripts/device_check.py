@@ -11,6 +11,11 @@ its own and JAX and PyTorch do not share an allocator):
               then a trace of a few base steps, summarised per device line
               (busy time per step, matrix products against the rest, the
               costliest kernels): where the step's time goes
+  trainer     the own trainer end to end, as a user runs it: a study condition's
+              gin file (explistops30 medium, t5_1_0_small, batch 8, AdamW)
+              through ``python -m explistops_jax.train`` with the grain input,
+              a checkpoint and the final evaluation: steps/s, loss, accuracy, and
+              that neither TensorFlow nor seqio was imported
   tests       the tests marked ``gpu`` (tests/test_gpu.py; they skip without one)
   decode      greedy decoding tokens/s of t5_1_0_small against transformers'
               ``generate`` on the same device and weights (bf16, equal lengths)
@@ -47,6 +52,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,7 +60,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("peak", "throughput", "tests", "decode", "big", "variants")
+SECTIONS = ("peak", "throughput", "trainer", "tests", "decode", "big", "variants")
+# What the GPU machine lacks for the trainer and evaluator (scripts/device_wheels.txt).
+CARRIED = ("grain", "array-record", "portpicker", "gin-config", "tensorboardX")
 SECTION_TIMEOUT_S = 300
 BUDGET_S = 450
 MIN_SECTION_S = 30
@@ -64,6 +72,8 @@ FULL = {
     "throughput": {"models": ["t5_1_0_small", "t5_1_0_base"], "batch": 128,
                    "lengths": [64, 192], "steps": 20, "profile": "t5_1_0_base",
                    "profile_steps": 3},
+    "trainer": {"gin_file": "gin_configs/experiments/explistops30_medium_t5_1_0_small.gin",
+                "steps": 300, "eval_examples": 128, "bindings": []},
     "tests": {"marker": "gpu", "paths": ["tests/test_gpu.py"]},
     "big": {"model": "t5_1_0_3B", "batch": 8, "lengths": [256, 512], "steps": 5},
     "decode": {"model": "t5_1_0_small", "batch": 64, "input_length": 64,
@@ -82,6 +92,11 @@ TINY = {
     "peak": {"n": 256, "repeats": 3},
     "throughput": {"models": ["t5_1_0_tiny"], "batch": 8, "lengths": [16, 32], "steps": 3,
                    "vocab_size": 512, "profile": "t5_1_0_tiny", "profile_steps": 2},
+    "trainer": {"gin_file": "gin_configs/experiments/explistops30_medium_t5_1_0_small.gin",
+                "steps": 3, "eval_examples": 2,
+                "bindings": ["trainer.ModelSpec.preset = 't5_1_0_tiny'", "BATCH_SIZE = 2",
+                             "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}",
+                             "trainer.EvalConfig.batch_size = 2"]},
     "tests": {"marker": "gpu", "paths": ["tests/test_gpu.py"]},
     "big": {"model": "t5_1_0_tiny", "batch": 4, "lengths": [16, 32], "steps": 2,
             "vocab_size": 512},
@@ -325,6 +340,52 @@ def section_variants(cfg: dict, emit) -> dict:
     return result
 
 
+def section_trainer(cfg: dict, emit) -> dict:
+    """``python -m explistops_jax.train`` of ``cfg["gin_file"]`` for ``cfg["steps"]``
+    steps and an evaluation at the end, in this process (the section's child):
+    the exit status, wall time, step rate from the run's train log, first and last
+    loss, the evaluation's metrics, and whether TensorFlow or seqio was imported."""
+    with tempfile.TemporaryDirectory(prefix="device_check_run_") as run:
+        return _train_command(cfg, Path(run))
+
+
+def _train_command(cfg: dict, run: Path) -> dict:
+    import statistics
+
+    from explistops_jax import train
+
+    bindings = [f"MODEL_DIR = '{run}'", f"TRAIN_STEPS = {cfg['steps']}", "EPOCHS = None",
+                "EVAL_PERIOD = None", "train.progress = False",
+                f"trainer.EvalConfig.max_examples = {cfg['eval_examples']}",
+                *cfg["bindings"]]
+    argv = [f"--gin_file={ROOT / cfg['gin_file']}", *(f"--gin_bindings={b}" for b in bindings)]
+    start = time.perf_counter()
+    code = train.main(argv)
+    seconds = time.perf_counter() - start
+    result = {"command": "python -m explistops_jax.train " + " ".join(argv), "exit": code,
+              "command_s": seconds, "steps": cfg["steps"],
+              "imported": sorted(m for m in ("tensorflow", "seqio", "tensorflow_datasets")
+                                 if m in sys.modules)}
+    log = run / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if records:
+        # the steps after the first tenth (the first holds compilation)
+        later = [r["step_time_s"] for r in records[max(1, len(records) // 10):]] or [
+            records[-1]["step_time_s"]]
+        step_s = statistics.median(later)
+        result.update(logged_steps=len(records), first_step_s=records[0]["step_time_s"],
+                      step_s=step_s, steps_per_s=1.0 / step_s,
+                      first_loss=records[0]["loss"], last_loss=records[-1]["loss"])
+    evals = run / "eval_log.jsonl"
+    if evals.exists():
+        result["eval"] = [json.loads(line) for line in evals.read_text().splitlines()]
+    result["checkpoints"] = sorted(p.name for p in run.glob("checkpoint_*"))
+    if code != 0 or result["imported"] or not records:
+        result["error"] = (f"exit {code}, {len(records)} steps logged, imported "
+                           f"{result['imported'] or 'nothing of TensorFlow'}")
+    return result
+
+
 def section_tests(cfg: dict, emit) -> dict:
     """``pytest -m gpu`` on ``cfg["paths"]``: its counts, exit status and log tail
     (the whole log beside the report as ``gpu_tests.log``)."""
@@ -429,6 +490,7 @@ def section_decode(cfg: dict, emit) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
     hf_s = (time.perf_counter() - start) / cfg["repeats"]
+    shutil.rmtree(out_dir, ignore_errors=True)
     result.update(transformers=transformers.__version__, torch=torch.__version__,
                   hf_device=device, hf_s=hf_s, hf_new_tokens=int(out.shape[1] - 1),
                   hf_tokens_per_s=batch * length / hf_s, speedup=hf_s / ours_s)
@@ -448,8 +510,9 @@ def _run_section(name: str, tiny: bool, out: Path, timeout_s: float) -> dict:
     cmd = [sys.executable, __file__, "--section", name, "--section-out", str(target)]
     if tiny:
         cmd.append("--tiny")
+    # the copy device_check.sh installed (on PYTHONPATH) first, this checkout after it
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", DEVICE_CHECK_OUT=str(out),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])))
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -502,6 +565,17 @@ def markdown(report: dict) -> str:
                 f"per step ({100 * entry['busy_share_of_step']:.0f}% of the step), matrix "
                 f"products {100 * entry['matmul_share_of_busy']:.0f}% of busy; top ms/step: "
                 f"{top} |")
+    trained = report["sections"].get("trainer", {})
+    if "steps_per_s" in trained:
+        accuracy = ", ".join(f"{e['task']}/{e['split']} accuracy {e['accuracy']:.3f}"
+                             for e in trained.get("eval", []) if "accuracy" in e)
+        lines.append(
+            f"| explistops train, {Path(trained['command'].split('--gin_file=')[1].split()[0]).name}"
+            f", {trained['steps']} steps | {trained['steps_per_s']:.1f} steps/s, loss "
+            f"{trained['first_loss']:.3f} -> {trained['last_loss']:.3f}"
+            + (f", {accuracy}" if accuracy else "")
+            + f"; whole command {trained['command_s']:.0f} s; TensorFlow/seqio imported: "
+            + (", ".join(trained["imported"]) or "no") + " |")
     tests = report["sections"].get("tests", {})
     if "summary" in tests:
         lines.append(f"| tests marked gpu | {tests['summary']} |")
@@ -579,7 +653,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
     report = {"tiny": args.tiny, "device": {}, "host": platform.node(),
-              "python": platform.python_version(), "budget_s": args.budget_s, "sections": {}}
+              "python": platform.python_version(), "budget_s": args.budget_s,
+              "install": _install_facts(), "sections": {}}
     for name in names:
         left = deadline - time.monotonic()
         if left < MIN_SECTION_S:
@@ -595,6 +670,24 @@ def main(argv=None) -> int:
         _write_report(out, report)
     print(markdown(report))
     return 1 if any("error" in s for s in report["sections"].values()) else 0
+
+
+def _install_facts() -> dict:
+    """Where the sections import the project from, and the versions of what the
+    carried wheels provide (device_check.sh installs them)."""
+    import importlib.metadata as metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("explistops_jax")
+    versions = {}
+    for name in CARRIED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"project": os.environ.get("DEVICE_CHECK_INSTALL", "not run by device_check.sh"),
+            "explistops_jax": str(Path(spec.origin).parent) if spec and spec.origin else None,
+            "carried": versions}
 
 
 def _finish(report: dict) -> None:

@@ -21,7 +21,8 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["tiny"] is True and report["device"]["platform"] == "cpu"
     sections = report["sections"]
-    assert list(sections) == ["peak", "throughput", "tests", "decode", "big", "variants"]
+    assert list(sections) == ["peak", "throughput", "trainer", "tests", "decode", "big",
+                              "variants"]
     assert not [name for name, s in sections.items() if "error" in s or "skipped" in s]
     assert sections["peak"]["bf16_tflops"] > 0
     run = sections["throughput"]["runs"][0]
@@ -33,6 +34,17 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     assert lines and max(e["busy_ms_per_step"] for e in lines.values()) > 0
     assert max(e["matmul_share_of_busy"] for e in lines.values()) > 0
     assert not [k for e in lines.values() for k in e["top_ms_per_step"] if k.startswith("end: ")]
+    # the project ran as device_check.sh installed it (--no-deps, a folder of its own)
+    assert report["install"]["project"].startswith("installed with --no-deps"), report["install"]
+    assert "device_check_site." in report["install"]["explistops_jax"]
+    assert report["install"]["carried"]["grain"]  # here from the venv; there from .whl/
+    # the study's gin file through the trainer's entry point: grain, no TensorFlow
+    trained = sections["trainer"]
+    assert trained["exit"] == 0 and trained["imported"] == [], trained
+    assert trained["logged_steps"] == 3 and trained["checkpoints"] == ["checkpoint_3"]
+    assert trained["steps_per_s"] > 0 and trained["last_loss"] > 0
+    assert [(e["task"], e["split"], e["step"]) for e in trained["eval"]] == [
+        ("explistops30_medium", "validation", 3)]
     # the gpu tests ran (and skipped themselves: no GPU here)
     tests = sections["tests"]
     assert tests["exit"] == 0 and tests["counts"]["skipped"] >= 3, tests
@@ -59,6 +71,8 @@ def test_device_check_tiny_writes_its_report(tmp_path):
         assert decode["transformers"].startswith("skipped")
     table = (tmp_path / "device_check.md").read_text()
     assert "| measurement | value |" in table and "t5_1_0_tiny" in table
+    assert "| explistops train, explistops30_medium_t5_1_0_small.gin, 3 steps |" in table
+    assert not list(ROOT.glob("device_check_site*"))
 
 
 def test_device_check_keeps_to_its_budget(tmp_path):

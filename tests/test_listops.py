@@ -98,6 +98,10 @@ def test_operator_spellings_and_spacing(text):
     ("[MAX 1 [MIN ] ]", 13, "has no arguments"),
     ("[MAX 1 x2 ]", 8, "unexpected 'x2'"),
     ("[MAX 1 -2 ]", 8, "unexpected '-2'"),
+    # digits of other scripts: int() reads some ('\u0663' is 3), not others ('\u00b2')
+    ("[MAX 1 \u00b2 ]", 8, "unexpected '\u00b2'"),
+    ("[MAX 1 4\u00b2 ]", 9, "unexpected '\u00b2'"),
+    ("[MAX 1 \u0663 ]", 8, "unexpected '\u0663'"),
     ("[ 1 2 ]", 1, "without an operator"),
 ])
 def test_parse_errors_name_problem_and_column(text, column, fragment):
@@ -185,9 +189,10 @@ def test_reader_errors_give_file_line_and_column(tmp_path):
         list(read_listops_tsv(bad))
     assert (info.value.line, info.value.column) == (1, 10)  # label and tab counted
 
-    bad.write_text("x\t[MAX 1 2 ]\n")
-    with pytest.raises(ListOpsError, match="not a number"):
-        list(read_listops_tsv(bad))
+    for label in ("x", "\u00b2", "\u0663"):
+        bad.write_text(f"{label}\t[MAX 1 2 ]\n")
+        with pytest.raises(ListOpsError, match="not a number"):
+            list(read_listops_tsv(bad))
     bad.write_text("[MAX 1 2 ]\n")
     with pytest.raises(ListOpsError, match="1 tab-separated fields"):
         list(read_lra_tsv(bad))

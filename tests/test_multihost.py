@@ -278,3 +278,13 @@ def test_child_environment_forces_the_device_count():
                                          "--xla_force_host_platform_device_count=8"})
     assert env["XLA_FLAGS"].split() == ["--xla_foo=1",
                                         "--xla_force_host_platform_device_count=3"]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", ":1234", "host:0", "host:65536", "host:x",
+                                     "host:\u00b2", "host:\u0661\u0662"])
+def test_bad_coordinator_addresses_are_config_errors(address):
+    from explistops_jax import distributed
+    from explistops_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="coordinator address"):
+        distributed.initialize(address, 2, 0)

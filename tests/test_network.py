@@ -170,6 +170,15 @@ def test_get_config_overrides_and_errors():
         get_config("t5_1_0_small", scan_layers=True)
     with pytest.raises(ValueError, match="swish"):
         get_config("t5_1_0_small", mlp_activations=("swish",))
+    for dtype in ("int32", "float64", "bool"):  # float64 would run as float32
+        with pytest.raises(ValueError, match=f"{dtype} activations are not supported"):
+            get_config("t5_1_0_small", dtype=dtype)
+    assert get_config("t5_1_0_small", dtype="float16").activation_dtype == np.float16
+    for field, value in [("vocab_size", 0), ("num_heads", -2), ("mlp_dim", 2.0),
+                         ("emb_dim", True), ("num_decoder_layers", 0)]:
+        with pytest.raises(ValueError, match=f"T5Config.{field}: {value!r}"):
+            get_config("t5_1_0_small", **{field: value})
+    assert get_config("t5_1_0_small", vocab_size=np.int64(7)).vocab_size == 7
 
 
 # ------------------------------------------------------------ numerics

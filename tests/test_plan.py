@@ -104,6 +104,18 @@ def test_plan_command_prints_the_plan_and_the_largest_batch():
     (["--model", "t5_1_1_tiny", "--batch", "4", "--mesh", "data=2;model=2"], "bad mesh entry"),
     (["--model", "t5_1_1_tiny", "--batch", "4", "--lengths", "16"], "bad lengths"),
     (["--model", "t5_1_1_tiny", "--batch", "4", "--dtype", "float7"], "unknown dtype"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--dtype", "int32"], "unknown dtype"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--dtype", "float64"], "unknown dtype"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--vocab-size", "0"], "vocabulary size 0"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--vocab-size", "-5"], "vocabulary size -5"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--lengths", "\u00b2,4"], "bad lengths"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--mesh", "data=\u00b2"], "bad mesh entry"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--mesh", "data=2,model=1,data=1"],
+     "data axis is given twice"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--optimizer", "sgd"], "unknown optimizer"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--device-memory", "0"], "--device-memory"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--device-memory", "nan"], "--device-memory"),
+    (["--model", "t5_1_1_tiny", "--batch", "4", "--device-memory", "inf"], "--device-memory"),
     (["--model", "t5_1_1_tiny", "--batch", "4", "--backend", "tpu"], "no tpu devices"),
 ])
 def test_plan_mistakes_are_one_line(args, message):

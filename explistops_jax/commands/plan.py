@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -41,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _lengths(text: str) -> tuple[int, int]:
     parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0
+                                  for p in parts):
         raise UserError(f"bad lengths {text!r}", where="--lengths",
                         expected="INPUTS,TARGETS, two positive integers")
     return int(parts[0]), int(parts[1])
@@ -62,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     mesh = plan_lib.parse_mesh(args.mesh)
     lengths = _lengths(args.lengths)
-    if args.device_memory is not None and args.device_memory <= 0:
+    if args.device_memory is not None and not 0 < args.device_memory < math.inf:
         raise UserError(f"--device-memory {args.device_memory:g}", where="--device-memory",
-                        expected="a positive number of GiB")
+                        expected="a positive, finite number of GiB")
     if args.backend == "cpu":
         _force_host_devices(mesh["data"] * mesh["model"])
     kwargs = dict(mesh=mesh, lengths=lengths, dtype=args.dtype, optimizer=args.optimizer,

@@ -51,7 +51,8 @@ def _read_tsv(path: str | os.PathLike, *, expression_field: int,
             label_field = 1 - expression_field
             label_text = fields[label_field].strip()
             offset = 0 if expression_field == 0 else len(fields[0]) + 1
-            if not label_text.isdigit() or len(label_text) > MAX_DIGITS:
+            if not (label_text.isascii() and label_text.isdigit()) \
+                    or len(label_text) > MAX_DIGITS:
                 column = 1 if label_field == 0 else len(fields[0]) + 2
                 raise ListOpsError(f"label {label_text[:20]!r} is not a number", line=number,
                                    column=column, source=source, expected="a non-negative integer")

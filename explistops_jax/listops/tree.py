@@ -183,7 +183,7 @@ def parse(text: str, *, line: int | None = None) -> Tree:
                 raise error(f"operator {op} (column {opened}) has {len(args)} argument",
                             column, f"at least {fewest} arguments before ']'")
             attach(Node(op, tuple(args)), opened)
-        elif first.isdigit():
+        elif token.isascii() and token.isdigit():  # int() takes other scripts' digits
             if len(token) > MAX_DIGITS:
                 raise error(f"number with {len(token)} digits", column,
                             f"at most {MAX_DIGITS} digits")
