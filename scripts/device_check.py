@@ -53,6 +53,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -514,18 +515,23 @@ def _run_section(name: str, tiny: bool, out: Path, timeout_s: float) -> dict:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", DEVICE_CHECK_OUT=str(out),
                PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])))
     start = time.perf_counter()
+    # A session of its own, so that a timeout ends what the section started too
+    # (the tests section's pytest) and nothing is left running on the device.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as e:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
         print(f"[{name}] timed out after {timeout_s:.0f} s", flush=True)
         partial = rundir.read_json(target) if target.exists() else {}
         target.unlink(missing_ok=True)
-        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
         return {**partial, "error": f"timed out after {timeout_s:.0f} s: {(stderr or '')[-2000:]}",
                 "exit": None, "seconds": timeout_s}
     seconds = time.perf_counter() - start
     if proc.returncode != 0 or not target.exists():
-        tail = (proc.stderr or proc.stdout)[-3000:]
+        tail = (stderr or stdout)[-3000:]
         print(f"[{name}] failed (exit {proc.returncode}) after {seconds:.0f} s:\n{tail}",
               flush=True)
         target.unlink(missing_ok=True)

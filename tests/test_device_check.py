@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,12 +103,7 @@ def test_device_check_rejects_a_bad_budget(tmp_path):
 def test_a_failing_variant_is_recorded_and_the_next_one_runs():
     """On the CPU the cuDNN kernel does not exist: that variant's error is kept,
     the variant after it still runs, and the table says which one failed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("device_check",
-                                                  ROOT / "scripts" / "device_check.py")
-    device_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(device_check)
+    device_check = _load_device_check()
     cfg = dict(device_check.TINY["variants"], steps=1, variants=[
         {"name": "cuDNN attention",
          "overrides": {"attention_kernel": "cudnn", "dropout_rate": 0.0}},
@@ -120,3 +116,43 @@ def test_a_failing_variant_is_recorded_and_the_next_one_runs():
     assert result["runs"][0]["losses_finite"] and len(emitted) == 2
     table = device_check.markdown({"tiny": True, "device": {}, "sections": {"variants": result}})
     assert "| variant cuDNN attention | failed: " in table
+
+
+def _load_device_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_check",
+                                                  ROOT / "scripts" / "device_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie waits only for its parent to reap it
+
+
+def test_a_section_past_its_time_is_ended_with_what_it_started(tmp_path, monkeypatch):
+    """A section that overruns is killed with its own children (the tests
+    section starts pytest): nothing it started keeps running on the device."""
+    import subprocess as real
+
+    device_check = _load_device_check()
+    pidfile = tmp_path / "grandchild.pid"
+    popen = real.Popen
+
+    def fake_popen(cmd, **kwargs):  # the section's child starts a child of its own
+        return popen(["bash", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], **kwargs)
+
+    monkeypatch.setattr(device_check.subprocess, "Popen", fake_popen)
+    result = device_check._run_section("tests", True, tmp_path, timeout_s=2)
+    assert result["error"].startswith("timed out after 2 s") and result["exit"] is None
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild)
