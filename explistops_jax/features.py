@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 __all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "pack_group", "pack_examples",
-           "autoregressive_inputs", "stack_rows"]
+           "pack_layout", "pack_row", "packed_sizes", "autoregressive_inputs", "stack_rows"]
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
                   "decoder_loss_weights")
@@ -93,27 +93,53 @@ def _packed_row(parts: Sequence[Mapping[str, np.ndarray]],
             **row}
 
 
+def _trimmed(example: Mapping[str, np.ndarray],
+             lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """An example's sequences as packing reads them: up to the feature length,
+    then up to the first 0 (seqio's ``padded_batch`` padding)."""
+    one = {}
+    for key in ("inputs", "targets"):
+        ids = np.asarray(example[key], np.int32)[:lengths[key]]
+        one[key] = ids[:int(np.count_nonzero(ids))]
+    return one
+
+
+def packed_sizes(example: Mapping[str, np.ndarray],
+                 lengths: Mapping[str, int]) -> tuple[int, int]:
+    """The (inputs, targets) tokens an example takes in a packed row: all that
+    :func:`pack_layout` needs to know of it."""
+    one = _trimmed(example, lengths)
+    return len(one["inputs"]), len(one["targets"])
+
+
+def pack_layout(sizes: Sequence[tuple[int, int]], lengths: Mapping[str, int]) -> list[int]:
+    """Where the packed rows of one group start: the index in ``sizes`` (the
+    group's :func:`packed_sizes`, in order) of each row's first example. Row
+    ``k`` holds the examples from ``starts[k]`` up to the next start."""
+    starts = [0]
+    used_inputs = used_targets = 0
+    for index, (inputs, targets) in enumerate(sizes):
+        if used_inputs + inputs > lengths["inputs"] or used_targets + targets > lengths["targets"]:
+            starts.append(index)
+            used_inputs = used_targets = 0
+        used_inputs += inputs
+        used_targets += targets
+    return starts
+
+
+def pack_row(examples: Sequence[Mapping[str, np.ndarray]],
+             lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """One packed row of ``examples`` (which :func:`pack_layout` put together)."""
+    return _packed_row([_trimmed(e, lengths) for e in examples], lengths)
+
+
 def pack_group(examples: Sequence[Mapping[str, np.ndarray]],
                lengths: Mapping[str, int]) -> list[dict[str, np.ndarray]]:
     """The packed rows of one group of consecutive examples (see the module doc)."""
-    rows: list[dict[str, np.ndarray]] = []
-    parts: list[dict[str, np.ndarray]] = []
-    used = {"inputs": 0, "targets": 0}
-    for example in examples:
-        # seqio reads each sequence up to its first 0 (the padded_batch padding).
-        one = {}
-        for key in ("inputs", "targets"):
-            ids = np.asarray(example[key], np.int32)[:lengths[key]]
-            count = int(np.count_nonzero(ids))
-            one[key] = ids[:count]
-        if any(used[k] + len(one[k]) > lengths[k] for k in used):
-            rows.append(_packed_row(parts, lengths))
-            parts, used = [], {"inputs": 0, "targets": 0}
-        parts.append(one)
-        for k in used:
-            used[k] += len(one[k])
-    rows.append(_packed_row(parts, lengths))
-    return rows
+    parts = [_trimmed(e, lengths) for e in examples]
+    starts = pack_layout([(len(p["inputs"]), len(p["targets"])) for p in parts], lengths)
+    return [_packed_row(parts[a:b], lengths)
+            for a, b in zip(starts, starts[1:] + [len(parts)])]
 
 
 def pack_examples(examples: Iterable[Mapping[str, np.ndarray]],

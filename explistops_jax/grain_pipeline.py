@@ -16,9 +16,13 @@ which is where ``jax.make_array_from_process_local_data`` puts them: so one
 process or several train on exactly the same global batches. Unpadded epochs
 are index-addressable: a shard computes the positions of its rows and generates
 only those examples, and resuming at batch ``b`` generates nothing before it. A
-packed row holds a variable number of examples, so with packing every shard
-packs the whole epoch (in groups of ``max(lengths)`` examples, as SeqIO packs)
-and keeps its rows; resuming re-packs the groups before ``b``.
+packed row holds a variable number of examples, decided by the sizes of the
+examples around it (groups of ``max(lengths)`` consecutive examples, as SeqIO
+packs): a packing source generates the whole split once to learn every
+example's size (``features.packed_sizes``), and from then on lays out each
+epoch's rows from the sizes alone (``features.pack_layout``), so that a shard
+generates only the examples of its own rows, and resuming at batch ``b`` none
+before it.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class GrainSource:
         self.pack = pack
         self.shuffle = shuffle
         self.shard_index, self.num_shards = shard_index, num_shards
+        self._packed_sizes: np.ndarray | None = None
         task.config.split(split)  # an unknown split fails here, naming the known ones
 
     @property
@@ -129,38 +134,57 @@ class GrainSource:
         batches = batches.batch(self.local_batch_size, batch_fn=features.stack_rows)
         yield from batches.to_iter_dataset(READ_OPTIONS)
 
-    def _packed_shard(self, seed: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
-        """Packing: this shard's rows of the whole epoch's packed global batches."""
-        rows = self.local_batch_size
-        for batch in self._packed_batches(seed, skip, rows * self.num_shards):
-            start = self.shard_index * rows
-            mine = {name: array[start:start + rows] for name, array in batch.items()}
-            if len(next(iter(mine.values()))):
-                yield mine
+    def _sizes(self) -> np.ndarray:
+        """Every example's packed size (``features.packed_sizes``), ``[examples,
+        2]``: computed once per source, the one pass over the whole split that
+        packing needs (an example's size does not depend on the epoch's order)."""
+        if self._packed_sizes is None:
+            examples = examples_dataset(self.task, self.split, self.lengths)
+            self._packed_sizes = np.array(
+                [features.packed_sizes(ex, self.lengths)
+                 for ex in examples.to_iter_dataset(READ_OPTIONS)], np.int64).reshape(-1, 2)
+        return self._packed_sizes
 
-    def _packed_batches(self, seed: int, skip: int, batch_size: int
-                        ) -> Iterator[dict[str, np.ndarray]]:
-        """The packed global batches of one epoch from batch ``skip`` on."""
-        examples = examples_dataset(self.task, self.split, self.lengths,
-                                    shuffle=self.shuffle, seed=seed)
+    def _packed_rows(self, seed: int) -> tuple[grain.MapDataset, list[tuple[int, int]]]:
+        """One epoch's order and its packed rows as ``[start, end)`` ranges of
+        positions in that order: groups of ``max(lengths)`` consecutive examples,
+        each laid out by ``features.pack_layout`` (as SeqIO packs)."""
+        order = _epoch_order(self.task, self.split, self.shuffle, seed)
+        sizes = self._sizes()
+        in_order = sizes[np.fromiter((order[i] for i in range(len(sizes))), np.int64,
+                                     len(sizes))].tolist()
         group = max(self.lengths.values())
-        groups = examples.batch(group, batch_fn=functools.partial(
-            features.pack_group, lengths=self.lengths))
-        rows: list[dict] = []
-        index = 0
-        for packed in groups.to_iter_dataset(READ_OPTIONS):
-            rows.extend(packed)
-            while len(rows) >= batch_size:
-                batch, rows = rows[:batch_size], rows[batch_size:]
-                if index >= skip:
-                    yield features.stack_rows(batch)
-                index += 1
-        if rows and index >= skip:
-            yield features.stack_rows(rows)
+        rows: list[tuple[int, int]] = []
+        for first in range(0, len(sizes), group):
+            last = min(first + group, len(sizes))
+            starts = features.pack_layout(in_order[first:last], self.lengths)
+            bounds = [first + start for start in starts] + [last]
+            rows.extend(zip(bounds[:-1], bounds[1:]))
+        return order, rows
+
+    def _packed_shard(self, seed: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
+        """Packing: this shard's rows of the epoch's packed global batches from
+        batch ``skip`` on, generating only the examples in those rows."""
+        order, rows = self._packed_rows(seed)
+        local, global_batch = self.local_batch_size, self.local_batch_size * self.num_shards
+        first = self.shard_index * local
+        mine = [rows[start + first:start + first + local]
+                for start in range(skip * global_batch, len(rows), global_batch)]
+        mine = [batch for batch in mine if batch]
+        positions = [p for batch in mine for a, b in batch for p in range(a, b)]
+        if not positions:
+            return
+        examples = iter(grain.MapDataset.source(positions).map(order.__getitem__).map(
+            functools.partial(_example, task=self.task, split=self.split,
+                              lengths=self.lengths)).to_iter_dataset(READ_OPTIONS))
+        for batch in mine:
+            yield features.stack_rows([
+                features.pack_row([next(examples) for _ in range(b - a)], self.lengths)
+                for a, b in batch])
 
     def count_epoch_batches(self, seed: int) -> int:
         """Global batches of one epoch (packing: packs it); every shard agrees."""
         global_batch = self.local_batch_size * self.num_shards
         if not self.pack:
             return math.ceil(self.task.num_examples(self.split) / global_batch)
-        return sum(1 for _ in self._packed_batches(seed, 0, global_batch))
+        return math.ceil(len(self._packed_rows(seed)[1]) / global_batch)

@@ -39,8 +39,9 @@ of every global batch, the rows ``jax.make_array_from_process_local_data``
 places on that process's devices, so a run on one process or on several sees
 the same global batches and logs the same losses. All shards agree on
 ``steps_per_epoch``. With grain each process generates only its own examples
-(packing: it packs the whole epoch and keeps its rows); with SeqIO each process
-reads the whole stream and keeps its rows.
+(packing: after one pass over the split for every example's packed size, from
+which each epoch's rows are laid out); with SeqIO each process reads the whole
+stream and keeps its rows.
 """
 
 from __future__ import annotations

@@ -153,6 +153,35 @@ def test_each_process_generates_only_its_own_examples(monkeypatch):
     assert sorted(seen) == list(range(size))  # every example once, by one process
 
 
+def test_packing_processes_generate_only_their_own_rows_examples(monkeypatch):
+    """Packing, three processes, global batch 6 rows, two epochs: after one pass
+    over the split for the examples' sizes, each process generates only the
+    examples packed into its rows, and together every example once an epoch."""
+    calls = []
+    real = data.examples
+
+    def counting(config, split, start=0, stop=None, **kwargs):
+        calls.extend(range(start, stop))
+        return real(config, split, start, stop, **kwargs)
+
+    monkeypatch.setattr(data, "examples", counting)
+    size = TINY.split("train").num_examples
+    lengths = {"inputs": 48, "targets": 96}
+    seen = []
+    for index in range(3):
+        calls.clear()
+        stream = _stream(f"{TINY.name}_medium", "grain", shard=(index, 3), batch_size=6,
+                         shuffle=True, pack=True, lengths=lengths, num_epochs=2)
+        assert stream.steps_per_epoch >= 1  # the sizes pass: the whole split, once
+        assert sorted(calls) == list(range(size))
+        calls.clear()
+        packed = sum(int(b["decoder_segment_ids"].max(axis=1).sum())
+                     for _, b in stream.iterate())
+        assert len(calls) == packed  # the examples in this process's rows, no more
+        seen.extend(calls)
+    assert sorted(seen) == sorted(list(range(size)) * 2)  # two epochs, each example once
+
+
 @pytest.mark.parametrize("backend,pack", [("grain", False), ("grain", True),
                                           ("seqio", False)])
 def test_shards_are_the_rows_of_each_global_batch(seqio_tasks, backend, pack):
