@@ -22,12 +22,12 @@ All arrays are int32 of shape ``[length]`` per row.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "pack_group", "pack_examples",
-           "pack_layout", "pack_row", "packed_sizes", "autoregressive_inputs", "stack_rows"]
+__all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "packed_sizes", "pack_layout",
+           "pack_row", "autoregressive_inputs", "stack_rows"]
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
                   "decoder_loss_weights")
@@ -131,29 +131,6 @@ def pack_row(examples: Sequence[Mapping[str, np.ndarray]],
              lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
     """One packed row of ``examples`` (which :func:`pack_layout` put together)."""
     return _packed_row([_trimmed(e, lengths) for e in examples], lengths)
-
-
-def pack_group(examples: Sequence[Mapping[str, np.ndarray]],
-               lengths: Mapping[str, int]) -> list[dict[str, np.ndarray]]:
-    """The packed rows of one group of consecutive examples (see the module doc)."""
-    parts = [_trimmed(e, lengths) for e in examples]
-    starts = pack_layout([(len(p["inputs"]), len(p["targets"])) for p in parts], lengths)
-    return [_packed_row(parts[a:b], lengths)
-            for a, b in zip(starts, starts[1:] + [len(parts)])]
-
-
-def pack_examples(examples: Iterable[Mapping[str, np.ndarray]],
-                  lengths: Mapping[str, int]) -> Iterator[dict[str, np.ndarray]]:
-    """Packed rows of a stream of examples, group by group."""
-    size = max(lengths["inputs"], lengths["targets"])
-    group: list[Mapping[str, np.ndarray]] = []
-    for example in examples:
-        group.append(example)
-        if len(group) == size:
-            yield from pack_group(group, lengths)
-            group = []
-    if group:
-        yield from pack_group(group, lengths)
 
 
 def stack_rows(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

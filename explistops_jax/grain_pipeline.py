@@ -183,7 +183,8 @@ class GrainSource:
                 for a, b in batch])
 
     def count_epoch_batches(self, seed: int) -> int:
-        """Global batches of one epoch (packing: packs it); every shard agrees."""
+        """Global batches of one epoch (packing: laid out from the examples'
+        sizes, the same in every shard)."""
         global_batch = self.local_batch_size * self.num_shards
         if not self.pack:
             return math.ceil(self.task.num_examples(self.split) / global_batch)
