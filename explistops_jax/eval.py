@@ -59,7 +59,8 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     arguments = gin_config.evaluate_arguments()
     runtime.register_file_tasks(getattr(args, "task_file", ()), arguments["checkpoint"])
     task = arguments.get("mixture_or_task_name") or runtime.run_task(arguments["checkpoint"])
-    runtime.register_tasks_for([task], arguments.get("data_backend", "grain"))
+    runtime.register_tasks_for([task], arguments.get("data_backend", "grain"),
+                               use_cached=bool(arguments.get("use_cached")))
     with runtime.new_output(arguments.get("output_dir"), "evaluation output directory"):
         print_results(evaluator.evaluate(**arguments))
     return 0

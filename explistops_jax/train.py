@@ -66,10 +66,12 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
         arguments["run_info"] = {**(arguments.get("run_info") or {}), "task_files": task_files}
     data, evaluation = arguments.get("data"), arguments.get("evaluation")
     backend = getattr(data, "data_backend", "grain")
+    cached = bool(getattr(data, "use_cached", False))
     # SeqIO's registry only when a task is read through it
     runtime.register_tasks_for([getattr(data, "mixture_or_task_name", None)], backend,
-                               training=True)
-    runtime.register_tasks_for([getattr(evaluation, "mixture_or_task_name", None)], backend)
+                               training=True, use_cached=cached)
+    runtime.register_tasks_for([getattr(evaluation, "mixture_or_task_name", None)], backend,
+                               use_cached=cached)
     with runtime.new_output(arguments["model_dir"], "run directory (MODEL_DIR)"):
         gin_config.write_config(arguments["model_dir"])
         try:

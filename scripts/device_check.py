@@ -691,9 +691,15 @@ def _install_facts() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    imports = {}
+    for module in ("grain", "gin", "tensorboardX"):  # what the carried wheels are for
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                              text=True)
+        imports[module] = "ok" if proc.returncode == 0 else (
+            proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
     return {"project": os.environ.get("DEVICE_CHECK_INSTALL", "not run by device_check.sh"),
             "explistops_jax": str(Path(spec.origin).parent) if spec and spec.origin else None,
-            "carried": versions}
+            "carried": versions, "imports": imports}
 
 
 def _finish(report: dict) -> None:

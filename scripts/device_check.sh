@@ -44,6 +44,7 @@ else
   export DEVICE_CHECK_INSTALL="from the checkout (install failed: $OUT/install.log); $wheels"
 fi
 (( ${#leftovers[@]} )) && rm -rf "${leftovers[@]}"
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the installed copy first; the checkout last, for when the install failed
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}:$PWD" PYTHONUNBUFFERED=1
 # Every section, the tests marked gpu among them, within the script's time budget.
 python3 scripts/device_check.py --out "$OUT" "$@"

@@ -39,6 +39,7 @@ def test_device_check_tiny_writes_its_report(tmp_path):
     assert report["install"]["project"].startswith("installed with --no-deps"), report["install"]
     assert "device_check_site." in report["install"]["explistops_jax"]
     assert report["install"]["carried"]["grain"]  # here from the venv; there from .whl/
+    assert report["install"]["imports"] == {"grain": "ok", "gin": "ok", "tensorboardX": "ok"}
     # the study's gin file through the trainer's entry point: grain, no TensorFlow
     trained = sections["trainer"]
     assert trained["exit"] == 0 and trained["imported"] == [], trained

@@ -341,6 +341,7 @@ def test_seqio_registry_only_where_seqio_reads():
     assert register(["explistops30_all_styles"], training=True)  # sampled through SeqIO
     assert not register([f"{TINY.name}_medium"], training=True)
     assert register(["explistops30_medium_sp"])  # SentencePiece: SeqIO's task only
+    assert register([f"{TINY.name}_medium"], use_cached=True)  # an offline cache is SeqIO's
     assert register([f"{TINY.name}_medium"], "seqio")
 
 
