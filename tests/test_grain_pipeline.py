@@ -127,9 +127,9 @@ def test_paren_inputs_are_lra_notation_with_the_same_targets(seqio_tasks):
         assert a["expression"] == b["expression"] and a["answer"] == b["answer"]
 
 
-def test_each_process_generates_only_its_own_examples(monkeypatch):
-    """Three processes, global batch 6: each generates exactly the examples of its
-    two rows of every global batch, and together every example once."""
+@pytest.fixture
+def generated(monkeypatch):
+    """The indices of the examples generated (``data.examples``), as they are."""
     calls = []
     real = data.examples
 
@@ -138,6 +138,13 @@ def test_each_process_generates_only_its_own_examples(monkeypatch):
         return real(config, split, start, stop, **kwargs)
 
     monkeypatch.setattr(data, "examples", counting)
+    return calls
+
+
+def test_each_process_generates_only_its_own_examples(generated):
+    """Three processes, global batch 6: each generates exactly the examples of its
+    two rows of every global batch, and together every example once."""
+    calls = generated
     size = TINY.split("train").num_examples
     seen = []
     for index in range(3):
@@ -153,18 +160,11 @@ def test_each_process_generates_only_its_own_examples(monkeypatch):
     assert sorted(seen) == list(range(size))  # every example once, by one process
 
 
-def test_packing_processes_generate_only_their_own_rows_examples(monkeypatch):
+def test_packing_processes_generate_only_their_own_rows_examples(generated):
     """Packing, three processes, global batch 6 rows, two epochs: after one pass
     over the split for the examples' sizes, each process generates only the
     examples packed into its rows, and together every example once an epoch."""
-    calls = []
-    real = data.examples
-
-    def counting(config, split, start=0, stop=None, **kwargs):
-        calls.extend(range(start, stop))
-        return real(config, split, start, stop, **kwargs)
-
-    monkeypatch.setattr(data, "examples", counting)
+    calls = generated
     size = TINY.split("train").num_examples
     lengths = {"inputs": 48, "targets": 96}
     seen = []
