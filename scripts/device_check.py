@@ -561,7 +561,7 @@ def markdown(report: dict) -> str:
              "", "| measurement | value |", "|---|---|"]
     peak = report["sections"].get("peak", {})
     if "bf16_tflops" in peak:
-        lines.append(f"| bf16 matmul peak ({peak['n']}^3) | {peak['bf16_tflops']:.1f} TFLOP/s |")
+        lines.append(f"| bf16 matmul peak ({peak['n']}^3) | {peak['bf16_tflops']:.3g} TFLOP/s |")
     for run in report["sections"].get("throughput", {}).get("runs", []):
         lines.append(_train_row(run))
         for line, entry in run.get("profile", {}).get("lines", {}).items():
