@@ -104,6 +104,7 @@ class GrainSource:
         self.shuffle = shuffle
         self.shard_index, self.num_shards = shard_index, num_shards
         self._packed_sizes: np.ndarray | None = None
+        self._layout: tuple | None = None  # (seed, order, rows) of the last epoch laid out
         task.config.split(split)  # an unknown split fails here, naming the known ones
 
     @property
@@ -149,6 +150,8 @@ class GrainSource:
         """One epoch's order and its packed rows as ``[start, end)`` ranges of
         positions in that order: groups of ``max(lengths)`` consecutive examples,
         each laid out by ``features.pack_layout`` (as SeqIO packs)."""
+        if self._layout is not None and self._layout[0] == seed:
+            return self._layout[1:]  # the count and epoch 0 both ask for it
         order = _epoch_order(self.task, self.split, self.shuffle, seed)
         sizes = self._sizes()
         in_order = sizes[np.fromiter((order[i] for i in range(len(sizes))), np.int64,
@@ -160,6 +163,7 @@ class GrainSource:
             starts = features.pack_layout(in_order[first:last], self.lengths)
             bounds = [first + start for start in starts] + [last]
             rows.extend(zip(bounds[:-1], bounds[1:]))
+        self._layout = (seed, order, rows)
         return order, rows
 
     def _packed_shard(self, seed: int, skip: int) -> Iterator[dict[str, np.ndarray]]:

@@ -36,6 +36,7 @@ Array = jax.Array
 NEG_INF = -1e10
 
 __all__ = [
+    "ACTIVATION_DTYPES",
     "T5Config",
     "PRESETS",
     "get_config",
@@ -113,7 +114,7 @@ class T5Config:
         except TypeError:
             raise UnknownFieldError(f"T5Config.dtype: unknown dtype {self.dtype!r}",
                                     expected="e.g. 'float32' or 'bfloat16'") from None
-        if dtype not in _ACTIVATION_DTYPES:  # float64 would be float32 without jax_enable_x64
+        if dtype not in ACTIVATION_DTYPES:  # float64 would be float32 without jax_enable_x64
             raise ConfigError(f"T5Config.dtype: {dtype.name} activations are not supported",
                               expected="float32, bfloat16 or float16")
         for name in _POSITIVE_FIELDS:
@@ -149,7 +150,7 @@ _ACTIVATIONS = {
 }
 
 _ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
-_ACTIVATION_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+ACTIVATION_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 _POSITIVE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
                     "num_decoder_layers", "head_dim", "mlp_dim",
                     "relative_attention_num_buckets", "relative_attention_max_distance")

@@ -151,7 +151,6 @@ def plan(model_name: str, *, mesh: dict[str, int], batch_size: int,
       remat_policy: override the preset's rematerialisation ("none", "full", "dots").
     """
     import jax
-    import numpy as np
 
     from explistops_jax import network, optimizers, partitioning, train_step
     from explistops_jax.model import EncoderDecoderModel
@@ -166,10 +165,10 @@ def plan(model_name: str, *, mesh: dict[str, int], batch_size: int,
         raise UserError(f"bad lengths {tuple(lengths)}", where="--lengths",
                         expected="INPUTS,TARGETS, two positive integers")
     try:
-        dtype_name = jax.numpy.dtype(dtype).name
+        known = jax.numpy.dtype(dtype) in network.ACTIVATION_DTYPES
     except TypeError:
-        dtype_name = None
-    if dtype_name not in ("float32", "bfloat16", "float16"):
+        known = False
+    if not known:
         raise UserError(f"unknown dtype {dtype!r}", where="--dtype",
                         expected="float32, bfloat16 or float16 (the activations' dtype)")
     if vocab_size is not None and vocab_size < 1:

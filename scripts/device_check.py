@@ -62,8 +62,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("peak", "throughput", "trainer", "tests", "decode", "big", "variants")
-# What the GPU machine lacks for the trainer and evaluator (scripts/device_wheels.txt).
-CARRIED = ("grain", "array-record", "portpicker", "gin-config", "tensorboardX")
+# What the GPU machine lacks for the trainer and evaluator: the wheels device_check.sh
+# installs there, and the modules they are carried for.
+WHEELS_FILE = ROOT / "scripts" / "device_wheels.txt"
+CARRIED_MODULES = ("grain", "gin", "tensorboardX")
 SECTION_TIMEOUT_S = 300
 BUDGET_S = 450
 MIN_SECTION_S = 30
@@ -364,7 +366,7 @@ def _train_command(cfg: dict, run: Path) -> dict:
     code = train.main(argv)
     seconds = time.perf_counter() - start
     result = {"command": "python -m explistops_jax.train " + " ".join(argv), "exit": code,
-              "command_s": seconds, "steps": cfg["steps"],
+              "gin_file": cfg["gin_file"], "command_s": seconds, "steps": cfg["steps"],
               "imported": sorted(m for m in ("tensorflow", "seqio", "tensorflow_datasets")
                                  if m in sys.modules)}
     log = run / "train_log.jsonl"
@@ -576,7 +578,7 @@ def markdown(report: dict) -> str:
         accuracy = ", ".join(f"{e['task']}/{e['split']} accuracy {e['accuracy']:.3f}"
                              for e in trained.get("eval", []) if "accuracy" in e)
         lines.append(
-            f"| explistops train, {Path(trained['command'].split('--gin_file=')[1].split()[0]).name}"
+            f"| explistops train, {Path(trained['gin_file']).name}"
             f", {trained['steps']} steps | {trained['steps_per_s']:.1f} steps/s, loss "
             f"{trained['first_loss']:.3f} -> {trained['last_loss']:.3f}"
             + (f", {accuracy}" if accuracy else "")
@@ -686,17 +688,25 @@ def _install_facts() -> dict:
 
     spec = importlib.util.find_spec("explistops_jax")
     versions = {}
-    for name in CARRIED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    imports = {}
-    for module in ("grain", "gin", "tensorboardX"):  # what the carried wheels are for
-        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
-                              text=True)
-        imports[module] = "ok" if proc.returncode == 0 else (
-            proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+    for line in WHEELS_FILE.read_text().splitlines():
+        name = line.split("#")[0].split("==")[0].strip()
+        if name:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                versions[name] = None
+    # in a child: an import that fails or hangs stays out of this process
+    probe = ("import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n"
+             "    try:\n        importlib.import_module(m); out[m] = 'ok'\n"
+             "    except Exception as e:\n        out[m] = f'{type(e).__name__}: {e}'[:300]\n"
+             "print(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", probe, *CARRIED_MODULES], capture_output=True,
+                          text=True)
+    try:
+        imports = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        imports = {m: (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+                   for m in CARRIED_MODULES}
     return {"project": os.environ.get("DEVICE_CHECK_INSTALL", "not run by device_check.sh"),
             "explistops_jax": str(Path(spec.origin).parent) if spec and spec.origin else None,
             "carried": versions, "imports": imports}
