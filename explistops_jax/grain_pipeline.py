@@ -18,18 +18,23 @@ are index-addressable: a shard computes the positions of its rows and generates
 only those examples, and resuming at batch ``b`` generates nothing before it. A
 packed row holds a variable number of examples, decided by the sizes of the
 examples around it (groups of ``max(lengths)`` consecutive examples, as SeqIO
-packs): a packing source generates the whole split once to learn every
-example's size (``features.packed_sizes``), and from then on lays out each
-epoch's rows from the sizes alone (``features.pack_layout``), so that a shard
-generates only the examples of its own rows, and resuming at batch ``b`` none
-before it.
+packs): a packing source first learns every example's size
+(``features.packed_sizes``), the one pass over the split that packing needs,
+and from then on lays out each epoch's rows from the sizes alone
+(``features.pack_layout``), so that a shard generates only the examples of its
+own rows, and resuming at batch ``b`` none before it. With several processes
+the sizes pass is split too (``GrainSource.share_sizes``): each process sizes
+one block of the split and an allgather joins the blocks, so no process
+generates more than its block plus the examples of its rows.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Iterator, Mapping
+import time
+from typing import Callable, Iterator, Mapping
 
 import grain
 import numpy as np
@@ -138,13 +143,43 @@ class GrainSource:
     def _sizes(self) -> np.ndarray:
         """Every example's packed size (``features.packed_sizes``), ``[examples,
         2]``: computed once per source, the one pass over the whole split that
-        packing needs (an example's size does not depend on the epoch's order)."""
+        packing needs (an example's size does not depend on the epoch's order),
+        unless ``share_sizes`` gave them."""
         if self._packed_sizes is None:
-            examples = examples_dataset(self.task, self.split, self.lengths)
-            self._packed_sizes = np.array(
-                [features.packed_sizes(ex, self.lengths)
-                 for ex in examples.to_iter_dataset(READ_OPTIONS)], np.int64).reshape(-1, 2)
+            self._packed_sizes = self.packed_sizes(0, self.task.num_examples(self.split))
         return self._packed_sizes
+
+    def packed_sizes(self, start: int, stop: int) -> np.ndarray:
+        """The packed sizes of examples ``start, ..., stop - 1`` of the split
+        (in index order), ``[stop - start, 2]`` int32."""
+        began = time.perf_counter()
+        examples = examples_dataset(self.task, self.split, self.lengths)[start:stop]
+        sizes = np.array([features.packed_sizes(ex, self.lengths)
+                          for ex in examples.to_iter_dataset(READ_OPTIONS)],
+                         np.int32).reshape(-1, 2)
+        logging.info("%s/%s: packed sizes of examples %d-%d in %.1f s", self.task.name,
+                     self.split, start, stop - 1, time.perf_counter() - began)
+        return sizes
+
+    def share_sizes(self, process_index: int, process_count: int,
+                    allgather: Callable[[np.ndarray], np.ndarray]) -> None:
+        """The sizes pass split across ``process_count`` processes: this one
+        sizes block ``process_index`` of the split (``ceil(examples /
+        process_count)`` consecutive examples, padded with -1) and
+        ``allgather(block)`` returns every process's block in process order,
+        ``[process_count, block, 2]``. A collective: every process of the job
+        calls it at the same point, with the same split."""
+        total = self.task.num_examples(self.split)
+        block = -(-total // process_count)
+        start = min(process_index * block, total)
+        stop = min(start + block, total)
+        mine = np.full((block, 2), -1, np.int32)
+        mine[:stop - start] = self.packed_sizes(start, stop)
+        every = np.asarray(allgather(mine)).reshape(-1, 2)
+        if every.shape[0] != block * process_count or (every[:total] < 0).any():
+            raise RuntimeError(f"the processes' packed sizes do not join: {every.shape[0]} "
+                               f"rows for {process_count} blocks of {block}")
+        self._packed_sizes = every[:total]
 
     def _packed_rows(self, seed: int) -> tuple[grain.MapDataset, list[tuple[int, int]]]:
         """One epoch's order and its packed rows as ``[start, end)`` ranges of

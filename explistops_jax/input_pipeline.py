@@ -40,8 +40,9 @@ places on that process's devices, so a run on one process or on several sees
 the same global batches and logs the same losses. All shards agree on
 ``steps_per_epoch``. With grain each process generates only its own examples
 (packing: after one pass over the split for every example's packed size, from
-which each epoch's rows are laid out); with SeqIO each process reads the whole
-stream and keeps its rows.
+which each epoch's rows are laid out; the processes split that pass, each sizing
+one block, and allgather the sizes when the stream is built); with SeqIO each
+process reads the whole stream and keeps its rows.
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class BatchStream:
 
             (task,) = own_tasks.get_tasks(config.mixture_or_task_name)
             self.source = grain_pipeline.GrainSource(task, **options)
+            if config.pack:
+                _share_packed_sizes(self.source)
         else:
             from explistops_jax import seqio_backend
 
@@ -318,6 +321,20 @@ def fill_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarra
             array = np.concatenate([array, pad])
         out[name] = array
     return out
+
+
+def _share_packed_sizes(source) -> None:
+    """Several processes split a packing source's sizes pass (a collective: here,
+    in the main thread, where every process builds its stream at the same point
+    of ``trainer.train``)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    source.share_sizes(jax.process_index(), jax.process_count(),
+                       multihost_utils.process_allgather)
 
 
 def _max_over_processes(value: int) -> int:

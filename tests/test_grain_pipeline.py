@@ -161,25 +161,44 @@ def test_each_process_generates_only_its_own_examples(generated):
 
 
 def test_packing_processes_generate_only_their_own_rows_examples(generated):
-    """Packing, three processes, global batch 6 rows, two epochs: after one pass
-    over the split for the examples' sizes, each process generates only the
-    examples packed into its rows, and together every example once an epoch."""
+    """Packing, three processes, global batch 6 rows, two epochs: each process
+    sizes only its block of the split (``share_sizes``; the allgather here joins
+    the blocks a one-process pass computes), then generates only the examples
+    packed into its rows, and together every example once an epoch."""
     calls = generated
-    size = TINY.split("train").num_examples
+    size = TINY.split("train").num_examples  # 37: blocks of 13, 13 and 11
     lengths = {"inputs": 48, "targets": 96}
-    seen = []
+    options = dict(shuffle=True, pack=True, lengths=lengths, num_epochs=2, batch_size=6)
+    whole = _stream(f"{TINY.name}_medium", "grain", **options)
+    one_process = (whole.steps_per_epoch, list(whole.iterate()))
+    sizes = whole.source._sizes()
+    blocks = np.concatenate([sizes, np.full((3 * 13 - size, 2), -1)]).reshape(3, 13, 2)
+
+    def allgather(mine):  # what every process would send, checked against the pass of one
+        np.testing.assert_array_equal(mine, blocks[index])
+        return blocks
+
+    seen, shards = [], []
     for index in range(3):
         calls.clear()
-        stream = _stream(f"{TINY.name}_medium", "grain", shard=(index, 3), batch_size=6,
-                         shuffle=True, pack=True, lengths=lengths, num_epochs=2)
-        assert stream.steps_per_epoch >= 1  # the sizes pass: the whole split, once
-        assert sorted(calls) == list(range(size))
+        stream = _stream(f"{TINY.name}_medium", "grain", shard=(index, 3), **options)
+        stream.source.share_sizes(index, 3, allgather)
+        assert sorted(calls) == list(range(13 * index, min(13 * index + 13, size)))
         calls.clear()
+        assert stream.steps_per_epoch == one_process[0]  # laid out from the shared sizes
+        assert not calls
         packed = sum(int(b["decoder_segment_ids"].max(axis=1).sum())
                      for _, b in stream.iterate())
         assert len(calls) == packed  # the examples in this process's rows, no more
         seen.extend(calls)
+        shards.append(list(stream.iterate()))
     assert sorted(seen) == sorted(list(range(size)) * 2)  # two epochs, each example once
+    for step, (position, batch) in enumerate(one_process[1]):  # the batches of one process
+        for index, shard in enumerate(shards):
+            assert shard[step][0] == position
+            for key in batch:
+                np.testing.assert_array_equal(shard[step][1][key],
+                                              batch[key][2 * index:2 * index + 2], err_msg=key)
 
 
 @pytest.mark.parametrize("backend,pack", [("grain", False), ("grain", True),

@@ -30,10 +30,12 @@ RTOL = 1e-5
 
 TASK = "explistops10_cpu_none"
 STEPS = 20
-MESHES = {"4x1": 1, "2x2": 2}  # data x model mesh name -> num_partitions
+# data x model mesh (with packing) -> (num_partitions, pack); a packed run's
+# processes split the examples' sizes pass (an allgather) and lay out the rows
+MESHES = {"4x1": (1, False), "2x2": (2, False), "4x1_packed": (1, True)}
 
 
-def train_arguments(model_dir: Path, num_partitions: int) -> list[str]:
+def train_arguments(model_dir: Path, num_partitions: int, pack: bool = False) -> list[str]:
     """``explistops train`` arguments: a T5 1.1 tiny shrunk further, 20 steps,
     checkpoints every 10, evaluation of 8 validation examples at the end."""
     bindings = [
@@ -49,6 +51,7 @@ def train_arguments(model_dir: Path, num_partitions: int) -> list[str]:
         "trainer.CheckpointConfig.period = 10", "trainer.CheckpointConfig.keep = None",
         "train.progress = False",
         f"partitioning.PartitionConfig.num_partitions = {num_partitions}",
+        f"input_pipeline.DataConfig.pack = {pack}",
     ]
     args = ["--gin_file", "gin_configs/runs/finetune.gin", "--model_dir", str(model_dir)]
     for binding in bindings:
@@ -63,20 +66,23 @@ def environment(devices: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_single(model_dir: Path, num_partitions: int) -> subprocess.CompletedProcess:
+def run_single(model_dir: Path, num_partitions: int,
+               pack: bool = False) -> subprocess.CompletedProcess:
     """One process, 4 host devices."""
     return subprocess.run(
         [sys.executable, "-m", "explistops_jax.cli", "train",
-         *train_arguments(model_dir, num_partitions)],
+         *train_arguments(model_dir, num_partitions, pack)],
         cwd=ROOT, env=environment(4), capture_output=True, text=True,
         timeout=RUN_TIMEOUT_S)
 
 
-def run_launched(model_dir: Path, num_partitions: int) -> subprocess.CompletedProcess:
+def run_launched(model_dir: Path, num_partitions: int,
+                 pack: bool = False) -> subprocess.CompletedProcess:
     """``explistops launch --processes 2 --devices-per-process 2``."""
     return subprocess.run(
         [sys.executable, "-m", "explistops_jax.cli", "launch", "--processes", "2",
-         "--devices-per-process", "2", "--", *train_arguments(model_dir, num_partitions)],
+         "--devices-per-process", "2", "--",
+         *train_arguments(model_dir, num_partitions, pack)],
         cwd=ROOT, env=environment(), capture_output=True, text=True,
         timeout=RUN_TIMEOUT_S)
 
@@ -94,12 +100,12 @@ def assert_close_losses(got: dict[int, float], want: dict[int, float], steps) ->
 def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """For each mesh: the run of one process x 4 devices and of 2 processes x 2."""
     out = {}
-    for mesh, partitions in MESHES.items():
+    for mesh, (partitions, pack) in MESHES.items():
         base = tmp_path_factory.mktemp(f"mesh_{mesh}")
         single, multi = base / "single", base / "multi"
-        done = run_single(single, partitions)
+        done = run_single(single, partitions, pack)
         assert done.returncode == 0, done.stderr[-3000:]
-        done = run_launched(multi, partitions)
+        done = run_launched(multi, partitions, pack)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         for index in (0, 1):  # every line carries its process index
             assert f"[{index}] trained {multi} to step {STEPS}" in done.stdout
