@@ -1,6 +1,7 @@
 """Several processes on one machine (loopback, gloo, forced host devices) give
-the same run as one process: losses, checkpoints, evaluation, a resume after a
-process was killed; and a job that cannot form fails in one line.
+the same run as one process: losses (padded and packed batches), checkpoints,
+evaluation, a resume after a process was killed; packing's sizes pass is split
+between them; and a job that cannot form fails in one line.
 
 Every process is a subprocess with a timeout, so no test can hang. Reference
 runs are one process with 4 host devices; the multi-process runs are 2
@@ -9,6 +10,7 @@ processes x 2 devices, started with ``explistops launch``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -203,6 +205,66 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(runs, tmp_path
     resumed, whole = losses(model_dir), losses(runs["2x2"]["multi"])
     assert sorted(resumed) == list(range(1, STEPS + 1))  # the log reads as one run
     assert_close_losses(resumed, whole, range(11, STEPS + 1))
+
+
+# One process of a two-process job that builds a packing stream of a 37-example
+# split and writes which examples it generated and the sizes it ended with.
+_SIZES_PROCESS = """
+import json, sys
+import jax
+index, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, index, initialization_timeout=60)
+from explistops_jax import data, grain_pipeline, input_pipeline, own_tasks
+from explistops_jax.listops import SamplerConfig
+
+sampler = SamplerConfig(min_length=4, max_length=12, max_depth=3, max_args=4, max_value=9)
+data.register_config(data.DatasetConfig(name="explistops_test_split", modulus=10,
+                                        splits={"train": data.SplitConfig(sampler, 37, 1101)}))
+generated, real = [], data.examples
+
+def counting(config, split, start=0, stop=None, **kwargs):
+    generated.extend(range(start, stop))
+    return real(config, split, start, stop, **kwargs)
+
+data.examples = counting
+lengths = {"inputs": 48, "targets": 96}
+config = input_pipeline.DataConfig("explistops_test_split_medium", lengths, batch_size=4,
+                                   pack=True, shuffle=True)
+stream = input_pipeline.BatchStream(config, shard_index=index, num_shards=2)
+mine = sorted(generated)
+one = grain_pipeline.GrainSource(own_tasks.get_tasks("explistops_test_split_medium")[0],
+                                 split="train", lengths=lengths, local_batch_size=4,
+                                 pack=True, shuffle=True)
+json.dump({"generated": mine, "sizes": stream.source._sizes().tolist(),
+           "one_process": one._sizes().tolist(), "steps": stream.steps_per_epoch},
+          open(out, "w"))
+"""
+
+
+def test_packing_processes_split_the_sizes_pass(tmp_path):
+    """Two real processes (gloo): building a packing stream, each generates
+    only its block of the split (19 and 18 of 37 examples) and both end with
+    every example's size, equal to one process's whole pass."""
+    port = str(launcher.free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", _SIZES_PROCESS, str(i), port,
+                               str(tmp_path / f"{i}.json")], cwd=ROOT, env=environment(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+            assert proc.returncode == 0, err[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    got = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert got[0]["generated"] == list(range(19)) and got[1]["generated"] == list(range(19, 37))
+    for result in got:
+        assert len(result["sizes"]) == 37 and result["sizes"] == result["one_process"]
+        assert all(1 <= a <= 48 and 1 <= b <= 96 for a, b in result["sizes"])
+    assert got[0]["steps"] == got[1]["steps"] >= 1
 
 
 # ----------------------------------------------------------------- a job that cannot form
