@@ -2,9 +2,34 @@
 tests start)."""
 
 import os
+import shutil
+import tempfile
 
-# JAX's persistent compilation cache (runtime.enable_compilation_cache) stays off
-# in tests: concurrent test processes would share its files, and a test must not
-# depend on what an earlier one compiled. tests/test_compilation_cache.py turns it on
-# in a directory of its own.
-os.environ["EXPLISTOPS_COMPILATION_CACHE"] = "off"
+# JAX's persistent compilation cache (runtime.enable_compilation_cache, on by
+# default for users) in one directory for the whole session: the first process of
+# the session to set it (pytest, or xdist's controller) makes it, and its workers
+# and every process a test starts inherit it, so a program that one test compiled
+# is loaded by the next test that compiles the same program (JAX's key covers the
+# program, its shapes, devices and compile options, and JAX's version). The
+# session's first compilations fill it and it is removed at the end, so no test
+# finds anything from another session. A size limit turns on JAX's file lock
+# (it needs the filelock package), which keeps processes from reading a
+# half-written entry; without filelock the cache stays off.
+# tests/test_compilation_cache.py points the cache at directories of its own.
+_SESSION_CACHE_ENV = "EXPLISTOPS_TEST_COMPILATION_CACHE"
+_OWNED_CACHE = None
+if _SESSION_CACHE_ENV not in os.environ:
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        os.environ[_SESSION_CACHE_ENV] = "off"
+    else:
+        _OWNED_CACHE = tempfile.mkdtemp(prefix="explistops-test-jax-cache-")
+        os.environ[_SESSION_CACHE_ENV] = _OWNED_CACHE
+os.environ["EXPLISTOPS_COMPILATION_CACHE"] = os.environ[_SESSION_CACHE_ENV]
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWNED_CACHE is not None:
+        shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
