@@ -32,7 +32,11 @@ The whole run keeps to ``--budget-s`` (default 450 s, inside the issue's 8
 minutes with the wheel install): a section gets at most what is left, one that
 cannot start with ``MIN_SECTION_S`` left is recorded as skipped, and the report is
 rewritten after every section (and a section's runs as they finish), so a run
-that is stopped keeps what it measured. ``--tiny`` runs every section with tiny
+that is stopped keeps what it measured. The sections share JAX's persistent
+compilation cache (``runtime.enable_compilation_cache``: the initialisers are
+compiled once, and a rerun on the same machine loads the steps the first run
+compiled; each run's ``compile_cached`` says whether its step was loaded, in
+which case ``compile_s`` is the load). ``--tiny`` runs every section with tiny
 shapes on whatever device there is (CI runs it on the CPU so the script cannot
 rot). Writes ``device_check.json`` and ``device_check.md`` to ``--out``. MFU is
 model FLOPs utilisation as PaLM defines it: the step's matrix-product FLOPs
@@ -119,6 +123,15 @@ TINY = {
 
 # ----------------------------------------------------------------- helpers
 
+_CACHE_HITS: list[str] = []
+
+
+def _count_cache_hit(event: str, **kwargs) -> None:
+    """A ``jax.monitoring`` listener: counts programs loaded from the
+    persistent compilation cache instead of compiled."""
+    if event == "/jax/compilation_cache/cache_hits":
+        _CACHE_HITS.append(event)
+
 
 def _block(tree):
     import jax
@@ -170,9 +183,11 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
     rng = np.random.default_rng(0)
     batches = [p.shard_batch(random_batch(rng, batch, lengths, config.vocab_size))
                for _ in range(2)]
+    hits = len(_CACHE_HITS)
     start = time.perf_counter()
     compiled = step.lower(layout.abstract, batches[0]).compile()
     compile_s = time.perf_counter() - start
+    compile_cached = len(_CACHE_HITS) > hits
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float((cost or {}).get("flops", 0.0))
@@ -213,7 +228,7 @@ def _train(model_name: str, batch: int, lengths, steps: int, dtype: str = "bfloa
             **({"overrides": overrides} if overrides else {}),
             **({"profile": profile} if profile else {}),
             "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-            "compile_s": compile_s, "step_s": step_s, "steps_per_s": 1.0 / step_s,
+            "compile_s": compile_s, "compile_cached": compile_cached, "step_s": step_s, "steps_per_s": 1.0 / step_s,
             "target_tokens_per_s": batch * lengths[1] / step_s,
             "model_flops_per_step": model_flops,
             "tflops_per_s": model_flops / step_s / 1e12,
@@ -415,9 +430,11 @@ def section_big(cfg: dict, emit) -> dict:
 
     from explistops_jax import plan as plan_lib
 
-    # The plan compiles the very program the run compiles: cache it once.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(
-        os.environ.get("TMPDIR", "/tmp"), "explistops_jax_cache"))
+    # The plan compiles the very program the run compiles: cache it once (in the
+    # check's cache, or in a folder of this section's when that is off).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(
+            os.environ.get("TMPDIR", "/tmp"), "explistops_jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     predicted = plan_lib.plan(cfg["model"], mesh={"data": 1, "model": 1},
@@ -640,7 +657,15 @@ def main(argv=None) -> int:
     shapes = TINY if args.tiny else FULL
 
     if args.section:
-        from explistops_jax import rundir
+        import jax
+
+        from explistops_jax import rundir, runtime
+
+        # JAX's persistent cache (runtime's folder): the sections share the
+        # initialisers, and a rerun of the check on the same machine loads what
+        # the first run compiled; compile_cached says which step was loaded.
+        runtime.enable_compilation_cache()
+        jax.monitoring.register_event_listener(_count_cache_hit)
 
         facts = _device_facts()
         emit = lambda partial: rundir.write_json(args.section_out, dict(partial, device=facts))

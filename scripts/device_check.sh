@@ -46,5 +46,8 @@ fi
 (( ${#leftovers[@]} )) && rm -rf "${leftovers[@]}"
 # the installed copy first; the checkout last, for when the install failed
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}:$PWD" PYTHONUNBUFFERED=1
+# The sections' compilation cache: outside $OUT (it does not travel back), kept
+# on the machine while it stays warm, so a rerun loads what the first run compiled.
+export EXPLISTOPS_COMPILATION_CACHE="${EXPLISTOPS_COMPILATION_CACHE:-${TMPDIR:-/tmp}/explistops_jax_cache}"
 # Every section, the tests marked gpu among them, within the script's time budget.
 python3 scripts/device_check.py --out "$OUT" "$@"

@@ -63,6 +63,9 @@ def test_device_check_tiny_writes_its_report(tmp_path):
                                               for v in variants)
     big = sections["big"]
     assert big["plan_peak_bytes"] > big["plan"]["params_bytes"] > 0
+    # the plan compiled the very program the run needs: the run loaded it
+    assert big["compile_cached"] is True
+    assert all(isinstance(r["compile_cached"], bool) for r in [run, *variants])
     decode = sections["decode"]
     assert decode["ours_tokens_per_s"] > 0
     # transformers' generate runs beside ours when torch is installed (the test extra)
@@ -117,6 +120,37 @@ def test_a_failing_variant_is_recorded_and_the_next_one_runs():
     assert result["runs"][0]["losses_finite"] and len(emitted) == 2
     table = device_check.markdown({"tiny": True, "device": {}, "sections": {"variants": result}})
     assert "| variant cuDNN attention | failed: " in table
+
+
+def test_compile_cached_tells_a_loaded_program_from_a_compiled_one(tmp_path):
+    """The check's listener sees JAX's persistent-cache hits (the event's name
+    is JAX's own, so a JAX that renamed it would fail here, not report every
+    step as compiled): nothing the first time, one hit once the in-memory caches
+    are cleared and the same program is compiled again."""
+    code = f"""
+import importlib.util, sys
+import jax, jax.numpy as jnp
+spec = importlib.util.spec_from_file_location("device_check", {str(ROOT / "scripts" / "device_check.py")!r})
+dc = importlib.util.module_from_spec(spec); spec.loader.exec_module(dc)
+jax.config.update("jax_compilation_cache_dir", {str(tmp_path)!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.monitoring.register_event_listener(dc._count_cache_hit)
+f = lambda x: jnp.sin(x) @ x.T
+hits = []
+for _ in range(2):
+    jax.clear_caches()
+    lowered = jax.jit(f).lower(jax.ShapeDtypeStruct((8, 8), jnp.float32))
+    before = len(dc._CACHE_HITS)
+    lowered.compile()
+    hits.append(len(dc._CACHE_HITS) - before)
+print(*hits)
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["0", "1"]
 
 
 def _load_device_check():
