@@ -309,9 +309,10 @@ def test_convert_and_params_mistakes_are_one_line(tmp_path, checkpoint, corrupt,
 # ----------------------------------------------------------------- real processes
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
+def _run(argv: list[str], **environ: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+           **environ}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the entry point must quiet TensorFlow itself
     return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -355,7 +356,8 @@ def test_runs_that_fail_while_their_step_compiles_exit_with_their_error(tmp_path
     argv = next(a for a, names in cases if "/no/such/checkpoint" in names)
     script = ("import sys; from explistops_jax import train; "
               f"sys.exit(max(train.main({argv!r}) for _ in range(3)))")
-    proc = _run(["-c", script])
+    # no compilation cache: a step loaded from it would be ready before the failure
+    proc = _run(["-c", script], EXPLISTOPS_COMPILATION_CACHE="off")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "FATAL" not in proc.stderr
     assert proc.stderr.count("/no/such/checkpoint") == 3
