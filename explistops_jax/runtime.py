@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -92,6 +93,7 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
 
 
 COMPILATION_CACHE_ENV = "EXPLISTOPS_COMPILATION_CACHE"
+COMPILATION_CACHE_MAX_BYTES = 8 << 30  # JAX_COMPILATION_CACHE_MAX_SIZE overrides it
 
 
 def compilation_cache_dir() -> str | None:
@@ -121,6 +123,15 @@ def enable_compilation_cache() -> None:
     # variable, when set, decides).
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # A size limit: JAX then evicts the least recently used programs, so the
+    # folder does not grow without end, and takes a file lock around every read
+    # and write, so processes that share the folder (``explistops launch``, runs
+    # side by side) never read a half-written program. The lock needs the
+    # filelock package (huggingface_hub's dependency); without it JAX's default,
+    # no limit and no lock, stays.
+    if ("JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
+            and importlib.util.find_spec("filelock") is not None):
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
 
 
 def confine_tensorflow() -> None:

@@ -12,9 +12,9 @@ import tempfile
 # is loaded by the next test that compiles the same program (JAX's key covers the
 # program, its shapes, devices and compile options, and JAX's version). The
 # session's first compilations fill it and it is removed at the end, so no test
-# finds anything from another session. A size limit turns on JAX's file lock
-# (it needs the filelock package), which keeps processes from reading a
-# half-written entry; without filelock the cache stays off.
+# finds anything from another session. The runtime's size limit turns on JAX's
+# file lock, which keeps processes from reading a half-written entry; it needs
+# the filelock package, without which the cache stays off here.
 # tests/test_compilation_cache.py points the cache at directories of its own.
 _SESSION_CACHE_ENV = "EXPLISTOPS_TEST_COMPILATION_CACHE"
 _OWNED_CACHE = None
@@ -27,7 +27,6 @@ if _SESSION_CACHE_ENV not in os.environ:
         _OWNED_CACHE = tempfile.mkdtemp(prefix="explistops-test-jax-cache-")
         os.environ[_SESSION_CACHE_ENV] = _OWNED_CACHE
 os.environ["EXPLISTOPS_COMPILATION_CACHE"] = os.environ[_SESSION_CACHE_ENV]
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 
 def pytest_sessionfinish(session, exitstatus):

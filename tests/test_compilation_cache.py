@@ -31,15 +31,17 @@ _PROGRAM = textwrap.dedent("""
         return x.sum()
 
     f(jnp.ones((16, 16))).block_until_ready()
-    print("HITS", len(hits))
+    print("HITS", len(hits), jax.config.jax_compilation_cache_max_size)
 """)
 
 
-def _run(env: dict) -> int:
+def _run(env: dict, max_size: int = runtime.COMPILATION_CACHE_MAX_BYTES) -> int:
     done = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return int(done.stdout.split("HITS")[1])
+    hits, got_max_size = map(int, done.stdout.split("HITS")[1].split())
+    assert got_max_size == max_size
+    return hits
 
 
 def test_second_process_loads_the_compiled_program(tmp_path):
@@ -51,8 +53,13 @@ def test_second_process_loads_the_compiled_program(tmp_path):
     assert _run(env) == 0
     entries = sorted(p.name for p in cache.iterdir())
     assert any(name.startswith("jit_f-") for name in entries), entries
+    # bounded (JAX evicts the least recently used), hence locked for processes
+    # that share the folder
+    assert ".lockfile" in entries
     assert _run(env) >= 1  # loaded, not compiled
     assert sorted(p.name for p in cache.iterdir()) == entries
+    # JAX's own variable sets another bound
+    assert _run({**env, "JAX_COMPILATION_CACHE_MAX_SIZE": "123456789"}, 123456789) >= 1
 
 
 def test_cache_directory_default_and_off(monkeypatch, tmp_path):
