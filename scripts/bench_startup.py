@@ -4,7 +4,7 @@ side by side.
 
 Every Python process of the project imports jax, and jax imports ml_dtypes,
 whose extension registers its dtypes' NumPy loops and casts when it loads.
-ml_dtypes 0.7.0 takes about a second for that on the machine measured here;
+ml_dtypes 0.7.0 takes 0.6 to 1.1 s for that on the machine measured here,
 0.6.0 a few milliseconds (docs/benchmarks.md), which is why pyproject.toml
 excludes 0.7.0. This script measures, in fresh processes, alternating:
 
@@ -30,10 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from machine_info import cpu_model, load_average  # noqa: E402
+from machine_info import cpu_model, load_average
 
 _EXTENSION = ("import json, time, numpy\n"
               "t = time.perf_counter()\n"
