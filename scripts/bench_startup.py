@@ -87,9 +87,18 @@ def main(argv: list[str] | None = None) -> int:
           f"load {load_average():.1f}")
     for _ in range(args.repeats):  # alternating, so load drifts hit both alike
         for name, path in runs.items():
-            versions[name], seconds = extension_seconds(path)
-            times[name]["extension"].append(seconds)
-            times[name]["entry"].append(entry_seconds(path))
+            try:
+                versions[name], seconds = extension_seconds(path)
+                times[name]["extension"].append(seconds)
+                times[name]["entry"].append(entry_seconds(path))
+            except subprocess.CalledProcessError as error:
+                last = (error.stderr or b"")
+                last = (last.decode() if isinstance(last, bytes) else last).strip()
+                print(f"bench_startup: error: the {name} ml_dtypes"
+                      f"{f' in {path}' if path else ''} failed to import: "
+                      f"{last.splitlines()[-1] if last else f'exit {error.returncode}'}",
+                      file=sys.stderr)
+                return 1
     print("\n| ml_dtypes | import ml_dtypes (median ms) | import the training entry "
           "point, whole process (median s) |\n|---|---:|---:|")
     for name in runs:
