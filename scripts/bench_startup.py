@@ -4,7 +4,7 @@ side by side.
 
 Every Python process of the project imports jax, and jax imports ml_dtypes,
 whose extension registers its dtypes' NumPy loops and casts when it loads.
-ml_dtypes 0.7.0 takes 0.6 to 1.1 s for that on the machine measured here,
+ml_dtypes 0.7.0 takes 0.6 to 1.3 s for that on the machine measured here,
 0.6.0 a few milliseconds (docs/benchmarks.md), which is why pyproject.toml
 excludes 0.7.0. This script measures, in fresh processes, alternating:
 
