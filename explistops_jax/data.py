@@ -37,6 +37,8 @@ __all__ = [
     "SplitConfig",
     "DatasetConfig",
     "DATASETS",
+    "BUILTIN",
+    "BUILTIN_CONFIGS",
     "get_config",
     "register_config",
     "examples",
@@ -90,13 +92,13 @@ _LARGER_NUMBERS = SamplerConfig(min_length=20, max_length=50, max_depth=10, max_
                                 min_value=30, max_value=99)
 _LISTOPS10 = SamplerConfig(min_length=20, max_length=50, max_depth=10, max_args=10,
                            min_value=0, max_value=9)
-# The CPU demo's smaller problems (explistops_jax.reproduce): values 0-9, SM mod 10,
+# The CPU demo's smaller problems (explistops_jax.study): values 0-9, SM mod 10,
 # 2-4 arguments, depth at most 3, lengths 10-20; "longer": lengths 20-40, depth <= 4.
 _CPU = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                      min_value=0, max_value=9)
 _CPU_LONGER = SamplerConfig(min_length=20, max_length=40, max_depth=5, max_args=4,
                             min_value=0, max_value=9)
-# The study's kinds of generalization test at CPU scale (explistops_jax.reproduce's
+# The study's kinds of generalization test at CPU scale (explistops_jax.study's
 # cpu-study): longer expressions within the training caps (depth <= 3, <= 4
 # arguments, values 0-9), and the training distribution with values never seen in
 # training inputs (10-99; one token each in the domain vocabulary).
@@ -146,6 +148,9 @@ def _builtin() -> dict[str, DatasetConfig]:
 DATASETS: dict[str, DatasetConfig] = _builtin()
 # The names of the configs this module defines (DATASETS also holds registered ones).
 BUILTIN: tuple[str, ...] = tuple(DATASETS)
+# The built-in configs as defined here (a config registered later under the same
+# name with replace=True differs from its entry).
+BUILTIN_CONFIGS: Mapping[str, DatasetConfig] = dict(DATASETS)
 """Every known dataset by name (built-ins plus :func:`register_config` additions)."""
 
 

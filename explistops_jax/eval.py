@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gin_config.add_arguments(parser)
     runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
+    runtime.add_truncation_argument(parser, "evaluate")
 
 
 def print_results(results: Mapping) -> None:
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     runtime.setup(**runtime.distributed_options(args))
     from explistops_jax import evaluator, gin_config
 
-    gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
-                     args.gin_search_paths,
+    gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings)
+                     + runtime.truncation_bindings(args, "evaluate"), args.gin_search_paths,
                      expected_file="--gin_file=gin_configs/runs/eval.gin")
     arguments = gin_config.evaluate_arguments()
     runtime.register_file_tasks(getattr(args, "task_file", ()), arguments["checkpoint"])

@@ -47,6 +47,7 @@ import numpy as np
 from etils import epath
 
 from explistops_jax import input_pipeline, partitioning, rundir, train_state
+from explistops_jax import lengths as lengths_lib
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
 
@@ -144,6 +145,9 @@ class Evaluator:
       decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
         ``temperature``, ...); default greedy.
       data_backend: ``"grain"`` or ``"seqio"`` (see ``input_pipeline.resolve_backend``).
+      allow_truncation: score even though ``task_feature_lengths`` cut some
+        examples (their count goes into each metrics file as ``truncated``);
+        without it, a ``lengths.TruncationError`` before anything is read.
     """
 
     def __init__(self, model, mixture_or_task_name: str, split: str = "validation", *,
@@ -151,7 +155,7 @@ class Evaluator:
                  max_examples: int | None = None, model_dir: rundir.PathLike | None = None,
                  partitioner: partitioning.Partitioner | None = None,
                  use_cached: bool = False, decode: Mapping[str, Any] | None = None,
-                 data_backend: str = "grain"):
+                 data_backend: str = "grain", allow_truncation: bool = False):
         self.split = split
         self.lengths = dict(task_feature_lengths)
         self.model_dir = RunDir(model_dir).path if model_dir is not None else None
@@ -178,6 +182,10 @@ class Evaluator:
             raise UserError(f"no task of {mixture_or_task_name!r} has a split {split!r}",
                             expected="one of " + ", ".join(sorted(
                                 {s for t in candidates for s in t.splits})))
+        self.truncated: dict[str, int] = {}
+        for task in tasks:  # before anything is read
+            self.truncated.update(lengths_lib.check_fit(
+                task.name, [split], self.lengths, allow=allow_truncation, limit=max_examples))
         self.tasks = [self._read(t, read) for t in tasks]
 
     # ----------------------------------------------------------------- reading
@@ -233,6 +241,9 @@ class Evaluator:
         rundir.write_jsonl(run.predictions(task, self.split, step), rows)
         summary = {"step": step, "task": task, "split": self.split,
                    "num_examples": len(rows), "metrics": metrics}
+        cut = self.truncated.get(f"{task}/{self.split}")
+        if cut:
+            summary["truncated"] = cut
         rundir.write_json(run.metrics(task, self.split, step), summary)
 
 
@@ -349,6 +360,7 @@ def evaluate(
     decode: Mapping[str, Any] | None = None,
     use_cached: bool = False,
     data_backend: str = "grain",
+    allow_truncation: bool = False,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Restores a checkpoint, decodes a task split, writes predictions and metrics.
 
@@ -365,6 +377,7 @@ def evaluate(
       partition: the mesh.
       data_backend: ``"grain"`` (the default; SeqIO for tasks that are not the
         project's own) or ``"seqio"``.
+      allow_truncation: see :class:`Evaluator`.
 
     Returns:
       ``{(task, split): metrics}``.
@@ -385,5 +398,6 @@ def evaluate(
     evaluator = Evaluator(model, task, split, task_feature_lengths=lengths,
                           batch_size=batch_size, max_examples=max_examples,
                           model_dir=output_dir, partitioner=partitioner,
-                          use_cached=use_cached, decode=decode, data_backend=data_backend)
+                          use_cached=use_cached, decode=decode, data_backend=data_backend,
+                          allow_truncation=allow_truncation)
     return evaluator.evaluate(params, step)

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "packed_sizes", "pack_layout",
+__all__ = ["MODEL_FEATURES", "PACKED_FEATURES", "pad_example", "packed_sizes", "pack_layout", "packed_rows",
            "pack_row", "autoregressive_inputs", "stack_rows"]
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens",
@@ -125,6 +125,22 @@ def pack_layout(sizes: Sequence[tuple[int, int]], lengths: Mapping[str, int]) ->
         used_inputs += inputs
         used_targets += targets
     return starts
+
+
+def packed_rows(sizes: Sequence[tuple[int, int]],
+                lengths: Mapping[str, int]) -> list[tuple[int, int]]:
+    """The packed rows of a sequence of examples, as ``[start, end)`` ranges of
+    positions in ``sizes`` (their :func:`packed_sizes`, in order): groups of
+    ``max(lengths)`` consecutive examples, each laid out by :func:`pack_layout`
+    (as SeqIO packs)."""
+    group = max(lengths.values())
+    rows: list[tuple[int, int]] = []
+    for first in range(0, len(sizes), group):
+        last = min(first + group, len(sizes))
+        starts = pack_layout(sizes[first:last], lengths)
+        bounds = [first + start for start in starts] + [last]
+        rows.extend(zip(bounds[:-1], bounds[1:]))
+    return rows
 
 
 def pack_row(examples: Sequence[Mapping[str, np.ndarray]],

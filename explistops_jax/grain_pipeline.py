@@ -183,21 +183,14 @@ class GrainSource:
 
     def _packed_rows(self, seed: int) -> tuple[grain.MapDataset, list[tuple[int, int]]]:
         """One epoch's order and its packed rows as ``[start, end)`` ranges of
-        positions in that order: groups of ``max(lengths)`` consecutive examples,
-        each laid out by ``features.pack_layout`` (as SeqIO packs)."""
+        positions in that order (``features.packed_rows``)."""
         if self._layout is not None and self._layout[0] == seed:
             return self._layout[1:]  # the count and epoch 0 both ask for it
         order = _epoch_order(self.task, self.split, self.shuffle, seed)
         sizes = self._sizes()
         in_order = sizes[np.fromiter((order[i] for i in range(len(sizes))), np.int64,
                                      len(sizes))].tolist()
-        group = max(self.lengths.values())
-        rows: list[tuple[int, int]] = []
-        for first in range(0, len(sizes), group):
-            last = min(first + group, len(sizes))
-            starts = features.pack_layout(in_order[first:last], self.lengths)
-            bounds = [first + start for start in starts] + [last]
-            rows.extend(zip(bounds[:-1], bounds[1:]))
+        rows = features.packed_rows(in_order, self.lengths)
         self._layout = (seed, order, rows)
         return order, rows
 

@@ -236,6 +236,20 @@ def distributed_options(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------- the error boundary
 
 
+def add_truncation_argument(parser: argparse.ArgumentParser, function: str) -> None:
+    """``--allow_truncation``: gin's ``{function}.allow_truncation = True``."""
+    parser.add_argument("--allow_truncation", action="store_true",
+                        help="go on when the feature lengths would cut examples (a "
+                             "warning, and their count in the run's records) instead of "
+                             f"stopping; gin: {function}.allow_truncation = True")
+
+
+def truncation_bindings(args: argparse.Namespace, function: str) -> list[str]:
+    """The gin binding ``--allow_truncation`` stands for (none without it)."""
+    return [f"{function}.allow_truncation = True"] if getattr(
+        args, "allow_truncation", False) else []
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line too
     (``explistops: error: <what> (see <prog> --help)``, exit status 2)."""

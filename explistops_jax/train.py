@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gin_config.add_arguments(parser)
     runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
+    runtime.add_truncation_argument(parser, "train")
 
 
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     runtime.setup(**runtime.distributed_options(args))
     from explistops_jax import gin_config, trainer
 
-    gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings),
-                     args.gin_search_paths)
+    gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings)
+                     + runtime.truncation_bindings(args, "train"), args.gin_search_paths)
     arguments = gin_config.train_arguments()
     task_files = runtime.register_file_tasks(getattr(args, "task_file", ()))
     if task_files:  # recorded in run.json, so an evaluation of the run finds them

@@ -304,6 +304,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    allow_truncation: bool = False,
 ) -> TrainResult:
     """Trains (or resumes training) and returns the final metrics.
 
@@ -327,11 +328,17 @@ def train(
       seed: initialisation and dropout; the data order has its own (``data.seed``).
       progress: show a progress bar.
       run_info: extra facts to record in ``run.json`` and every checkpoint.
+      allow_truncation: train (and validate) even though the feature lengths
+        cut some examples; their counts are recorded in ``run.json``
+        (``truncated``). Without it such a run stops before anything is written.
 
     Raises:
+      lengths.TruncationError: the lengths would cut examples of the training
+        or validation split (checked before anything is written).
       NonFiniteLossError: the loss became NaN/inf (the run dir keeps the last
         good checkpoint).
     """
+    truncated = check_lengths(data, evaluation, allow_truncation=allow_truncation)
     model_dir = rundir.run_path(model_dir)  # local (absolute) or a URL (gs://...)
     is_chief = jax.process_index() == 0
     if is_chief:
@@ -357,6 +364,8 @@ def train(
             return _finished(model_dir, checkpoints.latest_step())
         layout = state_layout(model, tx, partitioner)
         info = _run_info(model, data, total_steps, run_info)
+        if truncated:
+            info["truncated"] = truncated
         step_fn = partitioner.jit(
             make_train_step(model, tx, schedule, num_microbatches),
             in_shardings=(layout.shardings, partitioner.batch_sharding()),
@@ -386,6 +395,26 @@ def train(
         state = loop.run(state, position)
     return TrainResult(str(model_dir), int(jax.device_get(state.step)),
                        loop.last_metrics, loop.eval_metrics)
+
+
+def check_lengths(data: input_pipeline.DataConfig, evaluation: EvalConfig | None = None,
+                  *, allow_truncation: bool = False) -> dict[str, int]:
+    """Whether the training split (and the validation split, with its lengths)
+    fits the run's feature lengths: ``{"task/split": examples cut}``, empty when
+    everything fits. Raises ``lengths.TruncationError`` for a cut unless
+    ``allow_truncation``."""
+    from explistops_jax import lengths
+
+    cut = lengths.check_fit(data.mixture_or_task_name, [data.split],
+                            data.task_feature_lengths, allow=allow_truncation)
+    if evaluation is not None:
+        cut.update(lengths.check_fit(
+            evaluation.mixture_or_task_name or data.mixture_or_task_name,
+            [evaluation.split], evaluation.task_feature_lengths or data.task_feature_lengths,
+            allow=allow_truncation, limit=evaluation.max_examples,
+            where="EvalConfig.task_feature_lengths" if evaluation.task_feature_lengths
+            else "TASK_FEATURE_LENGTHS"))
+    return cut
 
 
 def _finished(model_dir: rundir.PathLike, step: int) -> TrainResult:
@@ -442,7 +471,7 @@ def _make_evaluator(evaluation: EvalConfig | None, model, partitioner, data, mod
 
     return evaluator_lib.Evaluator(
         model, evaluation.mixture_or_task_name or data.mixture_or_task_name,
-        evaluation.split,
+        evaluation.split, allow_truncation=True,  # checked (and allowed) before training
         task_feature_lengths=evaluation.task_feature_lengths or data.task_feature_lengths,
         batch_size=evaluation.batch_size, max_examples=evaluation.max_examples,
         model_dir=model_dir, partitioner=partitioner, use_cached=data.use_cached,

@@ -35,7 +35,7 @@ from flax import linen as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine_info import cpu_model, load_average  # noqa: E402
 
-from explistops_jax import network, optimizers, partitioning, reproduce, train_step  # noqa: E402
+from explistops_jax import network, optimizers, partitioning, study, train_step  # noqa: E402
 from explistops_jax.model import EncoderDecoderModel  # noqa: E402
 from explistops_jax.plan import random_batch  # noqa: E402
 
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
     for name in ("plain", "bias", "both", "all"):
         undo = _variant(name)
         try:
-            config = network.get_config(reproduce.CPU_MODEL, vocab_size=384,
-                                        **reproduce.CPU_MODEL_OVERRIDES)
+            config = network.get_config(study.CPU_MODEL, vocab_size=384,
+                                        **study.CPU_MODEL_OVERRIDES)
             model = EncoderDecoderModel(config)
             p = partitioning.Partitioner()
             tx, schedule = optimizers.adamw(learning_rate=1e-3).build()

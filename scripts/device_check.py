@@ -103,6 +103,9 @@ TINY = {
                 "steps": 3, "eval_examples": 2,
                 "bindings": ["trainer.ModelSpec.preset = 't5_1_0_tiny'", "BATCH_SIZE = 2",
                              "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}",
+                             # lengths this short cut the examples; no packing pass
+                             "train.allow_truncation = True",
+                             "input_pipeline.DataConfig.pack = False",
                              "trainer.EvalConfig.batch_size = 2"]},
     "tests": {"marker": "gpu", "paths": ["tests/test_gpu.py"]},
     "big": {"model": "t5_1_0_tiny", "batch": 4, "lengths": [16, 32], "steps": 2,

@@ -27,10 +27,10 @@ LAYERS: list[set[str]] = [
     {"checkpoints", "checkpoints.common", "checkpoints.hf", "checkpoints.hub",
      "checkpoints.native", "checkpoints.t5x"},
     {"train_state", "grain_pipeline", "seqio_backend"},
-    {"train_step", "input_pipeline"},
+    {"train_step", "input_pipeline", "lengths"},
     {"plan", "evaluator"},
     {"trainer", "predict"},
-    {"reproduce", "report", "report.runs", "report.statistics", "report.published",
+    {"study", "gin_writer", "dry_run", "reproduce", "report", "report.runs", "report.statistics", "report.published",
      "report.findings", "report.markdown", "report.plots"},
     {"runtime", "gin_config", "launcher"},
     {"cli", "train", "eval", "commands"},  # entry points; commands.* join this layer

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from explistops_jax import reproduce, rundir
+import dataclasses
+
+from explistops_jax import rundir, study as study_lib
 from explistops_jax.errors import UserError
 from explistops_jax.report import findings as f
 from explistops_jax.report import write_report_from_runs
@@ -101,7 +103,7 @@ def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21)):
 
 def test_every_finding_from_hand_written_runs():
     found = {x.name: x for x in f.evaluate_findings(_study_runs())}
-    assert list(found) == list(reproduce.FINDINGS)  # one section per preset finding
+    assert list(found) == list(study_lib.FINDINGS)  # one section per preset finding
     assert found["headline"].verdict == f.REPRODUCED
     assert found["headline"].effects[0].d == pytest.approx(0.27)
     assert found["ladder"].verdict == f.REPRODUCED
@@ -138,11 +140,11 @@ def test_report_writes_findings_section_json_and_plots(tmp_path):
     assert text.count("| reproduced |") == 6  # the summary table
     assert "**Verdict rule.**" in text
     record = json.loads((tmp_path / rundir.FINDINGS_JSON).read_text())
-    assert [x["name"] for x in record["findings"]] == list(reproduce.FINDINGS)
+    assert [x["name"] for x in record["findings"]] == list(study_lib.FINDINGS)
     headline = record["findings"][0]
     assert headline["effects"][0]["low"] > 0 and headline["verdict"] == f.REPRODUCED
     assert headline["arms"][1]["per_seed"] == pytest.approx([0.82, 0.83])
-    for name in reproduce.FINDINGS:
+    for name in study_lib.FINDINGS:
         png = tmp_path / rundir.finding_png(name)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert rundir.finding_png(name) in text
@@ -168,23 +170,24 @@ def test_report_of_other_runs_has_no_findings(tmp_path):
 
 
 def test_cpu_study_runs_share_the_demo_runs_and_add_splits():
-    runs = reproduce.runs_for("cpu-study", seeds=(0, 1))
+    runs = study_lib.runs_for("cpu-study", seeds=(0, 1))
     names = [r.name for r in runs]
     assert len(names) == len(set(names))
-    demo = {r.name: r for r in reproduce.runs_for("cpu", seeds=(0, 1))}
+    demo = {r.name: r for r in study_lib.runs_for("cpu", seeds=(0, 1))}
     by_name = {r.name: r for r in runs}
     for name, run in demo.items():  # the same training: finished demo runs are reused
         study = by_name[name]
         assert study.eval_splits[:len(run.eval_splits)] == run.eval_splits
-        assert set(study.eval_splits) - set(run.eval_splits) == set(reproduce.CPU_STUDY_SPLITS)
-        assert study == reproduce.dataclasses.replace(run, eval_splits=study.eval_splits)
+        assert set(study.eval_splits) - set(run.eval_splits) == set(study_lib.CPU_STUDY_SPLITS)
+        assert study == dataclasses.replace(run, eval_splits=study.eval_splits,
+                                             eval_feature_lengths=study.eval_feature_lengths)
     # long costs over 10 minutes: the first seed only; the others have two seeds
     assert [r.seed for r in runs if r.style == "long"] == [0]
     assert sorted(r.seed for r in runs if r.style == "short") == [0, 1]
     # data efficiency: the full run's optimizer steps on fewer unique examples
     full = by_name["cpu_medium_seed0"]
     for run in (r for r in runs if r.condition == "data_efficiency"):
-        assert run.train_examples in reproduce.CPU_STUDY_SUBSETS
+        assert run.train_examples in study_lib.CPU_STUDY_SUBSETS
         assert run.epochs * run.train_examples == full.epochs * full.train_examples
         assert run.task.endswith(f"_n{run.train_examples}")
     sm = [r for r in runs if r.condition == "modular_sum"]
@@ -195,18 +198,18 @@ def test_cpu_study_runs_share_the_demo_runs_and_add_splits():
 
 
 def test_cpu_study_one_finding_and_errors():
-    runs = reproduce.runs_for("cpu-study", seeds=(0,), findings=["modular_sum"])
+    runs = study_lib.runs_for("cpu-study", seeds=(0,), findings=["modular_sum"])
     assert [r.name for r in runs] == ["cpu_sm_none_seed0", "cpu_sm_medium_seed0"]
-    length = reproduce.runs_for("cpu-study", seeds=(0,), findings=["length"])
+    length = study_lib.runs_for("cpu-study", seeds=(0,), findings=["length"])
     assert [r.name for r in length] == ["cpu_none_seed0", "cpu_medium_seed0"]
     assert all("len20_40" in r.eval_splits and "larger_numbers" not in r.eval_splits
                for r in length)
     with pytest.raises(UserError, match="unknown finding 'speed'"):
-        reproduce.runs_for("cpu-study", findings=["speed"])
+        study_lib.runs_for("cpu-study", findings=["speed"])
     with pytest.raises(UserError, match="--finding applies"):
-        reproduce.runs_for("cpu", findings=["length"])
+        study_lib.runs_for("cpu", findings=["length"])
     with pytest.raises(UserError, match="--styles does not apply"):
-        reproduce.runs_for("cpu-study", styles=["long"])
+        study_lib.runs_for("cpu-study", styles=["long"])
 
 
 def test_cpu_study_splits_keep_the_training_caps():

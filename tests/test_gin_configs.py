@@ -15,13 +15,14 @@ import pytest
 import seqio
 
 import seqio_tasks  # noqa: F401  (the experiments' `import seqio_tasks`)
-from explistops_jax import gin_config, network, trainer
+from explistops_jax import gin_config, gin_writer, network, study, trainer
 from explistops_jax.checkpoints import common
 
 ROOT = Path(__file__).resolve().parent.parent
 GIN = ROOT / "gin_configs"
 EXPERIMENTS = sorted(p.name for p in (GIN / "experiments").glob("*.gin"))
 MODELS = sorted(p.name for p in (GIN / "models").glob("*.gin"))
+RUNS = {f"{gin_writer.experiment_stem(r)}.gin": r for r in study.paper_runs()}
 # Published parameter counts (with the 32,128-row vocabulary).
 PARAMS = {"t5_1_0_small": 60.5e6, "t5_1_0_base": 222.9e6, "t5_1_0_large": 737.7e6,
           "t5_1_0_3B": 2.85e9, "t5_1_1_small": 76.9e6, "t5_1_1_base": 247.6e6,
@@ -62,7 +63,12 @@ def test_experiment_parses_and_names_real_things(name):
     assert spec.preset in network.PRESETS and spec.dropout_rate == 0.1
     lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
     assert set(lengths) == {"inputs", "targets"}
-    assert gin.query_parameter("%EPOCHS") == 30 and gin.query_parameter("%BATCH_SIZE") == 8
+    # the study's definition (explistops_jax.study), which the file is written from
+    run = RUNS[name]
+    assert lengths == run.feature_lengths
+    assert gin.query_parameter("%EPOCHS") == 30 == run.epochs
+    assert gin.query_parameter("%BATCH_SIZE") == run.batch_size
+    assert gin.query_parameter("input_pipeline.DataConfig.pack") is run.pack
     assert gin.query_parameter("%LEARNING_RATE") == 3e-4  # the study's AdamW
     assert gin.query_parameter("%USE_CACHED_TASKS") is False
 
@@ -90,7 +96,10 @@ def test_eval_and_infer_files_parse(name):
 SHRINK = ("TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}", "BATCH_SIZE = 2",
           "TRAIN_STEPS = 1", "EPOCHS = None", "EVAL_PERIOD = None",
           "train.evaluation = None", "train.progress = False",
-          "input_pipeline.DataConfig.shuffle = False")  # no shuffle buffer to fill: the first batch at once
+          "input_pipeline.DataConfig.shuffle = False",  # no shuffle buffer to fill: the first batch at once
+          # lengths this short cut the study's examples: allowed here, and no
+          # packing (its sizes pass would read the whole training split)
+          "train.allow_truncation = True", "input_pipeline.DataConfig.pack = False")
 
 
 @pytest.mark.parametrize("files, tiny", [

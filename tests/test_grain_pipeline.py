@@ -323,15 +323,18 @@ _NO_TF_ENTRY_POINTS = textwrap.dedent("""
     shrink = ["TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 16}", "BATCH_SIZE = 2",
               "TRAIN_STEPS = 1", "EPOCHS = None", "train.evaluation = None",
               "train.progress = False", "trainer.ModelSpec.preset = 't5_1_0_tiny'",
-              f"MODEL_DIR = '{run}'"]
+              "train.allow_truncation = True", "input_pipeline.DataConfig.pack = False",
+              f"MODEL_DIR = '{run}'"]  # short lengths cut the examples: allowed here
     codes = [train.main(["--gin_file=gin_configs/experiments/explistops30_medium_t5_1_0_small.gin",
                          *(f"--gin_bindings={b}" for b in shrink)]),
              gin_eval.main(["--gin_file=gin_configs/runs/eval.gin",
                             f"--gin.CHECKPOINT_PATH='{run}'", "--gin.EVAL_SPLIT='validation'",
                             "--gin.BATCH_SIZE=2", "--gin.evaluate.max_examples=2",
+                            "--allow_truncation",
                             f"--gin.EVAL_OUTPUT_DIR='{out}/gin'"]),
              cli.main(["eval", run, "--task", "explistops30_all_styles", "--split", "validation",
-                       "--max_examples", "2", "--batch_size", "2", "--output_dir", f"{out}/mix"])]
+                       "--max_examples", "2", "--batch_size", "2", "--output_dir", f"{out}/mix",
+                       "--allow_truncation"])]
     print(json.dumps({"codes": codes,
                       "loaded": sorted(m for m in ("tensorflow", "seqio") if m in sys.modules)}))
 """)

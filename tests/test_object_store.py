@@ -234,11 +234,11 @@ def test_tensorboard_failure_warns_once_and_the_logs_go_on(monkeypatch, caplog):
 def test_reproduce_done_files_config_and_outputs_on_the_store(monkeypatch):
     import gin
 
-    from explistops_jax import gin_config, reproduce, runtime
+    from explistops_jax import gin_config, gin_writer, reproduce, runtime, study
     from explistops_jax.commands import report as report_command
 
     root = store.new_bucket() + "/out"
-    runs = reproduce.runs_for("cpu", styles=("none",))[:1]
+    runs = study.runs_for("cpu", styles=("none",))[:1]
     calls = []
     monkeypatch.setattr(reproduce, "train_run", lambda run, run_dir, **_: (
         calls.append(str(run_dir)), trainer.TrainResult(str(run_dir), 3, {}))[1])
@@ -250,7 +250,7 @@ def test_reproduce_done_files_config_and_outputs_on_the_store(monkeypatch):
     assert done["step"] == 3 and done["metrics"] == {"test": {"accuracy": 0.5}}
     reproduce.run_all(runs, root, preset="cpu", log=lambda _: None)
     assert len(calls) == 1  # done: skipped
-    lines = reproduce.t5x_commands(reproduce.runs_for("paper", sizes=["small"]), root)
+    lines = gin_writer.t5x_commands(study.runs_for("paper", sizes=["small"]), root)
     assert lines and all(f'MODEL_DIR="{root}/t5x/' in line for line in lines)
 
     gin.clear_config()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from explistops_jax import data, reproduce, rundir
+import dataclasses
+
+from explistops_jax import data, gin_writer, reproduce, rundir, study
 from explistops_jax.errors import UserError
 from explistops_jax.listops import SamplerConfig
 
@@ -16,22 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_cpu_preset_compares_styles_at_equal_examples():
-    runs = reproduce.runs_for("cpu", seeds=(0, 1))
+    runs = study.runs_for("cpu", seeds=(0, 1))
     assert [r.name for r in runs] == ["cpu_none_seed0", "cpu_medium_seed0",
                                       "cpu_none_seed1", "cpu_medium_seed1"]
     assert {(r.train_examples, r.epochs, r.batch_size) for r in runs} == {
-        (reproduce.CPU_TRAIN_EXAMPLES, reproduce.CPU_EPOCHS, reproduce.CPU_BATCH_SIZE)}
+        (study.CPU_TRAIN_EXAMPLES, study.CPU_EPOCHS, study.CPU_BATCH_SIZE)}
     assert {r.task for r in runs} == {"explistops10_cpu_none", "explistops10_cpu_medium"}
     assert all(r.eval_splits == ("test", "longer") for r in runs)
     # The preset's data is still Explained-ListOps: all four operators, the LRA sampler.
-    sampler = reproduce.CPU_DATASET.split("train").sampler
+    sampler = study.CPU_DATASET.split("train").sampler
     assert set(sampler.operators) == {"MAX", "MIN", "MED", "SM"}
-    longer = reproduce.CPU_DATASET.split("longer").sampler
+    longer = study.CPU_DATASET.split("longer").sampler
     assert longer.min_length >= sampler.max_length - 1
 
 
 def test_paper_grid_covers_the_study():
-    runs = reproduce.runs_for("paper")
+    runs = study.runs_for("paper")
     main = [r for r in runs if r.condition == "main"]
     assert len(main) == 4 * 4
     assert {r.model for r in main} == {"t5_1_0_small", "t5_1_0_base", "t5_1_0_large",
@@ -47,20 +49,31 @@ def test_paper_grid_covers_the_study():
     assert {r.style for r in runs if r.condition == "larger_numbers"} == {"none", "medium"}
 
 
-def test_paper_checkpoints_switch_to_sentencepiece_tasks(tmp_path):
-    runs = reproduce.runs_for("paper", sizes=["small"], styles=["medium"],
+def test_paper_checkpoints_switch_to_sentencepiece_tasks(tmp_path, monkeypatch):
+    from explistops_jax import lengths, vocab
+
+    texts = ["[MAX 2 9 [MIN 4 7 ] 0 ]", "Final answer: 7", "SUM, add [0, 8, 4], sum is 12"] * 50
+    model = vocab.train_sentencepiece_model(texts + [str(i) for i in range(300)],
+                                            str(tmp_path / "sp"), vocab_size=200)
+    monkeypatch.setenv(vocab.SPM_PATH_ENV, model)  # what --checkpoint sets from spiece.model
+    runs = study.runs_for("paper", sizes=["small"], styles=["medium"],
                               checkpoints={"small": str(tmp_path)})
     small = next(r for r in runs if r.model == "t5_1_0_small")
     assert small.task == "explistops30_medium_sp"
     assert small.initial_checkpoint == str(tmp_path)
     assert small.run_info("paper")["from_pretrained"] is True
+    # its lengths are measured with that vocabulary: they hold the _sp examples
+    need = lengths.combine([lengths.split_lengths(small.task, s) for s in ("train", "validation")])
+    assert need.longest["targets"] * 2 <= small.feature_lengths["targets"]  # packed, 2 x longest
+    assert need.longest["targets"] > lengths.split_lengths(
+        "explistops30_medium", "train").longest["targets"]  # more SentencePiece tokens
     # Sizes without a checkpoint (here the large length-generalization run) stay from scratch.
     large = next(r for r in runs if r.model == "t5_1_0_large")
     assert large.task == "explistops30_len50_100_medium" and large.initial_checkpoint is None
 
 
 def test_t5x_commands_name_existing_gin_files(tmp_path):
-    commands = reproduce.t5x_commands(reproduce.runs_for("paper"), tmp_path)
+    commands = gin_writer.t5x_commands(study.runs_for("paper"), tmp_path)
     assert len(commands) >= 16
     for line in commands:
         gin_file = line.split("--gin_file=")[1].split()[0]
@@ -70,9 +83,9 @@ def test_t5x_commands_name_existing_gin_files(tmp_path):
 
 def test_unknown_preset_and_style_are_user_errors():
     with pytest.raises(UserError, match="unknown preset"):
-        reproduce.runs_for("gpu")
+        study.runs_for("gpu")
     with pytest.raises(UserError, match="explanation style"):
-        reproduce.runs_for("cpu", styles=["verbose"])
+        study.runs_for("cpu", styles=["verbose"])
 
 
 TINY = data.DatasetConfig(
@@ -100,7 +113,7 @@ def tiny_tasks():
 def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     from explistops_jax import report
 
-    runs = reproduce.cpu_runs(
+    runs = study.cpu_runs(
         ["none", "medium"], [0], dataset=TINY, epochs=1, batch_size=16,
         model_overrides=dict(num_encoder_layers=1, num_decoder_layers=1),
         feature_lengths={"none": {"inputs": 16, "targets": 4},
@@ -124,7 +137,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
                      f"[2/2] {runs[1].name}: done (skipped)"]
     # A finding asking a finished run for a new split evaluates that split only.
     logged = (dirs[1] / "train_log.jsonl").read_text()
-    wider = [reproduce.dataclasses.replace(r, eval_splits=r.eval_splits + ("validation",))
+    wider = [dataclasses.replace(r, eval_splits=r.eval_splits + ("validation",))
              for r in runs]
     third: list[str] = []
     reproduce.run_all(wider, tmp_path, preset="cpu", progress=False, log=third.append)
@@ -134,7 +147,7 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     assert done["metrics"]["validation"]["num_examples"] == 4
     assert (dirs[1] / "train_log.jsonl").read_text() == logged  # no retraining
     # Runs made with other settings (here: another learning rate) are not reused.
-    changed = [reproduce.dataclasses.replace(r, learning_rate=r.learning_rate * 2)
+    changed = [dataclasses.replace(r, learning_rate=r.learning_rate * 2)
                for r in runs]
     with pytest.raises(UserError, match="trained with other settings.*learning_rate"):
         reproduce.run_all(changed, tmp_path, preset="cpu", progress=False, log=print)

@@ -148,7 +148,12 @@ def test_experiment_layers(path):
             assert int(step) == PUBLIC_STEPS[size]
             assert f"t5_1_0/{size}.gin" in model[0], f"{path.name}: checkpoint {size} vs model {model[0]}"
             assert task.endswith("_sp"), "a public checkpoint's embedding is SentencePiece's"
-            assert m["TRAIN_STEPS"] > int(step), "TRAIN_STEPS counts the pre-training steps too"
+            # TRAIN_STEPS counts the pre-training steps too (measured at start:
+            # explistops_jax.study.t5x_train_steps from the checkpoint's step)
+            assert m["TRAIN_STEPS"] == "@study.t5x_train_steps()"
+            start = re.search(r"^\s+start_step = (\d+)$", path.read_text(), re.M)
+            assert start and int(start.group(1)) == int(step)
+            assert m["TASK_FEATURE_LENGTHS"] == "@study.t5x_lengths()"
 
 
 @pytest.mark.parametrize("stem", sorted({p.stem.rsplit("_", 1)[0] for p in experiment_files()}))
@@ -156,7 +161,8 @@ def test_experiments_come_in_consistent_triples(stem):
     files = {kind: T5X_DIR / f"{stem}_{kind}.gin" for kind in KINDS}
     for kind, path in files.items():
         assert path.is_file(), f"{stem}: {path.name} is missing"
-    model = {k: [i for i in includes(p) if "/model/" in i or i.startswith("t5x/examples")] for k, p in files.items()}
+    model = {k: [i for i in includes(p) if ("/model/" in i or i.startswith("t5x/examples"))
+                 and not i.endswith("/adamw.gin")] for k, p in files.items()}  # the optimizer trains only
     assert model["finetune"] == model["eval"] == model["infer"], f"{stem}: model layers differ: {model}"
     tasks = {k: macros(p)["MIXTURE_OR_TASK_NAME"] for k, p in files.items()}
     # eval/infer may score a sibling task (a generalization split lives in the same

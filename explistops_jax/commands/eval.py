@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from explistops_jax import runtime
 
     runtime.add_task_file_arguments(parser)
+    runtime.add_truncation_argument(parser, "evaluate")
 
 
 def lengths(args: argparse.Namespace) -> dict | None:
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             task_feature_lengths=feature_lengths, batch_size=args.batch_size,
             max_examples=args.max_examples, output_dir=args.output_dir,
             partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
-            decode={"method": args.decode}, data_backend=args.data_backend)
+            decode={"method": args.decode}, data_backend=args.data_backend,
+            allow_truncation=args.allow_truncation)
     eval_cli.print_results(results)
     return 0

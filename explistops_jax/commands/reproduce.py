@@ -37,7 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "T5X) for a size, e.g. small=/ckpt/t5-small; repeatable. The "
                              "runs then use T5's SentencePiece vocabulary ($EXPLISTOPS_SPM_PATH)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="list the runs (and the T5X commands for paper) and stop")
+                        help="print one row per run (task, lengths, packing, batch, steps, "
+                             "the share of target positions that are padding) and stop")
+    parser.add_argument("--device-memory", type=float, default=None, metavar="GIB",
+                        help="with --dry-run: each run's per-device peak (explistops plan, "
+                             "one device, bfloat16) and the largest batch that fits GIB")
+    parser.add_argument("--write-gin", default=None, metavar="DIR",
+                        help="paper: write the study's gin files, DIR/experiments/*.gin (own "
+                             "trainer) and DIR/t5x/*.gin (T5X), from the one definition of "
+                             "the runs (gin_configs/ is this command's output) and stop")
     parser.add_argument("--no-report", action="store_true", help="skip the report")
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
                         help="input pipeline: grain (default; the project's own tasks without "
@@ -87,9 +95,49 @@ def _sentencepiece_from(checkpoints_by_size: dict[str, str]) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
-    from explistops_jax import explain, reproduce, runtime
+def _write_gin(args: argparse.Namespace) -> int:
+    from explistops_jax import gin_writer, runtime, study
 
+    if args.preset != "paper":
+        raise UserError(f"--write-gin writes the paper grid's files, not {args.preset!r}'s",
+                        expected="--preset paper --write-gin DIR")
+    for flag in ("styles", "seeds", "sizes", "finding"):
+        if getattr(args, flag):
+            raise UserError(f"--write-gin writes the whole grid; --{flag} does not apply",
+                            expected="--preset paper --write-gin DIR")
+    if args.checkpoint:
+        raise UserError("--write-gin: the T5X files name the public checkpoints; "
+                        "--checkpoint does not apply", expected="--preset paper --write-gin DIR")
+    runtime.check_writable(args.write_gin, "--write-gin directory")
+    paths = gin_writer.write(study.gin_runs(), args.write_gin)
+    print(f"wrote {len(paths)} gin files under {args.write_gin}")
+    return 0
+
+
+def _dry_run(runs, device_memory: float | None) -> int:
+    import sys
+
+    from explistops_jax import dry_run
+
+    if device_memory is not None:
+        from explistops_jax.commands.plan import _force_host_devices
+
+        _force_host_devices(1)
+    quiet = not sys.stderr.isatty()
+    rows = dry_run.rows_for(runs, device_memory=device_memory,
+                            log=None if quiet else lambda m: print(m, file=sys.stderr))
+    print(dry_run.format_rows(rows), end="")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from explistops_jax import explain, gin_writer, runtime, study
+
+    if args.write_gin:
+        return _write_gin(args)
+    if args.device_memory is not None and not (args.dry_run and 0 < args.device_memory < 1e6):
+        raise UserError(f"--device-memory {args.device_memory:g}",
+                        expected="a positive number of GiB, with --dry-run")
     styles = _csv(args.styles)
     if styles == ["all"]:
         styles = list(explain.STYLES)
@@ -103,30 +151,29 @@ def run(args: argparse.Namespace) -> int:
         os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
     default_out = "runs/cpu" if args.preset == "cpu-study" else f"runs/{args.preset}"
     out = epath.Path(args.out or default_out)  # local, or a URL (gs://...)
-    default_seeds = (",".join(map(str, reproduce.CPU_STUDY_SEEDS))
+    default_seeds = (",".join(map(str, study.CPU_STUDY_SEEDS))
                      if args.preset == "cpu-study" else "0")
     # flags are checked before TensorFlow and JAX load
     seeds = _seeds(args.seeds or default_seeds)
     runtime.check_writable(out, "--out directory")
     runtime.setup()
-    runs = reproduce.runs_for(args.preset, styles=styles, seeds=seeds,
-                              checkpoints=checkpoints, sizes=_csv(args.sizes),
-                              findings=_csv(args.finding))
+    runs = study.runs_for(args.preset, styles=styles, seeds=seeds,
+                          checkpoints=checkpoints, sizes=_csv(args.sizes),
+                          findings=_csv(args.finding))
+    if args.dry_run:
+        return _dry_run(runs, args.device_memory)
     # SeqIO's registry (and TensorFlow) only for runs that read through it
     runtime.register_tasks_for([r.task for r in runs], args.data_backend, training=True)
     if args.preset == "paper":
-        commands = reproduce.t5x_commands(runs, out)
+        commands = gin_writer.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / rundir.T5X_COMMANDS_FILE
         rundir.write_text(path, "#!/usr/bin/env bash\n"
                                 "# The same runs under T5X (see docs/t5x.md).\n"
                                 + "".join(c + "\n" for c in commands))
         print(f"T5X command lines: {path} ({len(commands)} runs)")
-    if args.dry_run:
-        for r in runs:
-            print(f"{r.name}: task {r.task}, {r.train_examples} examples x {r.epochs} epochs, "
-                  f"batch {r.batch_size}, eval {','.join(r.eval_splits)}")
-        return 0
+    from explistops_jax import reproduce
+
     with runtime.new_output(out, "--out directory"):
         dirs = reproduce.run_all(runs, out, preset=args.preset, data_backend=args.data_backend)
     if not args.no_report:

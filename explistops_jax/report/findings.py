@@ -1,7 +1,7 @@
 """The study's findings at CPU scale, each with our figure and a verdict.
 
 ``explistops reproduce --preset cpu-study`` trains the runs each finding needs
-(:func:`explistops_jax.reproduce.cpu_study_runs`); this module reads them back from
+(:func:`explistops_jax.study.cpu_study_runs`); this module reads them back from
 the report's :class:`RunResult` s and decides, for each finding, whether our runs
 reproduce the study's claim. One rule decides every verdict (:data:`VERDICT_RULE`):
 
@@ -29,18 +29,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from explistops_jax import data, reproduce
+from explistops_jax import data, study
 from explistops_jax.report.runs import TEST_SPLIT, RunResult
 from explistops_jax.report.statistics import MISSING, Stat
 
 __all__ = ["Arm", "Effect", "Finding", "VERDICT_RULE", "evaluate_findings", "has_cpu_runs",
            "main_arm", "render_findings", "verdict"]
 
-# The CPU study's runs, as explistops_jax.reproduce defines them.
-DATASET = reproduce.CPU_DATASET.name
-SM_DATASET = reproduce.CPU_SM_DATASET.name
-FULL_EXAMPLES = reproduce.CPU_TRAIN_EXAMPLES
-SUBSET = reproduce.CPU_STUDY_SUBSETS[0]
+# The CPU study's runs, as explistops_jax.study defines them.
+DATASET = study.CPU_DATASET.name
+SM_DATASET = study.CPU_SM_DATASET.name
+FULL_EXAMPLES = study.CPU_TRAIN_EXAMPLES
+SUBSET = study.CPU_STUDY_SUBSETS[0]
 DELTA = 0.10  # the smallest effect that counts (10 points)
 TOO_WIDE = 0.10  # an interval wider than ±10 points decides nothing
 
