@@ -283,6 +283,21 @@ def test_allowed_truncation_is_recorded(tmp_path):
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     cut = lengths.count_cut("explistops10_cpu_medium", "train", {"inputs": 32, "targets": 80})
     assert info["truncated"] == {"explistops10_cpu_medium/train": cut} and cut > 0
+    # scoring with lengths that cut: an error, then allowed, counted, and reported
+    from explistops_jax import evaluator, report
+
+    short = {"inputs": 32, "targets": 40}
+    options = dict(split="test", task_feature_lengths=short, max_examples=8, batch_size=8)
+    with pytest.raises(lengths.TruncationError, match="explistops10_cpu_medium/test: "):
+        evaluator.evaluate(tmp_path / "run", **options)
+    evaluator.evaluate(tmp_path / "run", allow_truncation=True, **options)
+    metrics = json.loads(next((tmp_path / "run" / "eval").rglob("metrics_1.json")).read_text())
+    scored = lengths.count_cut("explistops10_cpu_medium", "test", short, limit=8)
+    assert metrics["truncated"] == scored > 0
+    text = report.write_report([tmp_path / "run"], tmp_path / "report").read_text()
+    assert "## Truncated examples" in text
+    assert f"explistops10_cpu_medium/train: {cut:,} examples cut" in text
+    assert f"scored on test: {scored:,} examples cut" in text
 
 
 def test_dry_run_prints_a_row_per_run(capsys):
@@ -299,3 +314,20 @@ def test_dry_run_prints_a_row_per_run(capsys):
 def test_unknown_lengths_source_is_a_user_error():
     with pytest.raises(UserError):
         lengths.split_lengths(TaskSpec("explistops10_cpu", "none").name, "nosuchsplit")
+
+
+@pytest.mark.parametrize("backend", ["grain", "seqio"])
+def test_the_evaluator_stops_before_reading_on_either_backend(backend, monkeypatch):
+    from explistops_jax import evaluator, grain_pipeline, seqio_backend
+
+    if backend == "seqio":
+        import seqio_tasks  # noqa: F401  (the registered tasks)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read before the lengths were checked")
+
+    monkeypatch.setattr(grain_pipeline, "read_split", unread)
+    monkeypatch.setattr(seqio_backend, "read_split", unread)
+    with pytest.raises(lengths.TruncationError, match="explistops10_cpu_long/test: "):
+        evaluator.Evaluator(None, "explistops10_cpu_long", "test", data_backend=backend,
+                            task_feature_lengths={"inputs": 32, "targets": 64})

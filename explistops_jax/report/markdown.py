@@ -240,6 +240,21 @@ def _relative(path: Path, start: Path) -> str:
         return path.resolve().as_posix()
 
 
+def _truncation_lines(runs: Sequence[RunResult]) -> list[str]:
+    """A section naming every run whose lengths cut examples (allowed), if any."""
+    cut = [(run, run.truncated()) for run in runs if run.truncated()]
+    if not cut:
+        return []
+    lines = ["## Truncated examples", "",
+             "These runs were trained or scored with lengths that cut some examples "
+             "(`--allow_truncation`): a cut explanation loses its final answer, so their "
+             "figures are not comparable with runs that saw every example whole.", ""]
+    for run, counts in cut:
+        lines.append(f"- {run.name}: " + "; ".join(
+            f"{where}: {count:,} examples cut" for where, count in sorted(counts.items())))
+    return lines + [""]
+
+
 def render_markdown(runs: Sequence[RunResult], out_dir: Path,
                     plots: Mapping[str, str], findings: Sequence[Any] = (),
                     finding_plots: Mapping[str, str] | None = None) -> str:
@@ -292,5 +307,6 @@ def render_markdown(runs: Sequence[RunResult], out_dir: Path,
             lines += [f"![{caption}]({name})", "", f"*{caption}* ([{name}]({name}))", ""]
     else:
         lines += ["No plot: the runs have no logs or test metrics.", ""]
+    lines += _truncation_lines(runs)
     lines += ["## Datasets", "", *_dataset_lines(runs), "## Runs", "", *_runs_table(runs, out_dir)]
     return "\n".join(lines).rstrip() + "\n"

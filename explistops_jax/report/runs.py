@@ -53,6 +53,8 @@ class SplitResult:
     num_examples: int | None
     metrics: Mapping[str, float]
     """Fractions in [0, 1]; NaN where the file has ``null`` (nothing to count)."""
+    truncated: int = 0
+    """Examples the evaluation's lengths cut (scored anyway: ``--allow_truncation``)."""
 
 
 @dataclass
@@ -85,6 +87,15 @@ class RunResult:
         if result is None:
             return None
         return result.metrics.get(name)
+
+    def truncated(self) -> dict[str, int]:
+        """Examples cut by the run's lengths, by where (``task/split`` of its
+        training and validation, from run.json; ``scored on <split>``), when
+        allowed; empty when nothing was cut."""
+        out = {str(k): int(v) for k, v in (self.info.get("truncated") or {}).items()}
+        out.update({f"scored on {split}": r.truncated for split, r in self.splits.items()
+                    if r.truncated})
+        return out
 
     def breakdown(self, kind: str, split: str = TEST_SPLIT) -> dict[str, float]:
         """``accuracy_<kind>_<bucket>`` metrics of a split as {bucket: accuracy}."""
@@ -208,7 +219,8 @@ def _newest_metrics(files: RunDir, task: str, split: str,
                    for k, v in data["metrics"].items()
                    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
         return SplitResult(task=str(data.get("task") or task), split=split, step=step,
-                           num_examples=_as_int(data.get("num_examples")), metrics=metrics)
+                           num_examples=_as_int(data.get("num_examples")), metrics=metrics,
+                           truncated=_as_int(data.get("truncated")) or 0)
     return None
 
 
