@@ -244,6 +244,10 @@ class Evaluator:
         cut = self.truncated.get(f"{task}/{self.split}")
         if cut:
             summary["truncated"] = cut
+        if rows and all("correct" in row for row in rows):
+            # each example's correctness, in example order: what paired comparisons of
+            # runs on the same split need, small enough to keep with the metrics
+            summary["correct"] = "".join("1" if row["correct"] else "0" for row in rows)
         rundir.write_json(run.metrics(task, self.split, step), summary)
 
 

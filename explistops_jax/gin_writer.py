@@ -229,6 +229,8 @@ def t5x_text(run: Run, kind: str) -> str:
               f"  python -m {module} --gin_file=gin_configs/t5x/{stem}_{kind}.gin \\",
               f"    {flags}"]
     body = ["from __gin__ import dynamic_registration"]
+    if kind == "finetune" and run.optimizer == "adamw":
+        body.append("import optax  # a module is known only to the file that imports it")
     if sp and kind in ("finetune", "infer"):
         body.append("from explistops_jax import study")
     body += ["from t5x import utils", "",
