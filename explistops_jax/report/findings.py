@@ -5,25 +5,29 @@
 the report's :class:`RunResult` s and decides, for each finding, whether our runs
 reproduce the study's claim. One rule decides every verdict (:data:`VERDICT_RULE`):
 
-* each compared accuracy (an *arm*: one style of one condition, over its seeds)
-  has a standard error ``se² = (s² + p(1 - p) / N) / k``: the variance between its
-  ``k`` seeds (``s``, 0 with one seed) plus the binomial variance of a test set of
-  ``N`` examples, divided by the number of seeds;
-* an effect is a difference of two arms' means, ``d``, with ``se_d² = se_a² + se_b²``,
-  and the interval ``d ± 2 se_d``;
+* an *arm* is one style of one condition over its seeds; every seed of every arm
+  of a finding answers the same test items, and its metrics file records which
+  it got right;
+* an *effect* is the difference of two arms' mean accuracies (or of an arm and a
+  constant, chance), with a 95% interval from a paired bootstrap that resamples
+  the test items (the same draw for both arms) and each arm's seeds
+  (:func:`statistics.paired_bootstrap`): both sources of error, and the pairing
+  of arms that answer the same items;
 * the smallest effect that counts, ``delta``, is 10 points (the study's effects of
   explanations are 20 points and more; a smaller difference is not the effect it
   reports);
 * a claim that something helps is *reproduced* when the interval lies above
   ``+delta``, *not reproduced* when it lies below ``+delta``, *inconclusive* when it
   straddles it; a claim that something does not help is the mirror image
-  (*reproduced* below ``+delta``, *not reproduced* above); a claim of "at least as
-  good" is *reproduced* above ``-delta`` and *not reproduced* below. Any interval
-  wider than ±10 points is *inconclusive*.
+  (*reproduced* below ``+delta``, *not reproduced* above), and it needs a positive
+  control, an arm shown to pass the same test, or the test could not have shown
+  help; a claim of "at least as good" is *reproduced* above ``-delta`` and *not
+  reproduced* below. An interval wider than ±10 points is *inconclusive*.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +35,8 @@ from typing import Any, Mapping, Sequence
 
 from explistops_jax import data, study
 from explistops_jax.report.runs import TEST_SPLIT, RunResult
-from explistops_jax.report.statistics import MISSING, Stat
+from explistops_jax.report.statistics import (BOOTSTRAP_RESAMPLES, MISSING, Interval, Stat,
+                                              paired_bootstrap)
 
 __all__ = ["Arm", "Effect", "Finding", "VERDICT_RULE", "evaluate_findings", "has_cpu_runs",
            "main_arm", "render_findings", "verdict"]
@@ -48,23 +53,30 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run yet")
 
 VERDICT_RULE = (
-    "Each accuracy compared is the mean over seeds; its standard error combines the "
-    "spread between seeds and the binomial error of the test set (se² = (s² + p(1−p)/N) / "
-    "k for k seeds of N test examples each). An effect is a difference of two means "
-    "with interval d ± 2·se. The smallest effect that counts is δ = 10 points (the "
+    "Each arm (one style of one condition) is its seeds' runs, every one scored on the "
+    "same test items. An effect is the difference of two arms' mean accuracies (or of an "
+    "arm and chance), with a 95% interval from a paired bootstrap: each resample draws "
+    "the test items with replacement, the same items for both arms, and each arm's "
+    "seeds with replacement, so the interval holds both the test set's error and the "
+    "spread between seeds. The smallest effect that counts is δ = 10 points (the "
     "study's gains from explanations are 20 points and more). A claim that something "
     "helps is **reproduced** when the interval lies above +δ, **not reproduced** when "
     "it lies below +δ, and **inconclusive** when it straddles +δ; a claim that "
     "something does not help is the mirror image (reproduced below +δ, not reproduced "
-    "above); a claim of \"at least as good\" is reproduced when the interval lies "
-    "above −δ and not reproduced when it lies below. An interval wider than ±10 points "
-    "is **inconclusive** whatever its side.")
+    "above) and counts only beside a positive control that passes the same test; a "
+    "claim of \"at least as good\" is reproduced when the interval lies above −δ and "
+    "not reproduced when it lies below. An interval wider than ±10 points is "
+    "**inconclusive** whatever its side.")
+METHOD = ("paired bootstrap over seeds and test items, 95% percentile interval, "
+          f"{BOOTSTRAP_RESAMPLES} resamples")
 
 
-def chance_level(dataset: str = SM_DATASET, split: str = TEST_SPLIT) -> float:
-    """What answering without reading the input can score on a split: the share of
-    its most common answer (at least 1 / modulus, a uniform guess). The split is
-    regenerated from its config (1,000 examples: a fraction of a second)."""
+def chance_level(dataset: str = SM_DATASET, split: str = "train") -> float:
+    """What answering without reading the input scores: the share of the training
+    split's most common answer (the best constant answer a model can learn from its
+    training data; never taken from test labels). At least 1 / modulus, a uniform
+    guess. The split is regenerated from its config (20,000 examples: about a
+    second)."""
     config = data.get_config(dataset)
     count = config.split(split).num_examples
     answers = Counter(ex["answer"] for ex in data.examples(dataset, split, 0, count))
@@ -83,6 +95,9 @@ class Arm:
     style: str = ""
     train_examples: int | None = None
     """Unique training examples of the runs (None: any)."""
+    items: tuple[tuple[int, ...], ...] = ()
+    """Each seed's per-example correctness (1/0), where every run recorded it."""
+    seeds: tuple[int | None, ...] = ()
 
     @property
     def measured(self) -> bool:
@@ -96,24 +111,16 @@ class Arm:
     def mean(self) -> float:
         return sum(self.values) / len(self.values)
 
-    @property
-    def se(self) -> float:
-        k, p = len(self.values), self.mean
-        spread = Stat.of(self.values).std or 0.0
-        binomial = p * (1 - p) / self.num_examples if self.num_examples else 0.0
-        return math.sqrt((spread ** 2 + binomial) / k)
-
     def to_json(self) -> dict[str, Any]:
         stat = self.stat
-        return {"label": self.label, "per_seed": list(self.values),
+        return {"label": self.label, "per_seed": list(self.values), "seeds": list(self.seeds),
                 "mean": stat.mean if stat else None, "std": stat.std if stat else None,
-                "seeds": len(self.values), "num_examples": self.num_examples,
-                "se": self.se if self.values else None}
+                "num_seeds": len(self.values), "num_examples": self.num_examples}
 
 
 @dataclass(frozen=True)
 class Effect:
-    """``a - b`` with its standard error; ``kind``: the claim about its sign."""
+    """``a - b`` with its bootstrap interval; ``kind``: the claim about its sign."""
 
     label: str
     a: Arm
@@ -126,39 +133,57 @@ class Effect:
         return self.a.measured and (self.b is None or self.b.measured)
 
     @property
+    def interval(self) -> Interval | None:
+        """The paired bootstrap's interval; None when a run lacks per-example records
+        (or the arms were scored on different items)."""
+        if not self.measured or not self.a.items or (self.b is not None and not self.b.items):
+            return None
+        sizes = {len(row) for row in self.a.items + (self.b.items if self.b else ())}
+        if len(sizes) != 1:
+            return None
+        return _bootstrap(self.a.items, self.b.items if self.b else None, self.baseline)
+
+    @property
     def d(self) -> float:
         return self.a.mean - (self.b.mean if self.b is not None else self.baseline)
 
     @property
-    def se(self) -> float:
-        return math.sqrt(self.a.se ** 2 + (self.b.se ** 2 if self.b is not None else 0.0))
-
-    @property
     def verdict(self) -> str:
-        return verdict(self.kind, self.d, self.se) if self.measured else NOT_RUN
+        interval = self.interval
+        if interval is None:
+            return NOT_RUN if not self.measured else INCONCLUSIVE
+        return verdict(self.kind, interval.low, interval.high)
 
     def text(self) -> str:
-        if not self.measured:
-            return f"{self.label}: {MISSING}"
-        return (f"{self.label}: {100 * self.d:+.1f} ± {200 * self.se:.1f} "
-                f"({self.verdict})")
+        interval = self.interval
+        if interval is None:
+            return f"{self.label}: {MISSING}" + (
+                " (no per-example records)" if self.measured else "")
+        return (f"{self.label}: {100 * interval.d:+.1f} [{100 * interval.low:+.1f}, "
+                f"{100 * interval.high:+.1f}] ({self.verdict})")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "claim": self.kind,
                                "verdict": self.verdict}
-        if self.measured:
-            out.update(d=self.d, se=self.se, low=self.d - 2 * self.se,
-                       high=self.d + 2 * self.se)
+        interval = self.interval
+        if interval is not None:
+            out.update(d=interval.d, low=interval.low, high=interval.high, method=METHOD)
+        if self.b is None:
+            out["baseline"] = self.baseline
         return out
 
 
-def verdict(kind: str, d: float, se: float) -> str:
-    """The verdict on an effect ``d ± 2 se`` for a claim of ``kind`` (the rule in
-    :data:`VERDICT_RULE`)."""
+@functools.lru_cache(maxsize=256)
+def _bootstrap(a: tuple, b: tuple | None, baseline: float) -> Interval:
+    return paired_bootstrap(a, b, baseline=baseline)
+
+
+def verdict(kind: str, low: float, high: float) -> str:
+    """The verdict on an effect with 95% interval ``[low, high]`` for a claim of
+    ``kind`` (the rule in :data:`VERDICT_RULE`)."""
     if kind not in ("helps", "does_not_help", "at_least"):
         raise ValueError(f"unknown claim kind {kind!r}")
-    low, high = d - 2 * se, d + 2 * se
-    if 2 * se > TOO_WIDE:
+    if high - low > 2 * TOO_WIDE:
         return INCONCLUSIVE
     bar = -DELTA if kind == "at_least" else DELTA
     if low > bar:
@@ -199,8 +224,8 @@ class Finding:
 def _arm(runs: Sequence[RunResult], label: str, *, style: str, condition: str,
          dataset: str = DATASET, examples: int | None = FULL_EXAMPLES,
          split: str = TEST_SPLIT) -> Arm:
-    values, sizes = [], []
-    for run in runs:
+    values, sizes, items, seeds = [], [], [], []
+    for run in sorted(runs, key=lambda r: (r.seed is None, r.seed or 0)):
         if (run.style, run.condition, run.dataset) != (style, condition, dataset):
             continue
         if examples is not None and run.train_examples != examples:
@@ -209,10 +234,14 @@ def _arm(runs: Sequence[RunResult], label: str, *, style: str, condition: str,
         if accuracy is None or math.isnan(accuracy):
             continue
         values.append(accuracy)
+        seeds.append(run.seed)
         size = run.splits[split].num_examples
         if size:
             sizes.append(size)
-    return Arm(label, tuple(values), min(sizes) if sizes else None, style, examples)
+        items.append(run.splits[split].correct)
+    every = tuple(items) if items and all(i is not None for i in items) else ()
+    return Arm(label, tuple(values), min(sizes) if sizes else None, style, examples,
+               every, tuple(seeds))
 
 
 def _combine(effects: Sequence[Effect]) -> str:
@@ -242,7 +271,8 @@ def _headline(runs: Sequence[RunResult]) -> Finding:
     return Finding(
         "headline", "Explanations beat bare answers",
         "Fine-tuning on targets that explain each step beats fine-tuning on the answer alone.",
-        "t5-small: none 65.1%, long explanations 87.8%; with explanations 87-99% across sizes.",
+        "No explanation: about 65% (t5-small 65.1%, t5-3B 65.8%); with explanations: "
+        "87-99% (t5-small with long explanations 87.8%, t5-3B 99.3%).",
         "Test split of explistops10_cpu, the CPU preset's runs (none and medium).",
         (none, medium), (effect,), effect.verdict)
 
@@ -261,13 +291,20 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
                   and run.style in ("short", "long") and run.eval_points)
     return Finding(
         "ladder", "Small models gain most from long explanations",
-        "Every explanation style helps, and a small model gains most from the longest "
-        "explanations (medium is the most consistent across sizes).",
-        "t5-small: none 65.1%, long 87.8% (its best style).",
-        "One tiny model (the smallest size here) on explistops10_cpu, all four styles at "
-        "equal training examples; the verdict needs each style to beat none and no style "
-        "to beat long.",
-        arms, effects, _combine(effects), notes)
+        "Every explanation style helps, and small models gain most from long "
+        "explanations (large models gain about the same from any style; medium is the "
+        "most consistent across models).",
+        "Small models gain most from long explanations; large models about the same "
+        "from any style; medium is the most consistent. t5-small: no explanation "
+        "65.1%, long explanations 87.8%.",
+        "One tiny model on explistops10_cpu, all four styles at equal training examples. "
+        "One size tests what one size can: each style against none, and whether long "
+        "is this small model's best style (the verdict needs each style to beat none "
+        "and no style to beat long). How the best style changes with model size is "
+        "not tested (one size).",
+        arms, effects, _combine(effects), notes + (
+            "Not tested: the claim about how the best style changes with model size "
+            "needs a second size.",), extra={"size_claim": "not tested (one model size)"})
 
 
 def _data_efficiency(runs: Sequence[RunResult]) -> Finding:
@@ -287,10 +324,9 @@ def _data_efficiency(runs: Sequence[RunResult]) -> Finding:
     notes = tuple(_epochs_to_match(runs))
     return Finding(
         "data_efficiency", "Explanations need fewer examples",
-        "With explanations, fewer training examples suffice, and training converges in "
-        "fewer epochs.",
-        "t5-large trained on only 2,000 explained examples: 66.1% (about what no "
-        "explanations reach with all 98,000).",
+        "With explanations, fewer training examples suffice.",
+        "T5-large trained on only 2,000 explained examples: 66.1% (no explanation, "
+        "all 98,000 examples: about 65% across sizes).",
         f"Subsets of explistops10_cpu's training split, trained for the full run's "
         f"optimizer steps (the subset repeated; our model starts from scratch, so equal "
         f"epochs on {SUBSET:,} examples would teach it nothing). The verdict compares "
@@ -334,8 +370,7 @@ def _length(runs: Sequence[RunResult]) -> Finding:
     notes = ()
     if probe.measured:
         notes = (f"Harder probe, outside the verdict: the `longer` split also adds a "
-                 f"nesting level never seen in training (depth 4): {probe.label} "
-                 f"{100 * probe.d:+.1f} ± {200 * probe.se:.1f} points.",)
+                 f"nesting level never seen in training (depth 4): {probe.text()}.",)
     return Finding(
         "length", "Explanations help on longer inputs",
         "Trained on shorter expressions and tested on longer ones with the same depth and "
@@ -351,14 +386,32 @@ def _larger_numbers(runs: Sequence[RunResult]) -> Finding:
     none, medium = (main_arm(runs, s, "larger_numbers", f"{s}, values 10-99")
                     for s in ("none", "medium"))
     effect = Effect("medium − none on values 10-99", medium, none, "does_not_help")
+    # the positive control: the same model trained on the wider range passes the test
+    control = _arm(runs, "control: medium trained on values 0-99, values 10-99",
+                   style="medium", condition="larger_numbers_control",
+                   split="larger_numbers")
+    passable = Effect("control − medium on values 10-99", control, medium, "helps")
     return Finding(
         "larger_numbers", "Explanations do not help with larger numbers",
         "Explanations do not help a model generalize to numbers larger than any it saw "
         "in training.",
-        "Stated without a figure (trained on values 0-29, tested on larger ones).",
+        "Explanations do not help generalization to larger numbers than seen in "
+        "training (stated without a figure; the ranges are not given).",
         "The headline runs (trained on values 0-9) tested on the same trees with values "
-        "10-99 (split larger_numbers; one token per number in the domain vocabulary).",
-        (none, medium), (effect,), effect.verdict)
+        "10-99 (split larger_numbers; this project's choice of ranges). In the domain "
+        "vocabulary each number 10-99 is one token that no training input or none-style "
+        "target holds, so this test has no positive control yet: a model could not pass "
+        "it whatever it learned, and its verdict cannot go the other way.",
+        (none, medium, control), (effect, passable), _with_control(effect, passable),
+        summary_arms=(none.label, medium.label))
+
+
+def _with_control(claim: Effect, control: Effect) -> str:
+    """A "does not help" verdict counts only when the positive control shows the
+    test can be passed; without one it is inconclusive."""
+    if claim.verdict in (NOT_RUN, NOT_REPRODUCED):
+        return claim.verdict
+    return claim.verdict if control.verdict == REPRODUCED else INCONCLUSIVE
 
 
 def _modular_sum(runs: Sequence[RunResult]) -> Finding:
@@ -373,12 +426,15 @@ def _modular_sum(runs: Sequence[RunResult]) -> Finding:
         "modular_sum", "Modular sum is learnable only with explanations",
         "On expressions of SM (sum modulo 10) only, no model beats chance without "
         "explanations; with them, models learn it.",
-        "Without explanations: chance for every size; with them t5-small 75.7% (long), "
-        "larger models above 98%.",
+        "No model beats chance without explanations; with them t5-small reaches 75.7% "
+        "and larger models exceed 98%.",
         f"explistops10_cpu_sm (the CPU trees with SM only), none and medium; chance = "
-        f"{100 * chance:.1f}%, the share of the test split's most common answer (what a "
-        f"constant answer scores there; a uniform guess over ten answers: 10%).",
-        (none, medium), effects, _combine(effects), notes, extra={"chance": chance})
+        f"{100 * chance:.1f}%, the share of the training split's most common answer (the "
+        f"best constant answer the training data teaches; a uniform guess over ten "
+        f"answers: 10%).",
+        (none, medium), effects, _combine(effects), notes,
+        extra={"chance": chance, "chance_source": "the most common answer of "
+               f"{SM_DATASET}'s training split (its share there)"})
 
 
 def _curve_note(run: RunResult) -> str:
@@ -415,15 +471,17 @@ def has_cpu_runs(runs: Sequence[RunResult]) -> bool:
 
 def summary_table(findings: Sequence[Finding]) -> list[str]:
     """One row per finding: claim, the study's figure, ours, verdict."""
-    lines = ["| finding | the study | ours (%: mean ± std over seeds; effect ± 2 se) | verdict |",
+    lines = ["| finding | the study | ours (%: mean ± std over seeds; effect [95% interval]) "
+             "| verdict |",
              "|---|---|---|---|"]
     for finding in findings:
         shown = [a for a in finding.arms if a.measured and (
             finding.summary_arms is None or a.label in finding.summary_arms)]
         ours = "; ".join(_arm_text(a) for a in shown) or MISSING
-        if shown and finding.effects[0].measured:
-            e = finding.effects[0]
-            ours += f"; {e.label} {100 * e.d:+.1f} (± {200 * e.se:.1f}, 2 se)"
+        if shown and finding.effects[0].interval is not None:
+            e, interval = finding.effects[0], finding.effects[0].interval
+            ours += (f"; {e.label} {100 * interval.d:+.1f} [{100 * interval.low:+.1f}, "
+                     f"{100 * interval.high:+.1f}]")
         lines.append(f"| {finding.title} | {finding.study} | {ours} | {finding.verdict} |")
     return lines
 
@@ -460,7 +518,7 @@ def render_findings(findings: Sequence[Finding], plots: Mapping[str, str]) -> li
                              f"{arm.num_examples or MISSING} |")
             else:
                 lines.append(f"| {arm.label} | {MISSING} | {MISSING} | 0 | {MISSING} |")
-        lines += ["", "Effects (points, ± 2 standard errors):", ""]
+        lines += ["", "Effects (points, [95% interval]):", ""]
         lines += [f"- {effect.text()}" for effect in finding.effects]
         lines += [f"- {note}" for note in finding.notes]
         if finding.name in plots:

@@ -55,6 +55,8 @@ class SplitResult:
     """Fractions in [0, 1]; NaN where the file has ``null`` (nothing to count)."""
     truncated: int = 0
     """Examples the evaluation's lengths cut (scored anyway: ``--allow_truncation``)."""
+    correct: tuple[int, ...] | None = None
+    """Each example's correctness (1 or 0) in example order, where recorded."""
 
 
 @dataclass
@@ -220,8 +222,17 @@ def _newest_metrics(files: RunDir, task: str, split: str,
                    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
         return SplitResult(task=str(data.get("task") or task), split=split, step=step,
                            num_examples=_as_int(data.get("num_examples")), metrics=metrics,
-                           truncated=_as_int(data.get("truncated")) or 0)
+                           truncated=_as_int(data.get("truncated")) or 0,
+                           correct=_correct(data.get("correct")))
     return None
+
+
+def _correct(value: Any) -> tuple[int, ...] | None:
+    """A metrics file's ``correct`` string ("0110...") as 0/1 values; None if absent
+    or malformed."""
+    if not isinstance(value, str) or not value or set(value) - {"0", "1"}:
+        return None
+    return tuple(int(c) for c in value)
 
 
 def _read_eval_log(path: epath.Path) -> tuple[str | None, list[dict]]:
