@@ -26,7 +26,7 @@ from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
 from explistops_jax.study import Run
 
-__all__ = ["run_all", "train_run", "evaluate_run"]
+__all__ = ["run_all", "train_run", "evaluate_run", "export_record", "import_record"]
 
 # What must match between a run's recorded run.json and the run asked for, before a
 # run directory is resumed or its results reused (the rest, e.g. the evaluation
@@ -55,10 +55,18 @@ def _check_same_training(run: Run, run_dir: epath.Path, preset: str) -> None:
 
 def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
             progress: bool = True, log: Callable[[str], None] = print,
-            data_backend: str = "grain") -> list[epath.Path]:
+            data_backend: str = "grain",
+            records: rundir.PathLike | None = None) -> list[epath.Path]:
     """Trains and evaluates every run not yet done; returns the run directories
     (``out_dir`` may be a URL such as ``gs://bucket/runs``). ``data_backend``: the
-    input pipeline (``input_pipeline.DataConfig``)."""
+    input pipeline (``input_pipeline.DataConfig``).
+
+    ``records``: a folder of finished runs' records (:func:`export_record`: what
+    the report reads, no checkpoints), small enough to commit. A run done there
+    and absent from ``out_dir`` is taken from it instead of trained again, and
+    every run that finishes (or gains splits) here is written there: a study
+    longer than one machine's session goes on where the last one stopped.
+    """
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs = []
@@ -66,6 +74,9 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
         run_dir = out / run.name
         dirs.append(run_dir)
         files = RunDir(run_dir)
+        if records is not None and not files.done_json.exists():
+            if import_record(epath.Path(records) / run.name, run_dir):
+                log(f"[{i}/{len(runs)}] {run.name}: taken from {records}")
         _check_same_training(run, run_dir, preset)
         if files.done_json.exists():
             done = rundir.read_json(files.done_json)
@@ -83,6 +94,8 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
             done["eval_seconds"] = round(done.get("eval_seconds", 0.0)
                                          + time.time() - started, 1)
             rundir.write_json(files.done_json, done, sort_keys=True)
+            if records is not None:
+                export_record(run_dir, epath.Path(records) / run.name)
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
             f"{run.train_examples} examples x {run.epochs} epochs")
@@ -97,7 +110,46 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
                            "seconds": round(time.time() - started, 1),
                            "train_seconds": round(trained - started, 1),
                            "eval_seconds": round(time.time() - trained, 1)}, sort_keys=True)
+        if records is not None:
+            export_record(run_dir, epath.Path(records) / run.name)
     return dirs
+
+
+# Every how many steps a record keeps the training log (its loss curve).
+RECORD_LOG_EVERY = 10
+
+
+def export_record(run_dir: rundir.PathLike, record_dir: rundir.PathLike) -> None:
+    """Writes a finished run's record: run.json, done.json, the evaluation log,
+    every metrics file (with its per-example correctness) and the training log
+    thinned to every :data:`RECORD_LOG_EVERY` th step and the last; no checkpoint, no
+    predictions. Each file is written atomically, done.json last."""
+    source, target = RunDir(run_dir), RunDir(record_dir)
+    target.path.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(target.run_json, rundir.read_json(source.run_json))
+    if source.eval_log.exists():
+        rundir.write_text(target.eval_log, source.eval_log.read_text())
+    if source.train_log.exists():
+        logged = rundir.read_jsonl(source.train_log, lenient=True)
+        kept = [r for i, r in enumerate(logged)
+                if int(r.get("step", 0)) % RECORD_LOG_EVERY == 0 or i == len(logged) - 1]
+        rundir.write_jsonl(target.train_log, kept)
+    for task, split in source.eval_splits():
+        for step in source.metrics_steps(task, split):
+            path = target.metrics(task, split, step)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rundir.write_json(path, rundir.read_json(source.metrics(task, split, step)))
+    rundir.write_json(target.done_json, rundir.read_json(source.done_json), sort_keys=True)
+
+
+def import_record(record_dir: rundir.PathLike, run_dir: rundir.PathLike) -> bool:
+    """Copies a finished run's record (:func:`export_record`) into ``run_dir``;
+    False (nothing copied) when there is no finished record there."""
+    source = RunDir(record_dir)
+    if not source.done_json.exists():
+        return False
+    export_record(record_dir, run_dir)
+    return True
 
 
 def train_run(run: Run, run_dir: rundir.PathLike, *, preset: str, progress: bool = True,

@@ -120,7 +120,9 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
                          "medium": {"inputs": 16, "targets": 48}},
         eval_feature_lengths={"inputs": 24, "targets": 64}, eval_period=2)
     lines: list[str] = []
-    dirs = reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=lines.append)
+    records = tmp_path / "records"
+    dirs = reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=lines.append,
+                             records=records)
     for run, run_dir in zip(runs, dirs):
         done = rundir.read_json(rundir.RunDir(run_dir).done_json)
         assert set(done["metrics"]) == {"test", "longer"}
@@ -135,6 +137,16 @@ def test_tiny_run_end_to_end_and_resume(tiny_tasks, tmp_path):
     reproduce.run_all(runs, tmp_path, preset="cpu", progress=False, log=again.append)
     assert again == [f"[1/2] {runs[0].name}: done (skipped)",
                      f"[2/2] {runs[1].name}: done (skipped)"]
+    # The records (no checkpoints) let another machine take the runs instead of training
+    elsewhere: list[str] = []
+    moved = reproduce.run_all(runs, tmp_path / "elsewhere", preset="cpu", progress=False,
+                              log=elsewhere.append, records=records)
+    assert elsewhere == [f"[{i}/2] {r.name}: {what}" for i, r in enumerate(runs, 1)
+                         for what in (f"taken from {records}", "done (skipped)")]
+    assert not list((tmp_path / "elsewhere").rglob("checkpoint_*"))
+    # the same report (the records' loss curves keep every 10th step: plots aside)
+    assert (report.write_report(moved, tmp_path / "from_records").read_text().split("## Plots")[0]
+            == report.write_report(dirs, tmp_path / "from_runs").read_text().split("## Plots")[0])
     # A finding asking a finished run for a new split evaluates that split only.
     logged = (dirs[1] / "train_log.jsonl").read_text()
     wider = [dataclasses.replace(r, eval_splits=r.eval_splits + ("validation",))

@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paper: write the study's gin files, DIR/experiments/*.gin (own "
                              "trainer) and DIR/t5x/*.gin (T5X), from the one definition of "
                              "the runs (gin_configs/ is this command's output) and stop")
+    parser.add_argument("--records", default=None, metavar="DIR",
+                        help="finished runs' records (no checkpoints; small enough to "
+                             "commit): runs done there are taken instead of trained, and "
+                             "each run that finishes is written there, so a study longer "
+                             "than one machine's session resumes on another "
+                             "(docs/cpu_study/runs for the CPU study)")
     parser.add_argument("--no-report", action="store_true", help="skip the report")
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
                         help="input pipeline: grain (default; the project's own tasks without "
@@ -175,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     from explistops_jax import reproduce
 
     with runtime.new_output(out, "--out directory"):
-        dirs = reproduce.run_all(runs, out, preset=args.preset, data_backend=args.data_backend)
+        dirs = reproduce.run_all(runs, out, preset=args.preset, data_backend=args.data_backend,
+                                 records=args.records)
     if not args.no_report:
         from explistops_jax import report
 
