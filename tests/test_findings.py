@@ -305,3 +305,29 @@ def test_chance_is_the_most_common_answers_share():
     # guess would score 10%
     assert f.chance_level() == pytest.approx(0.1031)
     assert f.chance_level("explistops30") >= 1 / 30
+
+
+def test_length_generalization_is_broken_down_by_steps_and_explanation_length():
+    steps, beyond = f.item_traits(f.DATASET, "len20_40")
+    assert len(steps) == len(beyond) == 500
+    many = sum(n >= f.MANY_STEPS for n in steps) / 500
+    assert 0.4 < many < 0.6  # about half need more steps than training trees have
+    train_steps, _ = f.item_traits(f.DATASET, "train")
+    assert sum(n >= f.MANY_STEPS for n in train_steps) <= 5  # of 20,000
+    # medium right exactly where an item has few steps, none right nowhere
+    few = tuple(int(n < f.MANY_STEPS) for n in steps)
+
+    def run(style, seed, correct):
+        split = SplitResult("task", "len20_40", 100, 500,
+                            {"accuracy": sum(correct) / 500}, correct=correct)
+        return RunResult(run_dir=Path(f"/runs/{style}{seed}"), name=f"{style}{seed}",
+                         model="cpu_tiny", style=style, seed=seed, condition="main",
+                         dataset=f.DATASET, train_examples=20_000, preset="cpu", info={},
+                         splits={"len20_40": split})
+
+    runs = [run("medium", s, few) for s in range(3)] + [run("none", s, (0,) * 500)
+                                                         for s in range(3)]
+    notes = next(x for x in f.evaluate_findings(runs) if x.name == "length").notes
+    text = "\n".join(notes)
+    assert f"under {f.MANY_STEPS} steps ({sum(few)} of 500 items): none 0.0%, medium 100.0%" in text
+    assert f"{f.MANY_STEPS} or more steps ({500 - sum(few)} of 500 items): none 0.0%, medium 0.0%" in text

@@ -360,6 +360,63 @@ def _epochs_to_match(runs: Sequence[RunResult]) -> list[str]:
     return out
 
 
+# The training distribution's step counts: one training tree in 20,000 has 6 or more
+# operators (explistops10_cpu), so items with as many steps are beyond it.
+MANY_STEPS = 6
+
+
+@functools.lru_cache(maxsize=8)
+def item_traits(dataset: str, split: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Per test item, in example order: its number of steps (operators), and
+    whether its medium explanation is longer, in tokens, than every medium target
+    of the training split (both regenerated from the configs: a second)."""
+    from explistops_jax import explain, lengths, own_tasks
+
+    config = data.get_config(dataset)
+    table = own_tasks.domain_table()
+    longest = lengths.split_lengths(f"{dataset}_medium", "train").longest["targets"]
+    steps, beyond = [], []
+    for example in data.examples(dataset, split, with_tree=True):
+        tree = example["tree"]
+        steps.append(len(explain.steps(tree, config.modulus)))
+        tokens = len(table.encode(explain.explain(tree, "medium", modulus=config.modulus))) + 1
+        beyond.append(tokens > longest)
+    return tuple(steps), tuple(beyond)
+
+
+def _subset(arm: Arm, keep: Sequence[bool], label: str) -> Arm:
+    """An arm restricted to the items where ``keep`` holds (per-example records)."""
+    if not arm.items or len(keep) != len(arm.items[0]):
+        return Arm(label, (), None, arm.style)
+    items = tuple(tuple(c for c, k in zip(row, keep) if k) for row in arm.items)
+    if not items[0]:
+        return Arm(label, (), None, arm.style)
+    values = tuple(sum(row) / len(row) for row in items)
+    return Arm(label, values, len(items[0]), arm.style, arm.train_examples, items, arm.seeds)
+
+
+def _length_breakdown(none: Arm, medium: Arm, dataset: str, split: str) -> list[str]:
+    """Accuracy by number of steps and by explanation length relative to the
+    training maximum: are longer inputs hard because they are long, or because
+    they need more steps than any training tree?"""
+    if not (none.items and medium.items):
+        return []
+    steps, beyond = item_traits(dataset, split)
+    groups = [(f"{MANY_STEPS} or more steps", [n >= MANY_STEPS for n in steps]),
+              (f"under {MANY_STEPS} steps", [n < MANY_STEPS for n in steps]),
+              ("medium explanation longer than any in training", list(beyond)),
+              ("medium explanation within the training maximum", [not b for b in beyond])]
+    out = []
+    for name, keep in groups:
+        a, b = _subset(medium, keep, f"medium, {name}"), _subset(none, keep, f"none, {name}")
+        if not a.measured:
+            continue
+        effect = Effect(f"medium − none, {name}", a, b, "helps")
+        out.append(f"{name} ({sum(keep)} of {len(keep)} items): none {100 * b.mean:.1f}%, "
+                   f"medium {100 * a.mean:.1f}%; {effect.text()}.")
+    return out
+
+
 def _length(runs: Sequence[RunResult]) -> Finding:
     none, medium = (main_arm(runs, s, "len20_40", f"{s}, lengths 20-40")
                     for s in ("none", "medium"))
@@ -367,10 +424,16 @@ def _length(runs: Sequence[RunResult]) -> Finding:
     deeper = tuple(main_arm(runs, s, "longer", f"{s}, lengths 20-40 and depth 4")
                    for s in ("none", "medium"))
     probe = Effect("medium − none on the depth-4 probe", deeper[1], deeper[0], "helps")
-    notes = ()
+    notes: tuple[str, ...] = ()
     if probe.measured:
         notes = (f"Harder probe, outside the verdict: the `longer` split also adds a "
                  f"nesting level never seen in training (depth 4): {probe.text()}.",)
+    in_distribution = main_arm(runs, "medium")
+    if medium.measured and in_distribution.measured:
+        notes += (f"What the study reports (medium alone on the longer inputs): medium "
+                  f"{100 * medium.mean:.1f}% on lengths 20-40 against "
+                  f"{100 * in_distribution.mean:.1f}% on the training lengths' test split.",)
+    notes += tuple(_length_breakdown(none, medium, DATASET, "len20_40"))
     return Finding(
         "length", "Explanations help on longer inputs",
         "Trained on shorter expressions and tested on longer ones with the same depth and "
