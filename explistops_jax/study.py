@@ -340,16 +340,20 @@ FINDINGS = ("headline", "ladder", "data_efficiency", "length", "larger_numbers",
 """The study's findings that ``--preset cpu-study`` tests at CPU scale (the report
 has one section per finding; see explistops_jax.report.findings)."""
 CPU_SM_DATASET = data.get_config("explistops10_cpu_sm")
-CPU_STUDY_SEEDS = (0, 1)
-# Runs that cost more than 10 minutes on 2 cores get the first seed only (the
-# long style: about twice the medium run's target tokens).
-CPU_STUDY_ONE_SEED_STYLES = ("long",)
-# Unique training examples of the data-efficiency runs (the study's 2,000). The
-# optimizer steps stay those of the full run (the subset repeated): the model starts
-# from scratch, so equal epochs on 2,000 examples would be 94 steps and teach
-# nothing. Each such run costs what a full run costs (medium: 9.5 minutes), so one
-# size, with two seeds, rather than a curve of sizes with one.
-CPU_STUDY_SUBSETS = (2_000,)
+# Seeds of every arm, and of the headline's none and medium arms (five: the
+# finding every other one leans on).
+CPU_STUDY_SEEDS = (0, 1, 2)
+CPU_HEADLINE_SEEDS = (0, 1, 2, 3, 4)
+# Unique training examples of the data-efficiency runs (the study's 2,000 among
+# them; the full split, 20,000, is the main runs). The optimizer steps stay those
+# of the full run (the subset repeated): the model starts from scratch, so equal
+# epochs on 2,000 examples would be 94 steps and teach nothing.
+CPU_STUDY_SUBSETS = (1_000, 2_000, 5_000)
+# None trained for medium's compute: a medium step costs 3.6x a none step in model
+# FLOPs (plan.train_flops at their row lengths, 32/96 against 32/8; a test checks
+# the ratio), so 3 x 3.6 = 11 epochs. Its validation curve also shows whether
+# none had reached its plateau at 3 epochs.
+CPU_COMPUTE_EPOCHS = 11
 # Evaluation splits the headline runs also get (no retraining): the study's length
 # generalization (longer expressions within the training caps) and larger numbers.
 CPU_STUDY_SPLITS = ("len20_40", "larger_numbers")
@@ -357,13 +361,15 @@ CPU_STUDY_SPLITS = ("len20_40", "larger_numbers")
 
 def cpu_study_runs(findings: Sequence[str] = FINDINGS,
                    seeds: Sequence[int] = CPU_STUDY_SEEDS) -> list[Run]:
-    """Every run the CPU-scale findings need, each once, cheapest-first within a
-    seed and seed by seed, so that an interrupted study has whole findings.
+    """Every run the CPU-scale findings need, each once, seed by seed and
+    cheapest first within a seed, so that an interrupted study has whole findings.
 
     Runs shared between findings (the headline's none and medium runs serve the
     style ladder, length generalization and larger numbers) appear once, with the
     union of the evaluation splits the findings ask of them. The runs are the CPU
-    preset's (same names and training), so a finished demo is reused.
+    preset's (same names and training), so a finished demo is reused. With the
+    default seeds, the headline's none and medium arms get
+    :data:`CPU_HEADLINE_SEEDS`.
     """
     unknown = [f for f in findings if f not in FINDINGS]
     if unknown:
@@ -371,18 +377,26 @@ def cpu_study_runs(findings: Sequence[str] = FINDINGS,
                         expected="one of " + ", ".join(FINDINGS))
     wanted = set(findings)
     runs: dict[str, Run] = {}
+    every = sorted(set(seeds) | (set(CPU_HEADLINE_SEEDS) if tuple(seeds) == CPU_STUDY_SEEDS
+                                 else set()))
 
     def add(run: Run, splits: Sequence[str] = ()) -> None:
         run = runs.get(run.name, run)
         runs[run.name] = run.with_eval_splits(splits)
 
-    for i, seed in enumerate(seeds):
+    for seed in every:
         main = {r.style: r for r in cpu_runs(explain.STYLES, [seed])}
         if wanted & {"headline", "ladder", "length", "larger_numbers"}:
             splits = [s for f, s in (("length", "len20_40"), ("larger_numbers",
                       "larger_numbers")) if f in wanted]
             for style in ("none", "medium"):
                 add(main[style], splits)
+        if seed not in seeds:
+            continue  # the headline's extra seeds
+        if "headline" in wanted:
+            none = main["none"]
+            add(dataclasses.replace(none, name=f"cpu_none_compute_seed{seed}",
+                                    condition="equal_compute", epochs=CPU_COMPUTE_EPOCHS))
         if "modular_sum" in wanted:
             for style in ("none", "medium"):
                 add(dataclasses.replace(
@@ -390,8 +404,7 @@ def cpu_study_runs(findings: Sequence[str] = FINDINGS,
                     name=f"cpu_sm_{style}_seed{seed}", condition="modular_sum"))
         if "ladder" in wanted:
             for style in ("short", "long"):
-                if i == 0 or style not in CPU_STUDY_ONE_SEED_STYLES:
-                    add(main[style])
+                add(main[style])
         if "data_efficiency" in wanted:
             for n in CPU_STUDY_SUBSETS:
                 for style in ("none", "medium"):

@@ -241,7 +241,7 @@ def test_report_of_other_runs_has_no_findings(tmp_path):
 
 
 def test_cpu_study_runs_share_the_demo_runs_and_add_splits():
-    runs = study_lib.runs_for("cpu-study", seeds=(0, 1))
+    runs = study_lib.runs_for("cpu-study", seeds=study_lib.CPU_STUDY_SEEDS)
     names = [r.name for r in runs]
     assert len(names) == len(set(names))
     demo = {r.name: r for r in study_lib.runs_for("cpu", seeds=(0, 1))}
@@ -252,20 +252,41 @@ def test_cpu_study_runs_share_the_demo_runs_and_add_splits():
         assert set(study.eval_splits) - set(run.eval_splits) == set(study_lib.CPU_STUDY_SPLITS)
         assert study == dataclasses.replace(run, eval_splits=study.eval_splits,
                                              eval_feature_lengths=study.eval_feature_lengths)
-    # long costs over 10 minutes: the first seed only; the others have two seeds
-    assert [r.seed for r in runs if r.style == "long"] == [0]
-    assert sorted(r.seed for r in runs if r.style == "short") == [0, 1]
+    # at least 3 seeds for every arm, 5 for the headline's none and medium
+    arms: dict[tuple, set] = {}
+    for run in runs:
+        arms.setdefault((run.condition, run.style, run.dataset, run.train_examples),
+                        set()).add(run.seed)
+    assert all(len(seeds) >= 3 for seeds in arms.values()), arms
+    assert arms[("main", "none", f.DATASET, 20_000)] == set(range(5))
+    assert arms[("main", "medium", f.DATASET, 20_000)] == set(range(5))
     # data efficiency: the full run's optimizer steps on fewer unique examples
     full = by_name["cpu_medium_seed0"]
     for run in (r for r in runs if r.condition == "data_efficiency"):
         assert run.train_examples in study_lib.CPU_STUDY_SUBSETS
         assert run.epochs * run.train_examples == full.epochs * full.train_examples
         assert run.task.endswith(f"_n{run.train_examples}")
+    assert f.SUBSET in study_lib.CPU_STUDY_SUBSETS
+    # none at medium's compute
+    compute = [r for r in runs if r.condition == "equal_compute"]
+    assert {r.style for r in compute} == {"none"}
+    assert {r.epochs for r in compute} == {study_lib.CPU_COMPUTE_EPOCHS}
     sm = [r for r in runs if r.condition == "modular_sum"]
     assert {r.dataset for r in sm} == {"explistops10_cpu_sm"}
     assert {r.style for r in sm} == {"none", "medium"}
-    # seed 0's runs come first: an interrupted study has whole findings for seed 0
+    # seed by seed: an interrupted study has whole findings for the first seeds
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+
+
+def test_equal_compute_epochs_match_the_flops_ratio():
+    from explistops_jax import network, plan
+
+    config = network.get_config(study_lib.CPU_MODEL, vocab_size=384,
+                                **study_lib.CPU_MODEL_OVERRIDES)
+    none, medium = (r.feature_lengths for r in study_lib.runs_for("cpu"))
+    ratio = (plan.train_flops(config, 64, (medium["inputs"], medium["targets"]))
+             / plan.train_flops(config, 64, (none["inputs"], none["targets"])))
+    assert study_lib.CPU_COMPUTE_EPOCHS == round(study_lib.CPU_EPOCHS * ratio)
 
 
 def test_cpu_study_one_finding_and_errors():
