@@ -106,6 +106,10 @@ _CPU_LEN_20_40 = SamplerConfig(min_length=20, max_length=40, max_depth=4, max_ar
                                min_value=0, max_value=9)
 _CPU_LARGER_NUMBERS = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                                     min_value=10, max_value=99)
+# The larger-numbers finding's positive control: the CPU demo's trees with values
+# 0-99 in training, scored on the same larger_numbers split (values 10-99).
+_CPU_WIDE = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
+                          min_value=0, max_value=99)
 # The study's "modular sum" task at CPU scale: the CPU demo's trees with SM only.
 _CPU_SM = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                         min_value=0, max_value=9, operators=("SM",))
@@ -136,6 +140,13 @@ def _builtin() -> dict[str, DatasetConfig]:
                       "CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
                       "lengths 10-20; 'longer': lengths 20-40, depth <= 4; 'len20_40': "
                       "lengths 20-40 within the training caps; 'larger_numbers': values 10-99"),
+        DatasetConfig("explistops10_cpu_wide", 10,
+                      {"train": SplitConfig(_CPU_WIDE, 20_000, 72_001),
+                       "validation": SplitConfig(_CPU_WIDE, 500, 72_002),
+                       "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
+                      "positive control for larger numbers: the CPU demo's trees with "
+                      "values 0-99; 'larger_numbers' is explistops10_cpu's split (the "
+                      "same items)"),
         DatasetConfig("explistops10_cpu_sm", 10,
                       {"train": SplitConfig(_CPU_SM, 20_000, 71_001),
                        "validation": SplitConfig(_CPU_SM, 500, 71_002),

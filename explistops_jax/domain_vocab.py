@@ -18,6 +18,7 @@ from explistops_jax.errors import UserError
 
 __all__ = [
     "DEFAULT_MAX_VALUE",
+    "DIGITS_MAX_VALUE",
     "DomainTable",
     "EOS_ID",
     "PAD_ID",
@@ -34,6 +35,10 @@ SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 # and every value of a larger-numbers test up to 299; larger numbers (the sums
 # of such tests) fall back to digits.
 DEFAULT_MAX_VALUE = 299
+# The `_digits` tasks' table: only 0-9 are numbers of their own, so every larger
+# number is spelled from pieces a model trained on 0-9 has seen (the positive
+# control of the larger-numbers finding needs a test that can be passed).
+DIGITS_MAX_VALUE = 9
 
 OPERATOR_SPELLINGS = ("MAX", "MIN", "MED", "SM", "MEDIAN", "SUM")
 STYLE_NAMES = ("none", "short", "medium", "long")

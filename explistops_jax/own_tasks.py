@@ -42,8 +42,12 @@ _FILE_TASKS: dict[str, "FileTask"] = {}
 
 
 @functools.lru_cache(maxsize=None)
-def domain_table() -> domain_vocab.DomainTable:
-    """The domain vocabulary every own task uses (``seqio_tasks.domain_vocabulary``'s ids)."""
+def domain_table(vocabulary: str = "domain") -> domain_vocab.DomainTable:
+    """The domain vocabulary of the own tasks (``seqio_tasks.domain_vocabulary``'s
+    ids); ``"digits"``: the same pieces with only 0-9 as numbers, larger numbers
+    spelled digit by digit (the ``_digits`` tasks, grain only)."""
+    if vocabulary == "digits":
+        return domain_vocab.DomainTable(max_value=domain_vocab.DIGITS_MAX_VALUE)
     return domain_vocab.DomainTable()
 
 
@@ -62,7 +66,7 @@ def own_spec(name: str) -> TaskSpec | MixtureSpec | None:
         spec = parse(name)
     except UserError:
         return None
-    if spec.source != "function" or spec.vocabulary != "domain":
+    if spec.source != "function" or spec.vocabulary not in ("domain", "digits"):
         return None
     if spec.dataset not in data.DATASETS:
         return None
@@ -110,7 +114,7 @@ class OwnTask:
 
     def _domain_features(self) -> None:
         """The domain vocabulary for inputs and targets, and the study's metrics."""
-        self.vocabulary = domain_table()
+        self.vocabulary = domain_table(self.spec.vocabulary if self.spec else "domain")
         feature = Feature(self.vocabulary)
         self.output_features = {"inputs": feature, "targets": feature}
         self.predict_metric_fns = list(scoring.METRIC_FNS)

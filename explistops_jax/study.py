@@ -168,16 +168,17 @@ def cpu_runs(styles: Sequence[str] = ("none", "medium"), seeds: Sequence[int] = 
              model_overrides: Mapping[str, Any] = CPU_MODEL_OVERRIDES,
              feature_lengths: Mapping[str, Mapping[str, int]] | None = None,
              eval_feature_lengths: Mapping[str, int] | None = None,
-             eval_period: int | None = CPU_EVAL_PERIOD) -> list[Run]:
+             eval_period: int | None = CPU_EVAL_PERIOD, vocabulary: str = "domain",
+             eval_splits: Sequence[str] = ("test", "longer")) -> list[Run]:
     """The CPU demo: one tiny model from scratch per style and seed, each seeing
     ``epochs`` passes over the same training split (equal examples per style).
     Lengths: from the data unless given."""
     train_examples = dataset.split("train").num_examples
-    eval_splits = tuple(s for s in ("test", "longer") if s in dataset.splits)
+    eval_splits = tuple(s for s in eval_splits if s in dataset.splits)
     runs = []
     for seed in seeds:
         for style in styles:
-            task = TaskSpec(dataset.name, style).name
+            task = TaskSpec(dataset.name, style, vocabulary=vocabulary).name
             runs.append(Run(
                 name=f"cpu_{style}_seed{seed}", model="cpu_tiny", model_preset=CPU_MODEL,
                 model_overrides=dict(model_overrides), style=style, seed=seed,
@@ -340,6 +341,11 @@ FINDINGS = ("headline", "ladder", "data_efficiency", "length", "larger_numbers",
 """The study's findings that ``--preset cpu-study`` tests at CPU scale (the report
 has one section per finding; see explistops_jax.report.findings)."""
 CPU_SM_DATASET = data.get_config("explistops10_cpu_sm")
+# Larger numbers: trained on values 0-9, tested on 10-99, with numbers from 10 up
+# spelled in digit pieces the training data holds (the `_digits` tasks); the
+# positive control is none trained on values 0-99 (explistops10_cpu_wide), scored
+# on the same items.
+CPU_WIDE_DATASET = data.get_config("explistops10_cpu_wide")
 # Seeds of every arm, and of the headline's none and medium arms (five: the
 # finding every other one leans on).
 CPU_STUDY_SEEDS = (0, 1, 2)
@@ -397,6 +403,16 @@ def cpu_study_runs(findings: Sequence[str] = FINDINGS,
             none = main["none"]
             add(dataclasses.replace(none, name=f"cpu_none_compute_seed{seed}",
                                     condition="equal_compute", epochs=CPU_COMPUTE_EPOCHS))
+        if "larger_numbers" in wanted:
+            for style in ("none", "medium"):
+                add(dataclasses.replace(
+                    cpu_runs([style], [seed], vocabulary="digits",
+                             eval_splits=("test", "larger_numbers"))[0],
+                    name=f"cpu_digits_{style}_seed{seed}", condition="larger_numbers"))
+            add(dataclasses.replace(
+                cpu_runs(["none"], [seed], dataset=CPU_WIDE_DATASET, vocabulary="digits",
+                         eval_splits=("larger_numbers",))[0],
+                name=f"cpu_wide_none_seed{seed}", condition="larger_numbers_control"))
         if "modular_sum" in wanted:
             for style in ("none", "medium"):
                 add(dataclasses.replace(

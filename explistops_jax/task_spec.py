@@ -53,19 +53,22 @@ __all__ = [
 ]
 
 SOURCES = ("function", "tfds")     # generated on the fly | prepared TFDS records
-VOCABULARIES = ("domain", "sp")    # vocab.DomainVocabulary | T5's SentencePiece
+VOCABULARIES = ("domain", "sp", "digits")  # vocab.DomainVocabulary | T5's SentencePiece |
+# the domain vocabulary with numbers from 10 up spelled in digits (domain_vocab.DIGITS_MAX_VALUE)
 NOTATIONS = ("bracket", "paren")   # inputs as [MAX 2 9 ] | LRA's ( ( [MAX 2 ) 9 ) ]
 
-TASK_PATTERN = "{dataset}_{style}[_tagged][_n<N>][_paren][_tfds][_sp]"
-MIXTURE_PATTERN = "{dataset}_all_styles[_tfds][_sp]"
+TASK_PATTERN = "{dataset}_{style}[_tagged][_n<N>][_paren][_tfds][_sp|_digits]"
+MIXTURE_PATTERN = "{dataset}_all_styles[_tfds][_sp|_digits]"
 
 _DATASET = r"[\w.:]+"  # what SeqIO accepts in a name
 _STYLE = "|".join(re.escape(style) for style in STYLES)
 _TASK_RE = re.compile(
     rf"(?P<dataset>{_DATASET}?)_(?P<style>{_STYLE})(?P<tagged>_tagged)?"
-    r"(?:_n(?P<subset>[1-9][0-9]*))?(?P<paren>_paren)?(?P<tfds>_tfds)?(?P<sp>_sp)?"
+    r"(?:_n(?P<subset>[1-9][0-9]*))?(?P<paren>_paren)?(?P<tfds>_tfds)?"
+    r"(?:(?P<sp>_sp)|(?P<digits>_digits))?"
 )
-_MIXTURE_RE = re.compile(rf"(?P<dataset>{_DATASET}?)_all_styles(?P<tfds>_tfds)?(?P<sp>_sp)?")
+_MIXTURE_RE = re.compile(rf"(?P<dataset>{_DATASET}?)_all_styles(?P<tfds>_tfds)?"
+                         r"(?:(?P<sp>_sp)|(?P<digits>_digits))?")
 
 
 def _check_common(kind: str, dataset: str, source: str, vocabulary: str) -> None:
@@ -87,7 +90,12 @@ def _check_notation(kind: str, notation: str) -> None:
 
 
 def _suffixes(source: str, vocabulary: str) -> str:
-    return ("_tfds" if source == "tfds" else "") + ("_sp" if vocabulary == "sp" else "")
+    return ("_tfds" if source == "tfds" else "") + {"domain": "", "sp": "_sp",
+                                                     "digits": "_digits"}[vocabulary]
+
+
+def _vocabulary(match: re.Match) -> str:
+    return "sp" if match["sp"] else "digits" if match["digits"] else "domain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +139,7 @@ class TaskSpec:
     @property
     def name(self) -> str:
         """The registered task name,
-        ``{dataset}_{style}[_tagged][_n{N}][_paren][_tfds][_sp]``."""
+        ``{dataset}_{style}[_tagged][_n{N}][_paren][_tfds][_sp|_digits]``."""
         name = f"{self.dataset}_{self.style}"
         if self.tagged:
             name += "_tagged"
@@ -162,7 +170,7 @@ class TaskSpec:
         return cls(match["dataset"], match["style"], tagged=bool(match["tagged"]),
                    subset=int(subset) if subset else None,
                    source="tfds" if match["tfds"] else "function",
-                   vocabulary="sp" if match["sp"] else "domain",
+                   vocabulary=_vocabulary(match),
                    notation="paren" if match["paren"] else "bracket")
 
 
@@ -203,7 +211,7 @@ class MixtureSpec:
         if match is None:
             raise UserError(f"malformed mixture name {name!r}", expected=MIXTURE_PATTERN)
         return cls(match["dataset"], source="tfds" if match["tfds"] else "function",
-                   vocabulary="sp" if match["sp"] else "domain")
+                   vocabulary=_vocabulary(match))
 
 
 def _is_mixture(name: object) -> bool:

@@ -157,7 +157,12 @@ def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70):
             _run("none", seed, {"test": 0.35}, condition="data_efficiency", examples=2000),
             _run("medium", seed, {"test": 0.60 + eps}, condition="data_efficiency",
                  examples=2000),
-            _run("medium", seed, {"larger_numbers": control}, condition="larger_numbers_control"),
+            _run("none", seed, {"larger_numbers": larger[0] + eps, "test": 0.5},
+                 condition="larger_numbers"),
+            _run("medium", seed, {"larger_numbers": larger[1] + eps, "test": 0.8},
+                 condition="larger_numbers"),
+            _run("none", seed, {"larger_numbers": control}, condition="larger_numbers_control",
+                 dataset="explistops10_cpu_wide"),
         ]
     runs.append(_run("long", 0, {"test": long}))
     return runs

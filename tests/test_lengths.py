@@ -17,7 +17,7 @@ from explistops_jax.task_spec import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 GIN = ROOT / "gin_configs"
-CPU_DATASETS = ("explistops10_cpu", "explistops10_cpu_sm")
+CPU_DATASETS = ("explistops10_cpu", "explistops10_cpu_sm", "explistops10_cpu_wide")
 
 
 # ----------------------------------------------------------------- the table
@@ -331,3 +331,26 @@ def test_the_evaluator_stops_before_reading_on_either_backend(backend, monkeypat
     with pytest.raises(lengths.TruncationError, match="explistops10_cpu_long/test: "):
         evaluator.Evaluator(None, "explistops10_cpu_long", "test", data_backend=backend,
                             task_feature_lengths={"inputs": 32, "targets": 64})
+
+
+def test_digit_tasks_spell_larger_numbers_from_digits_and_train(tmp_path):
+    """The larger-numbers finding's tasks: 10-99 are two pieces of the digits
+    vocabulary (no number token a 0-9 training set never shows), and a run on
+    them trains and is scored end to end (grain, no registry)."""
+    from explistops_jax import evaluator, input_pipeline, own_tasks, trainer
+
+    (task,) = own_tasks.get_tasks("explistops10_cpu_wide_none_digits")
+    table = task.vocabulary
+    assert table.decode(table.encode("[MAX 45 7 ]")) == "[MAX 45 7 ]"
+    assert len(table.encode("45")) == 2 and len(table.encode("7")) == 1
+    run = next(r for r in study.runs_for("cpu-study", seeds=(0,), findings=["larger_numbers"])
+               if r.name == "cpu_wide_none_seed0")
+    assert run.task == "explistops10_cpu_wide_none_digits"
+    config = input_pipeline.DataConfig(run.task, run.feature_lengths, batch_size=2)
+    result = trainer.train(trainer.ModelSpec("t5_1_1_tiny"), config, tmp_path / "run",
+                           train_steps=1, progress=False)
+    assert result.step == 1
+    evaluator.evaluate(tmp_path / "run", split="larger_numbers", max_examples=4, batch_size=4,
+                       task_feature_lengths=run.eval_feature_lengths)
+    metrics = json.loads(next((tmp_path / "run" / "eval").rglob("metrics_1.json")).read_text())
+    assert metrics["num_examples"] == 4 and len(metrics["correct"]) == 4

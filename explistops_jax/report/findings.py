@@ -470,27 +470,31 @@ def _length(runs: Sequence[RunResult]) -> Finding:
 
 
 def _larger_numbers(runs: Sequence[RunResult]) -> Finding:
-    none, medium = (main_arm(runs, s, "larger_numbers", f"{s}, values 10-99")
-                    for s in ("none", "medium"))
+    none, medium = (_arm(runs, f"{s}, values 10-99", style=s, condition="larger_numbers",
+                         split="larger_numbers") for s in ("none", "medium"))
     effect = Effect("medium − none on values 10-99", medium, none, "does_not_help")
     # the positive control: the same model trained on the wider range passes the test
-    control = _arm(runs, "control: medium trained on values 0-99, values 10-99",
-                   style="medium", condition="larger_numbers_control",
-                   split="larger_numbers")
+    control = _arm(runs, "control: none trained on values 0-99, values 10-99",
+                   style="none", condition="larger_numbers_control",
+                   dataset=study.CPU_WIDE_DATASET.name, split="larger_numbers")
     passable = Effect("control − medium on values 10-99", control, medium, "helps")
+    seen = tuple(_arm(runs, f"{s}, values 0-9 (test)", style=s, condition="larger_numbers")
+                 for s in ("none", "medium"))
     return Finding(
         "larger_numbers", "Explanations do not help with larger numbers",
         "Explanations do not help a model generalize to numbers larger than any it saw "
         "in training.",
         "Explanations do not help generalization to larger numbers than seen in "
         "training (stated without a figure; the ranges are not given).",
-        "The headline runs (trained on values 0-9) tested on the same trees with values "
-        "10-99 (split larger_numbers; this project's choice of ranges). In the domain "
-        "vocabulary each number 10-99 is one token that no training input or none-style "
-        "target holds, so this test has no positive control yet: a model could not pass "
-        "it whatever it learned, and its verdict cannot go the other way.",
-        (none, medium, control), (effect, passable), _with_control(effect, passable),
-        summary_arms=(none.label, medium.label))
+        "Tiny models trained on values 0-9 (explistops10_cpu) and tested on the same "
+        "kind of trees with values 10-99 (split larger_numbers; this project's choice of "
+        "ranges), with numbers from 10 up spelled digit by digit (the `_digits` tasks), "
+        "so the test's numbers are made of pieces the training data holds. The positive "
+        "control, none trained on values 0-99 (explistops10_cpu_wide), answers the same "
+        "items: the verdict counts only if it passes, i.e. beats medium by more than 10 "
+        "points.",
+        (none, medium, control, *seen), (effect, passable), _with_control(effect, passable),
+        summary_arms=(none.label, medium.label, control.label))
 
 
 def _with_control(claim: Effect, control: Effect) -> str:
