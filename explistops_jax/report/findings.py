@@ -47,6 +47,7 @@ SM_DATASET = study.CPU_SM_DATASET.name
 FULL_EXAMPLES = study.CPU_TRAIN_EXAMPLES
 SUBSET = 2_000  # the study's subset (one of study.CPU_STUDY_SUBSETS)
 DELTA = 0.10  # the smallest effect that counts (10 points)
+MIN_SEEDS = 3  # fewer seeds cannot show the spread between them: inconclusive
 TOO_WIDE = 0.10  # an interval wider than ±10 points decides nothing
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
@@ -58,7 +59,8 @@ VERDICT_RULE = (
     "arm and chance), with a 95% interval from a paired bootstrap: each resample draws "
     "the test items with replacement, the same items for both arms, and each arm's "
     "seeds with replacement, so the interval holds both the test set's error and the "
-    "spread between seeds. The smallest effect that counts is δ = 10 points (the "
+    "spread between seeds; an arm needs at least 3 seeds, or the effect is "
+    "inconclusive. The smallest effect that counts is δ = 10 points (the "
     "study's gains from explanations are 20 points and more). A claim that something "
     "helps is **reproduced** when the interval lies above +δ, **not reproduced** when "
     "it lies below +δ, and **inconclusive** when it straddles +δ; a claim that "
@@ -148,10 +150,18 @@ class Effect:
         return self.a.mean - (self.b.mean if self.b is not None else self.baseline)
 
     @property
+    def seeds_short(self) -> bool:
+        """Whether an arm has fewer than :data:`MIN_SEEDS` seeds (too few to see
+        the spread between seeds)."""
+        return any(len(arm.values) < MIN_SEEDS for arm in (self.a, self.b) if arm is not None)
+
+    @property
     def verdict(self) -> str:
         interval = self.interval
         if interval is None:
             return NOT_RUN if not self.measured else INCONCLUSIVE
+        if self.seeds_short:
+            return INCONCLUSIVE
         return verdict(self.kind, interval.low, interval.high)
 
     def text(self) -> str:
@@ -159,8 +169,9 @@ class Effect:
         if interval is None:
             return f"{self.label}: {MISSING}" + (
                 " (no per-example records)" if self.measured else "")
+        short = f"; fewer than {MIN_SEEDS} seeds" if self.seeds_short else ""
         return (f"{self.label}: {100 * interval.d:+.1f} [{100 * interval.low:+.1f}, "
-                f"{100 * interval.high:+.1f}] ({self.verdict})")
+                f"{100 * interval.high:+.1f}] ({self.verdict}{short})")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "claim": self.kind,
