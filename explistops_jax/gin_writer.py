@@ -43,25 +43,34 @@ def _size(run: Run) -> str:
     return run.model_preset.removeprefix("t5_1_0_")
 
 
+# The file names of each condition's run: (own trainer's experiment, T5X's files).
+_STEMS = {
+    "main": ("{dataset}_{style}_{model}", "{model}_{style}"),
+    "length_generalization": ("length_generalization_{model}_{style}",
+                              "{model}_len50_100_{style}"),
+    "larger_numbers": ("larger_numbers_{model}_{style}", "{model}_larger_numbers_{style}"),
+    "data_efficiency": ("data_efficiency_{model}_{style}_n{examples}",
+                        "{model}_{style}_n{examples}"),
+    "smoke": (None, "{name}"),
+}
+
+
+def _stem(run: Run, which: int) -> str:
+    pattern = _STEMS[run.condition][which]
+    if pattern is None:
+        raise ValueError(f"run {run.name} has no {('experiment', 'T5X')[which]} file")
+    return pattern.format(dataset=run.dataset, style=run.style, model=run.model_preset,
+                          examples=run.train_examples, name=run.name)
+
+
 def experiment_stem(run: Run) -> str:
     """The own trainer's file name (without ``.gin``) of a paper run."""
-    size = run.model_preset
-    return {"main": f"{run.dataset}_{run.style}_{size}",
-            "length_generalization": f"length_generalization_{size}_{run.style}",
-            "larger_numbers": f"larger_numbers_{size}_{run.style}",
-            "data_efficiency": f"data_efficiency_{size}_{run.style}_n{run.train_examples}",
-            }[run.condition]
+    return _stem(run, 0)
 
 
 def t5x_stem(run: Run) -> str:
     """The T5X files' common name (``{stem}_{kind}.gin``) of a run."""
-    size = run.model_preset
-    return {"main": f"{size}_{run.style}",
-            "length_generalization": f"{size}_len50_100_{run.style}",
-            "larger_numbers": f"{size}_larger_numbers_{run.style}",
-            "data_efficiency": f"{size}_{run.style}_n{run.train_examples}",
-            "smoke": run.name,
-            }[run.condition]
+    return _stem(run, 1)
 
 
 def _header(lines: Iterable[str]) -> str:
