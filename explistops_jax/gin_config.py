@@ -33,7 +33,6 @@ from explistops_jax import runtime
 from explistops_jax.errors import UserError
 
 __all__ = [
-    "CONFIG_FILE",
     "register",
     "add_arguments",
     "split_dot_flags",
@@ -44,7 +43,6 @@ __all__ = [
     "write_config",
 ]
 
-CONFIG_FILE = "config.gin"
 """The parsed gin configuration, written into the run directory."""
 
 # ----------------------------------------------------------------- registrations

@@ -34,8 +34,7 @@ from explistops_jax.errors import UserError
 from explistops_jax.task_spec import MixtureSpec, TaskSpec, file_task_name, parse
 
 __all__ = ["Feature", "FileTask", "OwnTask", "own_spec", "is_own", "get_tasks",
-           "domain_table", "raw_examples_for", "register_file_task", "file_task",
-           "file_task_names"]
+           "domain_table", "raw_examples_for", "register_file_task", "file_task"]
 
 # name -> FileTask: the tasks imported from files that this process registered.
 _FILE_TASKS: dict[str, "FileTask"] = {}
@@ -275,11 +274,6 @@ def register_file_task(path: str | Path, name: str | None = None, *,
 def file_task(name: str) -> FileTask | None:
     """The registered file task ``name``, or None."""
     return _FILE_TASKS.get(name)
-
-
-def file_task_names() -> list[str]:
-    """Every registered file task name, in registration order."""
-    return list(_FILE_TASKS)
 
 
 def raw_examples_for(expressions: Sequence[str], modulus: int) -> list[dict[str, Any]]:

@@ -326,7 +326,9 @@ def new_output(path: str | Path | None, what: str = "output directory") -> Itera
         yield
     except (UserError, OSError):
         if not existed and path.is_dir() and not _has_checkpoint(path):
-            if "://" not in str(path):
+            from explistops_jax import rundir
+
+            if rundir.is_local(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:  # an object store: through epath
                 with contextlib.suppress(OSError):
@@ -337,6 +339,8 @@ def new_output(path: str | Path | None, what: str = "output directory") -> Itera
 def _has_checkpoint(path) -> bool:
     """Whether a ``checkpoint_*`` entry is anywhere below ``path`` (an epath
     path: local or on an object store)."""
+    from explistops_jax import rundir
+
     stack = [path]
     while stack:
         try:
@@ -344,7 +348,7 @@ def _has_checkpoint(path) -> bool:
         except OSError:
             continue
         for child in children:
-            if child.name.startswith("checkpoint_"):
+            if rundir.parse_checkpoint_name(child.name) is not None:
                 return True
             if child.is_dir():
                 stack.append(child)

@@ -235,11 +235,3 @@ def load_model_and_params(checkpoint: rundir.PathLike, *, step: int | None = Non
     params = partitioner.place(host_params, partitioner.abstract_params(model))
     return model, params, 0, {"model_config": interop.common.config_to_dict(config)}
 
-
-def _run_dir_and_step(path: rundir.PathLike, step: int | None
-                      ) -> tuple[rundir.PathLike | None, int | None]:
-    found = rundir.find_run_checkpoint(path)
-    if found is None:
-        return None, None
-    run, own_step = found
-    return run.path, own_step if own_step is not None else step

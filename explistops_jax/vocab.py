@@ -51,7 +51,7 @@ from typing import Iterable, Sequence
 
 import gin
 
-from explistops_jax import tf_loader
+from explistops_jax import rundir, tf_loader
 
 tf_loader.confine()  # TensorFlow off the GPUs before SeqIO loads it
 
@@ -286,7 +286,7 @@ def sentencepiece_vocabulary(
                 f"T5's sentencepiece.model (public copy: {T5_PUBLIC_SPM_PATH})"
             ),
         )
-    if "://" not in path and not os.path.isfile(path):
+    if rundir.is_local(path) and not os.path.isfile(path):
         raise UserError(f"SentencePiece model {path!r} does not exist", expected="a .model file")
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from explistops_jax import rundir
 from explistops_jax.errors import UserError
 from explistops_jax.checkpoints.common import atomic_directory, expected_shapes, flatten, unflatten
 from explistops_jax.checkpoints.hf import HF_RULES, export_hf, import_hf, is_hf_directory
@@ -100,7 +101,7 @@ def sentencepiece_model(path: str | Path) -> str | None:
     if (local / "spiece.model").is_file():
         return str(local / "spiece.model")
     for directory in (local, local.parent):
-        gin_file = directory / "config.gin"
+        gin_file = directory / rundir.CONFIG_GIN
         if gin_file.is_file():
             found = _GIN_SPM.search(gin_file.read_text(errors="replace"))
             if found:

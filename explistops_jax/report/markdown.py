@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from explistops_jax import rundir
 from explistops_jax.report.findings import render_findings
 from explistops_jax.report.published import (STUDY_DATASET, STUDY_TRAIN_EXAMPLES,
                                              published_rows)
@@ -231,7 +232,7 @@ def _runs_table(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
 def _relative(path: Path, start: Path) -> str:
     """``path`` as a link from ``start``: relative when both are local, or when
     both are URLs and ``path`` is below ``start``; else ``path`` itself."""
-    if "://" in str(path) or "://" in str(start):
+    if not (rundir.is_local(path) and rundir.is_local(start)):
         inside = str(path).startswith(str(start).rstrip("/") + "/")
         return str(path)[len(str(start).rstrip("/")) + 1:] if inside else str(path)
     try:
