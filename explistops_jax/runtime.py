@@ -337,8 +337,9 @@ def new_output(path: str | Path | None, what: str = "output directory") -> Itera
 
 
 def _has_checkpoint(path) -> bool:
-    """Whether a ``checkpoint_*`` entry is anywhere below ``path`` (an epath
-    path: local or on an object store)."""
+    """Whether a finished ``checkpoint_<step>`` is anywhere below ``path`` (an
+    epath path: local or on an object store); a half-written Orbax temporary is
+    not one."""
     from explistops_jax import rundir
 
     stack = [path]
