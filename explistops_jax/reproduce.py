@@ -65,7 +65,7 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
     the report reads, no checkpoints), small enough to commit. A run done there
     and absent from ``out_dir`` is taken from it instead of trained again, and
     every run that finishes (or gains splits) here is written there: a study
-    longer than one machine's session goes on where the last one stopped.
+    longer than a machine is lent for goes on where the last one stopped.
     """
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """scripts/device_check.sh --tiny: the accelerator check runs end to end on the
-CPU with tiny shapes (so it cannot rot between the sessions that have a GPU) and
+CPU with tiny shapes (so it cannot rot between the runs on a GPU) and
 writes its JSON and markdown table."""
 
 import json

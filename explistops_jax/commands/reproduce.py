@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finished runs' records (no checkpoints; small enough to "
                              "commit): runs done there are taken instead of trained, and "
                              "each run that finishes is written there, so a study longer "
-                             "than one machine's session resumes on another "
+                             "than a machine is lent for resumes on another "
                              "(docs/cpu_study/runs for the CPU study)")
     parser.add_argument("--no-report", action="store_true", help="skip the report")
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
