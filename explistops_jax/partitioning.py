@@ -13,7 +13,7 @@ jits functions with explicit in/out shardings. The same program runs on one CPU,
 eight forced host devices, a GPU or a multi-host TPU slice; only the mesh changes.
 
 Multi-host: every process runs the same program; call
-:func:`initialize_distributed` first (flags ``--coordinator_address``,
+:func:`explistops_jax.distributed.initialize` first (``runtime.setup``; flags ``--coordinator_address``,
 ``--num_processes``, ``--process_id`` of ``python -m explistops_jax.train``; on
 TPU pods and SLURM JAX finds them itself). Each process reads its own shard of the
 data (:attr:`Partitioner.data_shard`) and contributes its rows of the global batch.
@@ -41,7 +41,6 @@ __all__ = [
     "PartitionConfig",
     "Partitioner",
     "create_mesh",
-    "initialize_distributed",
     "logical_axes",
 ]
 
@@ -68,29 +67,6 @@ STANDARD_LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("layers", None),
     ("stack", None),
 )
-
-
-def initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    *,
-    initialization_timeout: int = 300,
-    heartbeat_timeout: int = 100,
-) -> None:
-    """Joins a multi-host job (:func:`explistops_jax.distributed.initialize`:
-    a rendezvous that fails in one line, ``jax.distributed.initialize``, and a
-    watch on the other processes).
-
-    With all three arguments None nothing happens (a single-process run), unless
-    the environment variable ``EXPLISTOPS_DISTRIBUTED=1`` asks JAX to find them
-    itself (TPU pods, SLURM, Kubernetes). Must run before any other JAX call.
-    """
-    from explistops_jax import distributed
-
-    distributed.initialize(coordinator_address, num_processes, process_id,
-                           initialization_timeout=initialization_timeout,
-                           heartbeat_timeout=heartbeat_timeout)
 
 
 def create_mesh(

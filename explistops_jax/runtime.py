@@ -57,7 +57,7 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
         ``seqio_tasks``), which calls :func:`confine_tensorflow` first.
       verbosity: level of Python's and absl's logging (``debug`` ... ``error``).
       coordinator_address, num_processes, process_id: a multi-host job (see
-        :func:`explistops_jax.partitioning.initialize_distributed`); all None
+        :func:`explistops_jax.distributed.initialize`); all None
         for one process.
       initialization_timeout, heartbeat_timeout: seconds (None: the defaults of
         :mod:`explistops_jax.distributed`).
@@ -82,11 +82,11 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
         confine_tensorflow()
     asked = (coordinator_address, num_processes, process_id) != (None, None, None)
     if (asked or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1") and not _done["distributed"]:
-        from explistops_jax import partitioning
+        from explistops_jax import distributed
 
         timeouts = {"initialization_timeout": initialization_timeout,
                     "heartbeat_timeout": heartbeat_timeout}
-        partitioning.initialize_distributed(
+        distributed.initialize(
             coordinator_address, num_processes, process_id,
             **{k: v for k, v in timeouts.items() if v is not None})
         _done["distributed"] = True

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from explistops_jax import network, optimizers, partitioning, train_step, trainer
+from explistops_jax import network, optimizers, partitioning, plan, train_step, trainer
 from explistops_jax.train_state import CheckpointConfig
 from explistops_jax.model import EncoderDecoderModel
 from explistops_jax.plan import random_batch
@@ -47,19 +47,6 @@ def measure_peak_flops(n: int = 2048, repeats: int = 8) -> float:
         dot(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
-
-
-def model_flops_per_step(c: network.T5Config, batch: int, enc_len: int, dec_len: int) -> float:
-    """Forward + backward (3x forward) matmul/attention FLOPs of one step."""
-    d, hk, ff = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim
-    n_in = len(c.mlp_activations)
-    mlp = 2 * d * ff * n_in + 2 * ff * d                      # per token
-    self_attn = lambda length: 4 * 2 * d * hk + 2 * 2 * length * hk  # qkvo + scores, AV
-    encoder = c.num_encoder_layers * enc_len * (self_attn(enc_len) + mlp)
-    cross = (2 * 2 * d * hk + 2 * 2 * enc_len * hk) * dec_len + 2 * 2 * d * hk * enc_len
-    decoder = c.num_decoder_layers * (dec_len * (self_attn(dec_len) + mlp) + cross)
-    logits = 2 * d * c.vocab_size * dec_len
-    return 3.0 * batch * (encoder + decoder + logits)
 
 
 def bench(preset: str, args, peak: float) -> dict:
@@ -94,8 +81,8 @@ def bench(preset: str, args, peak: float) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     step_s = float(np.median(times))
-    flops = model_flops_per_step(config, args.batch_size, args.inputs_length,
-                                 args.targets_length)
+    flops = plan.train_flops(config, args.batch_size,
+                             (args.inputs_length, args.targets_length))
     tokens = args.batch_size * args.targets_length
     stats = jax.devices()[0].memory_stats() or {}
     params = sum(x.size for x in jax.tree.leaves(state.params))

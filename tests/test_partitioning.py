@@ -103,5 +103,7 @@ def test_jit_applies_logical_constraints_and_shards_batch():
 
 
 def test_initialize_distributed_is_a_noop_for_one_process():
-    partitioning.initialize_distributed()
+    from explistops_jax import distributed
+
+    distributed.initialize(None, None, None)
     assert jax.process_count() == 1

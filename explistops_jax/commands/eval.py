@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     runtime.add_task_file_arguments(parser)
     runtime.add_truncation_argument(parser, "evaluate")
+    runtime.add_distributed_arguments(parser)  # what python -m explistops_jax.eval takes
 
 
 def lengths(args: argparse.Namespace) -> dict | None:
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     feature_lengths = lengths(args)  # flags are checked before TensorFlow and JAX load
     from explistops_jax import runtime
 
-    runtime.setup()
+    runtime.setup(**runtime.distributed_options(args))
     runtime.register_file_tasks(args.task_file, args.checkpoint)
     runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
                                args.data_backend)
