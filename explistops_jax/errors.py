@@ -10,7 +10,11 @@ use it.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ListOpsError", "ConfigError", "UnknownNameError", "UnknownFieldError"]
+import logging
+import re
+
+__all__ = ["UserError", "ListOpsError", "ConfigError", "UnknownNameError", "UnknownFieldError",
+           "WriteError", "write_failure", "WriteFailureLogFilter"]
 
 
 class UserError(Exception):
@@ -29,6 +33,18 @@ class UserError(Exception):
         self.expected = expected
         self.message = _compose(what, where, expected)
         super().__init__(self.message)
+
+
+class WriteError(Exception):
+    """The machine could not write what a run writes (a full disk, a directory
+    that turned read-only or disappeared): not the user's mistake, and not a bug.
+    ``message`` is one line: what failed, where, and what to do (for a training
+    run: the last complete checkpoint, from which rerunning the same command
+    resumes)."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
 
 
 class ListOpsError(UserError, ValueError):
@@ -108,3 +124,37 @@ def _compose(what: str, where: str | None, expected: str | None) -> str:
     if expected:
         message += f" (expected {expected})"
     return message
+
+
+# What a failed write says, in the messages of OSError and of TensorStore (through
+# Orbax): "... No space left on device [os_error_code='28']", "RESOURCE_EXHAUSTED".
+_WRITE_FAILURE = re.compile(
+    r"(No space left on device|Read-only file system|Permission denied|"
+    r"No such file or directory|Disk quota exceeded|RESOURCE_EXHAUSTED|os_error_code)")
+
+
+def write_failure(err: BaseException) -> str | None:
+    """The short reason of a failed write (``No space left on device``), or None
+    when ``err`` is not one (a bug keeps its traceback)."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror}{where}"
+    text = str(err)
+    if not _WRITE_FAILURE.search(text):
+        return None
+    for known in ("No space left on device", "Read-only file system", "Permission denied",
+                  "No such file or directory", "Disk quota exceeded"):
+        if known in text:
+            return known
+    return text.splitlines()[0][:160]
+
+
+class WriteFailureLogFilter(logging.Filter):
+    """Drops the error records, with their tracebacks, that a library's background
+    threads log for a failed write (Orbax's async saves): the run reports that
+    failure once, as a :class:`WriteError`, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.exc_info:
+            return True
+        return write_failure(record.exc_info[1]) is None

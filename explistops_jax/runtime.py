@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from explistops_jax.errors import UserError
+from explistops_jax.errors import UserError, WriteError, WriteFailureLogFilter
 
 __all__ = ["setup", "confine_tensorflow", "register_tasks_for", "run_task",
            "add_distributed_arguments", "distributed_options", "ArgumentParser",
@@ -70,6 +70,8 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
         level = getattr(logging, verbosity.upper(), logging.WARNING)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger().setLevel(level)
+        for name in ("", "absl"):  # a failed write is reported once, in one line
+            logging.getLogger(name).addFilter(WriteFailureLogFilter())
         try:
             from absl import logging as absl_logging
 
@@ -258,11 +260,11 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(fail(f"{message} (see {self.prog} --help)"))
 
 
-def fail(message: str) -> int:
-    """Prints ``explistops: error: <message>`` as one line; returns 2."""
+def fail(message: str, status: int = 2) -> int:
+    """Prints ``explistops: error: <message>`` as one line; returns ``status``."""
     line = " ".join(str(message).split())  # never more than one line
     print(f"{PROG}: error: {line}", file=sys.stderr)
-    return 2
+    return status
 
 
 def run_guarded(fn: Callable[[], int | None]) -> int:
@@ -277,6 +279,14 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
         return status
     except UserError as err:
         return fail(err.message)
+    except WriteError as err:  # the machine's fault: a full disk, a vanished directory
+        status = fail(err.message, 1)
+        # Nothing more can be written, and the libraries' exit handlers and threads
+        # would each print the same failure again as a traceback: leave now. The
+        # run directory holds its complete checkpoints; a rerun resumes.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
         return fail(f"{where}{err.strerror or err}")

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import sys
+import threading
 from typing import Any, Mapping
 
 from etils import epath
@@ -104,6 +105,29 @@ def _summary_writer(logdir: epath.Path):
     return SummaryWriter(str(logdir))
 
 
+# Errors of tensorboardX's writer threads (a full disk): recorded here instead of
+# printed, and raised in the main thread by the next write, which would otherwise
+# wait forever on the dead thread's queue.
+_TB_THREAD_ERRORS: list[BaseException] = []
+_HOOKED = False
+
+
+def _watch_tensorboard_threads() -> None:
+    global _HOOKED
+    if _HOOKED:
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if type(args.thread).__module__.startswith("tensorboardX") and args.exc_value:
+            _TB_THREAD_ERRORS.append(args.exc_value)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _HOOKED = True
+
+
 class MetricsWriter:
     """Writes train and eval metrics to JSONL files and TensorBoard."""
 
@@ -116,6 +140,7 @@ class MetricsWriter:
         self._use_tb = tensorboard and enabled
         self._opening = None
         if self._use_tb:
+            _watch_tensorboard_threads()
             # Opened now, in a thread: its import (tensorboardX imports torch when
             # that is installed, a second or more) overlaps the train step's
             # compilation instead of delaying the first step.
@@ -125,7 +150,12 @@ class MetricsWriter:
 
     def _writer(self, kind: str):
         """The TensorBoard writer of ``kind``; None (after one warning) when it
-        cannot be created on this run directory's store."""
+        cannot be created on this run directory's store. A writer thread that
+        failed (a full disk) raises its error here, once, and TensorBoard stops."""
+        if _TB_THREAD_ERRORS and self._use_tb:
+            self._use_tb = False
+            self._tb.clear()  # not closed: its thread is gone, a close would wait forever
+            raise _TB_THREAD_ERRORS.pop()
         if kind not in self._tb and self._use_tb:
             try:
                 if kind == "train" and self._opening is not None:
@@ -180,12 +210,14 @@ class MetricsWriter:
             writer.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self._train_log.flush()
-        self._writer("train")
-        for writer in self._tb.values():
-            writer.close()
-        self._tb.clear()
+        try:
+            if self.enabled:
+                self._train_log.flush()
+            self._writer("train")
+            for writer in self._tb.values():
+                writer.close()
+        finally:
+            self._tb.clear()
 
 
 class Progress:

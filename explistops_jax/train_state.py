@@ -30,9 +30,10 @@ schemes are refused (Orbax would write their arrays to a local path).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.struct
 import jax
@@ -40,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from explistops_jax import rundir
-from explistops_jax.errors import UserError
+from explistops_jax.errors import UserError, WriteError, write_failure
 from explistops_jax.rundir import CHECKPOINT_ITEMS, CHECKPOINT_PREFIX, RunDir, find_run_checkpoint
 
 __all__ = ["TrainState", "CheckpointConfig", "RunCheckpoints", "checkpoint_steps",
@@ -110,6 +111,7 @@ class RunCheckpoints:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=CHECKPOINT_ITEMS)
         self._started: set[int] = set()  # saves begun by this process
+        self._failed = False  # a write failed and was reported: do not report it again
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -139,7 +141,8 @@ class RunCheckpoints:
             state=ocp.args.StandardSave(state.to_tree()),
             data=ocp.args.JsonSave(dict(position or {})),
             run=ocp.args.JsonSave(dict(run or {})))
-        self._manager.save(step, args=args, force=True)
+        with self.writing():  # an async save fails later, in wait or close
+            self._manager.save(step, args=args, force=True)
         logging.info("saving checkpoint %d in %s", step, self.directory)
 
     def restore(self, abstract_state: TrainState, step: int | None = None
@@ -175,11 +178,52 @@ class RunCheckpoints:
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
-        self._manager.wait_until_finished()
+        with self.writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with self.writing():
+            self._manager.wait_until_finished()
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turns a failed write of the run directory (a full disk, a directory
+        that turned read-only or vanished; Orbax reports TensorStore's as
+        ValueErrors) into one :class:`WriteError` naming the last complete
+        checkpoint, from which rerunning the same command resumes. Reported once:
+        after it, the cleanup's own failures of the same write are dropped."""
+        try:
+            yield
+        except UserError:
+            raise  # the user's input (a missing checkpoint to start from) is not a write
+        except (OSError, ValueError, RuntimeError) as err:
+            reason = write_failure(err)
+            if reason is None:
+                raise
+            if self._failed:
+                return
+            self._failed = True
+            raise WriteError(self.failure_message(reason)) from err
+
+    def failure_message(self, reason: str) -> str:
+        """What failed, where, and the checkpoint a rerun resumes from."""
+        done = complete_checkpoints(self.directory)
+        resume = (f"the last complete checkpoint is {rundir.checkpoint_name(done[-1])}: "
+                  "rerunning the same command resumes from it" if done else
+                  "no checkpoint is complete: rerunning the same command starts again")
+        return f"writing run directory {self.directory} failed: {reason}; {resume}"
+
+
+def complete_checkpoints(directory: rundir.PathLike) -> list[int]:
+    """The steps of the finished checkpoints in ``directory`` (Orbax's
+    temporaries of a save in progress or broken off are not), ascending."""
+    try:
+        names = [p.name for p in rundir.run_path(directory).iterdir()]
+    except OSError:
+        return []
+    return sorted(step for step in map(rundir.parse_checkpoint_name, names)
+                  if step is not None)
 
 
 def _restore_args(leaf: Any) -> ocp.RestoreArgs:

@@ -357,8 +357,10 @@ def train(
     tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
 
     checkpoints = RunCheckpoints(model_dir, checkpoint)
-    # Closed however the run ends: bar, writer, then checkpoints (last in, first out).
-    with contextlib.ExitStack() as cleanup:
+    # Closed however the run ends: bar, writer, then checkpoints (last in, first out);
+    # a write that fails (a full disk) is one WriteError naming the checkpoint a
+    # rerun resumes from, reported once.
+    with contextlib.ExitStack() as cleanup, checkpoints.writing():
         cleanup.callback(checkpoints.close)
         if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
             return _finished(model_dir, checkpoints.latest_step())
@@ -384,7 +386,7 @@ def train(
 
         evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
         writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
-        cleanup.callback(writer.close)
+        cleanup.callback(_guarded, checkpoints, writer.close)
         bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
         cleanup.callback(bar.close)
         loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
@@ -395,6 +397,11 @@ def train(
         state = loop.run(state, position)
     return TrainResult(str(model_dir), int(jax.device_get(state.step)),
                        loop.last_metrics, loop.eval_metrics)
+
+
+def _guarded(checkpoints: RunCheckpoints, close) -> None:
+    with checkpoints.writing():
+        close()
 
 
 def check_lengths(data: input_pipeline.DataConfig, evaluation: EvalConfig | None = None,
