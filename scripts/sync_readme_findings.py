@@ -41,7 +41,7 @@ def summary(record: dict) -> str:
         what = (f"{100 * effect['d']:+.1f} points [{100 * effect['low']:+.1f}, "
                 f"{100 * effect['high']:+.1f}]" if "d" in effect else "not measured")
         seed_text = (f"; {'-'.join(map(str, (seeds[0], seeds[-1]))) if len(seeds) > 1 else seeds[0]}"
-                     " seeds per arm") if seeds else ""
+                     " seeds per arm") if seeds and "d" in effect else ""
         lines.append(f"- **{finding['title']}**: {finding['verdict']} ({effect['label']}: "
                      f"{what}{seed_text}).")
     return "\n".join(lines)
