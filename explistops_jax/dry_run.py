@@ -60,7 +60,8 @@ def _flops_ratio(run: Run, per_row: float) -> float | None:
 
     if not run.pack:
         return 1.0
-    config = network.get_config(run.model_preset, vocab_size=384, **run.model_overrides)
+    rows = 32_128 if run.spec.vocabulary == "sp" else 384  # the embedding's rows
+    config = network.get_config(run.model_preset, vocab_size=rows, **run.model_overrides)
     unpacked = _unpacked(run)
     packed = plan.train_flops(config, 1, (run.feature_lengths["inputs"],
                                           run.feature_lengths["targets"])) / per_row
