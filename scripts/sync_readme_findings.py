@@ -40,8 +40,9 @@ def summary(record: dict) -> str:
         seeds = sorted({a["num_seeds"] for a in finding["arms"] if a.get("num_seeds")})
         what = (f"{100 * effect['d']:+.1f} points [{100 * effect['low']:+.1f}, "
                 f"{100 * effect['high']:+.1f}]" if "d" in effect else "not measured")
-        seed_text = (f"; {'-'.join(map(str, (seeds[0], seeds[-1]))) if len(seeds) > 1 else seeds[0]}"
-                     " seeds per arm") if seeds and "d" in effect else ""
+        count = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]) if seeds else ""
+        noun = "seed" if count == "1" else "seeds"
+        seed_text = f"; {count} {noun} per arm" if seeds and "d" in effect else ""
         lines.append(f"- **{finding['title']}**: {finding['verdict']} ({effect['label']}: "
                      f"{what}{seed_text}).")
     return "\n".join(lines)
