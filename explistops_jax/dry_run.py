@@ -70,13 +70,13 @@ def _flops_ratio(run: Run, per_row: float) -> float | None:
 
 
 def _row(run: Run) -> Row:
-    size = lengths.split_lengths(run.task, "train").num_examples
+    train = lengths.split_lengths(run.task, "train")
+    size = train.num_examples
     if run.pack:
         packed = _packing(run.task, run.feature_lengths["inputs"], run.feature_lengths["targets"])
         rows, padding = packed.rows, packed.padding["targets"]
     else:
-        rows = size
-        padding = lengths.split_lengths(run.task, "train").padding(run.feature_lengths)
+        rows, padding = size, train.padding(run.feature_lengths)
     per_row = size / rows
     steps = run.train_steps or run.epochs * math.ceil(rows / run.batch_size)
     return Row(run, steps, per_row * run.batch_size, padding, _flops_ratio(run, per_row))

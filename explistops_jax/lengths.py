@@ -30,7 +30,7 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from explistops_jax import data, explain
 from explistops_jax.errors import ConfigError, UserError
@@ -50,7 +50,6 @@ __all__ = [
     "table_text",
     "check_fit",
     "count_cut",
-    "longest",
     "measure",
     "round_up",
     "split_lengths",
@@ -272,18 +271,6 @@ def _member_tasks(name: str) -> list[str]:
     return [name]
 
 
-def longest(task_name: str, splits: Iterable[str], *, multiple: int = 1,
-            vocabulary: Any = None) -> dict[str, int]:
-    """The lengths that hold every example of ``splits`` of a task or mixture,
-    rounded up to ``multiple``."""
-    need = {f: 1 for f in FEATURES}
-    for member in _member_tasks(task_name):
-        for split in splits:
-            found = split_lengths(member, split, vocabulary=vocabulary).longest
-            need = {f: max(need[f], found[f]) for f in FEATURES}
-    return {f: round_up(n, multiple) for f, n in need.items()}
-
-
 def combine(parts: Sequence[SplitLengths]) -> SplitLengths:
     """Several splits' counts as one (longest of all, totals summed)."""
     return SplitLengths(
@@ -417,8 +404,7 @@ def _add(entry: list[int], count: int) -> None:
     entry[1] += count
 
 
-def build_table(datasets: Iterable[str], *, progress: Callable[[str], None] | None = None,
-                workers: int = 1) -> dict[str, Any]:
+def build_table(datasets: Iterable[str], *, workers: int = 1) -> dict[str, Any]:
     """The table rows of ``datasets`` (built-in names), every split."""
     jobs = [(name, split) for name in datasets for split in data.get_config(name).splits]
     if workers > 1:
@@ -427,11 +413,7 @@ def build_table(datasets: Iterable[str], *, progress: Callable[[str], None] | No
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             rows = pool.starmap(_row_job, jobs)
     else:
-        rows = []
-        for job in jobs:
-            rows.append(_row_job(*job))
-            if progress:
-                progress(f"{job[0]}/{job[1]}")
+        rows = [_row_job(*job) for job in jobs]
     out: dict[str, Any] = {}
     for (name, split), row in zip(jobs, rows):
         out.setdefault(name, {})[split] = row
