@@ -161,7 +161,7 @@ def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70):
                  condition="larger_numbers"),
             _run("medium", seed, {"larger_numbers": larger[1] + eps, "test": 0.8},
                  condition="larger_numbers"),
-            _run("none", seed, {"larger_numbers": control}, condition="larger_numbers_control",
+            _run("medium", seed, {"larger_numbers": control}, condition="larger_numbers_control",
                  dataset="explistops10_cpu_wide"),
         ]
     runs += [_run("long", seed, {"test": long}) for seed in (0, 1, 2)]

@@ -339,13 +339,13 @@ def test_digit_tasks_spell_larger_numbers_from_digits_and_train(tmp_path):
     them trains and is scored end to end (grain, no registry)."""
     from explistops_jax import evaluator, input_pipeline, own_tasks, trainer
 
-    (task,) = own_tasks.get_tasks("explistops10_cpu_wide_none_digits")
+    (task,) = own_tasks.get_tasks("explistops10_cpu_wide_medium_digits")
     table = task.vocabulary
     assert table.decode(table.encode("[MAX 45 7 ]")) == "[MAX 45 7 ]"
     assert len(table.encode("45")) == 2 and len(table.encode("7")) == 1
     run = next(r for r in study.runs_for("cpu-study", seeds=(0,), findings=["larger_numbers"])
-               if r.name == "cpu_wide_none_seed0")
-    assert run.task == "explistops10_cpu_wide_none_digits"
+               if r.name == "cpu_wide_medium_seed0")
+    assert run.task == "explistops10_cpu_wide_medium_digits"
     config = input_pipeline.DataConfig(run.task, run.feature_lengths, batch_size=2)
     result = trainer.train(trainer.ModelSpec("t5_1_1_tiny"), config, tmp_path / "run",
                            train_steps=1, progress=False)

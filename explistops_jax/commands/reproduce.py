@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "none,medium for cpu, all for paper)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds, e.g. 0,1,2 for the stability check "
-                             "(default 0; 0,1 for cpu-study)")
+                             "(default 0; 0,1,2 for cpu-study, with seeds 3 and 4 of the "
+                             "headline's none and medium)")
     parser.add_argument("--sizes", default=None,
                         help="paper: comma-separated T5 sizes (default small,base,large,3B)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
