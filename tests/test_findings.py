@@ -363,3 +363,21 @@ def test_length_generalization_is_broken_down_by_steps_and_explanation_length():
     text = "\n".join(notes)
     assert f"under {f.MANY_STEPS} steps ({sum(few)} of 500 items): none 0.0%, medium 100.0%" in text
     assert f"{f.MANY_STEPS} or more steps ({500 - sum(few)} of 500 items): none 0.0%, medium 0.0%" in text
+
+
+def test_plateau_rule_reads_the_last_third_of_the_validation_curve():
+    """A run is still rising when validation accuracy gains over 2 points across
+    the last third of its evaluations; the ladder states it for every arm."""
+    def with_curve(style, seed, curve):
+        run = _run(style, seed, {"test": 0.5})
+        run.eval_points = [{"step": 100 * (i + 1), "accuracy": a} for i, a in enumerate(curve)]
+        return run
+
+    rising = f._plateau_note(with_curve("long", 0, [0.10, 0.22, 0.435]))
+    assert "still rising" in rising and "22.0% at step 200, 43.5% at step 300" in rising
+    flat = f._plateau_note(with_curve("none", 0, [0.30, 0.40, 0.44, 0.45, 0.455, 0.46]))
+    assert "at a plateau" in flat and "45.5% at step 500" in flat
+    ladder = next(x for x in f.evaluate_findings(
+        [with_curve(s, 0, [0.2, 0.5]) for s in ("none", "short", "medium", "long")])
+        if x.name == "ladder")
+    assert sum("still rising" in note for note in ladder.notes) == 4

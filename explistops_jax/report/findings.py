@@ -318,9 +318,10 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
     rivals = tuple(Effect(f"{a.label} − long", a, long, "does_not_help")
                    for a in (short, medium))
     effects = gains + rivals
-    notes = tuple(_curve_note(run) for run in runs
+    # equal budget (3 epochs each); whether each arm had stopped learning there
+    notes = tuple(_plateau_note(run) for run in runs
                   if run.condition == "main" and run.dataset == DATASET
-                  and run.style in ("short", "long") and run.eval_points)
+                  and len(run.eval_points) >= 2)
     return Finding(
         "ladder", "Small models gain most from long explanations",
         "Every explanation style helps, and small models gain most from long "
