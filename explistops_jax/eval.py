@@ -51,18 +51,18 @@ def print_results(results: Mapping) -> None:
 
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     """Sets up the process, parses the gin configuration, evaluates; the exit status."""
-    runtime.setup(**runtime.distributed_options(args))
+    started = runtime.start(args)
     from explistops_jax import evaluator, gin_config
 
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings)
                      + runtime.truncation_bindings(args, "evaluate"), args.gin_search_paths,
                      expected_file="--gin_file=gin_configs/runs/eval.gin")
     arguments = gin_config.evaluate_arguments()
-    runtime.register_file_tasks(getattr(args, "task_file", ()), arguments["checkpoint"])
     task = arguments.get("mixture_or_task_name") or runtime.run_task(arguments["checkpoint"])
-    runtime.register_tasks_for([task], arguments.get("data_backend", "grain"),
-                               use_cached=bool(arguments.get("use_cached")))
-    with runtime.new_output(arguments.get("output_dir"), "evaluation output directory"):
+    started.register([task], data_backend=arguments.get("data_backend", "grain"),
+                     use_cached=bool(arguments.get("use_cached")),
+                     checkpoint=arguments["checkpoint"])
+    with started.output(arguments.get("output_dir"), "evaluation output directory"):
         print_results(evaluator.evaluate(**arguments))
     return 0
 

@@ -50,6 +50,10 @@ __all__ = [
     "METRIC_FNS",
     "postprocess",
     "length_bucket",
+    "breakdown_key",
+    "breakdown_of",
+    "bucket_start",
+    "bucket_label",
 ]
 
 DEFAULT_MODULUS = 30
@@ -241,6 +245,32 @@ def length_bucket(value: int, width: int = LENGTH_BUCKET) -> str:
     return f"{low}_{low + width - 1}"
 
 
+# The breakdown metrics' names are built and read here only: ``accuracy_<kind>_<bucket>``,
+# with kind ``length`` (buckets ``20_29``) or ``depth`` (buckets ``3``).
+def breakdown_key(kind: str, bucket: str) -> str:
+    """The metric name of one bucket of a breakdown: ``accuracy_length_20_29``."""
+    return f"accuracy_{kind}_{bucket}"
+
+
+def breakdown_of(metrics: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """``{bucket: value}`` of the ``kind`` breakdown in a metrics mapping."""
+    prefix = breakdown_key(kind, "")
+    return {key[len(prefix):]: value for key, value in metrics.items()
+            if key.startswith(prefix)}
+
+
+def bucket_start(bucket: str) -> int | None:
+    """The first value a bucket holds (``"20_29"`` -> 20, ``"3"`` -> 3); None if
+    the name is not a bucket's."""
+    head = bucket.split("_")[0]
+    return int(head) if head.lstrip("-").isdigit() else None
+
+
+def bucket_label(bucket: str) -> str:
+    """A bucket as a table shows it: ``"20-29"``."""
+    return bucket.replace("_", "-")
+
+
 def _rate(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
@@ -288,7 +318,7 @@ def _breakdown(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for (kind, key), hits in sorted(groups.items()):
         name = length_bucket(key) if kind == "length" else str(key)
-        out[f"accuracy_{kind}_{name}"] = sum(hits) / len(hits)
+        out[breakdown_key(kind, name)] = sum(hits) / len(hits)
     return out
 
 

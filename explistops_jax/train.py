@@ -56,24 +56,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     """Sets up the process, parses the gin configuration and trains; the exit
     status (1 when the loss stopped being finite)."""
-    runtime.setup(**runtime.distributed_options(args))
+    started = runtime.start(args)
     from explistops_jax import gin_config, trainer
 
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings)
                      + runtime.truncation_bindings(args, "train"), args.gin_search_paths)
     arguments = gin_config.train_arguments()
-    task_files = runtime.register_file_tasks(getattr(args, "task_file", ()))
+    data, evaluation = arguments.get("data"), arguments.get("evaluation")
+    # SeqIO's registry only when a task is read through it
+    task_files = started.register(
+        [getattr(evaluation, "mixture_or_task_name", None)],
+        training_tasks=[getattr(data, "mixture_or_task_name", None)],
+        data_backend=getattr(data, "data_backend", "grain"),
+        use_cached=bool(getattr(data, "use_cached", False)))
     if task_files:  # recorded in run.json, so an evaluation of the run finds them
         arguments["run_info"] = {**(arguments.get("run_info") or {}), "task_files": task_files}
-    data, evaluation = arguments.get("data"), arguments.get("evaluation")
-    backend = getattr(data, "data_backend", "grain")
-    cached = bool(getattr(data, "use_cached", False))
-    # SeqIO's registry only when a task is read through it
-    runtime.register_tasks_for([getattr(data, "mixture_or_task_name", None)], backend,
-                               training=True, use_cached=cached)
-    runtime.register_tasks_for([getattr(evaluation, "mixture_or_task_name", None)], backend,
-                               use_cached=cached)
-    with runtime.new_output(arguments["model_dir"], "run directory (MODEL_DIR)"):
+    with started.output(arguments["model_dir"], "run directory (MODEL_DIR)"):
         gin_config.write_config(arguments["model_dir"])
         try:
             result = trainer.train(**arguments)

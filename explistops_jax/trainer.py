@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
+from explistops_jax.checkpoints import common as checkpoints_common
 from explistops_jax.errors import ConfigError, UserError
 from explistops_jax.rundir import RunDir
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
@@ -490,7 +491,8 @@ def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,
     """What ``run.json`` and each checkpoint record about the run."""
     config = getattr(model, "config", None)
     info = {
-        "model_config": _config_dict(config),
+        "model_config": (checkpoints_common.config_to_dict(config)
+                         if dataclasses.is_dataclass(config) else None),
         "mixture_or_task_name": data.mixture_or_task_name,
         "task_feature_lengths": dict(data.task_feature_lengths),
         "batch_size": data.batch_size,
@@ -502,17 +504,4 @@ def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,
     return info
 
 
-def _config_dict(config) -> dict | None:
-    """A (T5Config-like) dataclass as JSON values; dtypes by name."""
-    if config is None or not dataclasses.is_dataclass(config):
-        return None
-    out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, tuple):
-            value = list(value)
-        elif not isinstance(value, (int, float, str, bool, type(None))):
-            value = jnp.dtype(value).name if "dtype" in field.name else str(value)
-        out[field.name] = value
-    return out
 

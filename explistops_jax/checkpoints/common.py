@@ -15,6 +15,7 @@ import functools
 import re
 from typing import Any, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
 from explistops_jax.errors import UserError
@@ -126,13 +127,18 @@ _MACHINE_FIELDS = ("attention_kernel",)
 
 def config_to_dict(config) -> dict[str, Any]:
     """JSON-ready dict of a T5Config (tuples become lists), without the fields
-    that only choose a kernel (``_MACHINE_FIELDS``)."""
+    that only choose a kernel (``_MACHINE_FIELDS``); dtypes by name. The one
+    serialiser of a model config: checkpoints, exports and run.json use it."""
     out = {}
     for field in dataclasses.fields(config):
         if field.name in _MACHINE_FIELDS:
             continue
         value = getattr(config, field.name)
-        out[field.name] = list(value) if isinstance(value, tuple) else value
+        if isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, (int, float, str, bool, type(None))):
+            value = jnp.dtype(value).name if "dtype" in field.name else str(value)
+        out[field.name] = value
     return out
 
 

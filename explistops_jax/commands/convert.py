@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.step < 0:
         raise UserError(f"--step {args.step}", expected="a step number >= 0")
     runtime.check_writable(args.out, "output directory OUT")
-    runtime.setup(tensorflow=False)
+    runtime.start()
     config, params = checkpoints.load(args.source, args.source_format, _preset(args.model))
     written = checkpoints.save(config, params, args.out, args.target_format, step=args.step)
     count = sum(int(x.size) for x in checkpoints.flatten(params).values())

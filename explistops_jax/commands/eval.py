@@ -64,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
     feature_lengths = lengths(args)  # flags are checked before TensorFlow and JAX load
     from explistops_jax import runtime
 
-    runtime.setup(**runtime.distributed_options(args))
-    runtime.register_file_tasks(args.task_file, args.checkpoint)
-    runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
-                               args.data_backend)
+    started = runtime.start(args)
+    started.register([args.task or runtime.run_task(args.checkpoint)],
+                     data_backend=args.data_backend, checkpoint=args.checkpoint)
     from explistops_jax import eval as eval_cli
     from explistops_jax import evaluator, partitioning
 
-    with runtime.new_output(args.output_dir, "--output_dir"):
+    with started.output(args.output_dir, "--output_dir"):
         results = evaluator.evaluate(
             args.checkpoint, args.task, args.split, step=args.step,
             task_feature_lengths=feature_lengths, batch_size=args.batch_size,

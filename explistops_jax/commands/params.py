@@ -11,7 +11,6 @@ shape and T5X logical axes, then the total; ``--json`` prints
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 from explistops_jax.errors import UserError
@@ -28,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def describe(name: str, vocab_size: int | None = None) -> dict:
     """{"model", "config", "num_params", "params": {path: {"shape", "axes"}}}."""
     from explistops_jax import network
+    from explistops_jax.checkpoints.common import config_to_dict
     from explistops_jax.model import EncoderDecoderModel
 
     if name not in network.PRESETS:
@@ -39,7 +39,7 @@ def describe(name: str, vocab_size: int | None = None) -> dict:
     axes = _flatten(model.param_logical_axes())
     params = {k: {"shape": list(v.shape), "axes": list(axes[k])} for k, v in shapes.items()}
     total = sum(_size(p["shape"]) for p in params.values())
-    return {"model": name, "config": dataclasses.asdict(config), "num_params": total,
+    return {"model": name, "config": config_to_dict(config), "num_params": total,
             "params": params}
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.vocab_size is not None and args.vocab_size < 1:
         raise UserError(f"--vocab-size {args.vocab_size}", expected="a positive integer")
-    runtime.setup(tensorflow=False)
+    runtime.start()
     info = describe(args.model, args.vocab_size)
     if args.json:
         print(json.dumps(info, indent=1, default=str))

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
                         help="input pipeline: grain (default; the project's own tasks without "
                              "TensorFlow, others fall back to seqio) or seqio")
+    from explistops_jax import runtime
+
+    runtime.add_task_file_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +43,8 @@ def run(args: argparse.Namespace) -> int:
         from explistops_jax.errors import UserError
 
         raise UserError(f"--modulus {args.modulus}", expected="a positive integer")
-    runtime.setup()
-    runtime.register_tasks_for([args.task or runtime.run_task(args.checkpoint)],
-                               args.data_backend)
+    runtime.start(args).register([args.task or runtime.run_task(args.checkpoint)],
+                                 data_backend=args.data_backend, checkpoint=args.checkpoint)
     from explistops_jax import predict
 
     [result] = predict.predict_expressions(

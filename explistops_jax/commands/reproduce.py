@@ -149,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
     if styles == ["all"]:
         styles = list(explain.STYLES)
     checkpoints = _checkpoints(args.checkpoint)
+    spm = None  # the _sp tasks' vocabulary: $EXPLISTOPS_SPM_PATH, else the checkpoints'
     if checkpoints and not os.environ.get("EXPLISTOPS_SPM_PATH"):
         spm = _sentencepiece_from(checkpoints)
         if spm is None:
             raise UserError("pretrained checkpoints need T5's SentencePiece vocabulary, and "
                             "none of them comes with one (spiece.model)",
                             expected="EXPLISTOPS_SPM_PATH=/path/to/sentencepiece.model")
-        os.environ["EXPLISTOPS_SPM_PATH"] = spm  # the _sp tasks register with it
     default_out = "runs/cpu" if args.preset == "cpu-study" else f"runs/{args.preset}"
     out = epath.Path(args.out or default_out)  # local, or a URL (gs://...)
     default_seeds = (",".join(map(str, study.CPU_STUDY_SEEDS))
@@ -163,14 +163,14 @@ def run(args: argparse.Namespace) -> int:
     # flags are checked before TensorFlow and JAX load
     seeds = _seeds(args.seeds or default_seeds)
     runtime.check_writable(out, "--out directory")
-    runtime.setup()
+    started = runtime.start(args, sentencepiece_model=spm)
     runs = study.runs_for(args.preset, styles=styles, seeds=seeds,
                           checkpoints=checkpoints, sizes=_csv(args.sizes),
                           findings=_csv(args.finding))
     if args.dry_run:
         return _dry_run(runs, args.device_memory)
     # SeqIO's registry (and TensorFlow) only for runs that read through it
-    runtime.register_tasks_for([r.task for r in runs], args.data_backend, training=True)
+    started.register(training_tasks=[r.task for r in runs], data_backend=args.data_backend)
     if args.preset == "paper":
         commands = gin_writer.t5x_commands(runs, out)
         out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"T5X command lines: {path} ({len(commands)} runs)")
     from explistops_jax import reproduce
 
-    with runtime.new_output(out, "--out directory"):
+    with started.output(out, "--out directory"):
         dirs = reproduce.run_all(runs, out, preset=args.preset, data_backend=args.data_backend,
                                  records=args.records)
     if not args.no_report:

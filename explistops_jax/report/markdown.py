@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from explistops_jax import rundir
+from explistops_jax.scoring import bucket_label, bucket_start
 from explistops_jax.report.findings import render_findings
 from explistops_jax.report.published import (STUDY_DATASET, STUDY_TRAIN_EXAMPLES,
                                              published_rows)
@@ -94,7 +95,7 @@ def _breakdown_tables(runs: Sequence[RunResult], kind: str) -> list[str]:
             styles = list(by_style)
             out += [f"### {labels[key]}, split `{split}`", ""]
             out += table([kind.capitalize(), *styles], (
-                [bucket.replace("_", "-"),
+                [bucket_label(bucket),
                  *(format_stat(Stat.of(r.breakdown(kind, split).get(bucket)
                                        for r in by_style[s])) for s in styles)]
                 for bucket in buckets))
@@ -103,8 +104,7 @@ def _breakdown_tables(runs: Sequence[RunResult], kind: str) -> list[str]:
 
 
 def _bucket_key(bucket: str) -> tuple[int, str]:
-    head = bucket.split("_")[0]
-    return (int(head) if head.lstrip("-").isdigit() else 0, bucket)
+    return (bucket_start(bucket) or 0, bucket)
 
 
 def _splits_table(runs: Sequence[RunResult]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from explistops_jax import rundir
+from explistops_jax.scoring import bucket_start
 from explistops_jax.report.findings import DATASET, Arm, main_arm
 from explistops_jax.report.published import published_value
 from explistops_jax.report.runs import RunResult, as_float, style_key
@@ -282,8 +283,8 @@ def _length_buckets(runs: Sequence[RunResult], dataset: str
         for run in chosen:
             for split in ("test", "len20_40"):
                 for bucket, accuracy in run.breakdown("length", split).items():
-                    start = int(bucket.split("_")[0])
-                    if not math.isnan(accuracy):
+                    start = bucket_start(bucket)
+                    if start is not None and not math.isnan(accuracy):
                         values.setdefault(start, []).append(accuracy)
         if len(values) > 1:  # a line needs the longer split's buckets too
             out[style] = [(float(start), Arm(style, tuple(v), None, style))
