@@ -13,10 +13,12 @@ does with a task's legacy ``metric_fns``:
 - ``metric_fn(targets, predictions)`` for every predict metric,
   ``metric_fn(targets, scores)`` (``model.score_batch``) for every score metric.
 
-The split is read by an input backend (``input_pipeline.resolve_backend``):
-grain for the project's own tasks and the members of their mixtures, SeqIO for
-registered tasks or when ``data_backend="seqio"``; both give the same examples,
-features, files and metrics.
+The tasks come from :func:`explistops_jax.backends.get_input`, which chooses
+the input backend once (grain for the project's own tasks and the members of
+their mixtures, SeqIO for registered tasks or when ``data_backend="seqio"``);
+the evaluator reads them through their common interface
+(:class:`~explistops_jax.backends.InputTask`), and both give the same
+examples, features, files and metrics.
 
 It writes, atomically (a temporary file renamed into place), per task and split::
 
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from explistops_jax import input_pipeline, partitioning, rundir, train_state
+from explistops_jax import backends, input_pipeline, partitioning, rundir, train_state
 from explistops_jax import lengths as lengths_lib
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
@@ -64,7 +66,7 @@ def eval_dir(output_dir: rundir.PathLike, task: str, split: str) -> epath.Path:
 class _TaskSplit:
     """One task's split, read once: raw examples, features, targets."""
 
-    task: Any                            # seqio.Task or own_tasks.OwnTask
+    task: backends.InputTask
     examples: list[dict]                 # numpy examples (all fields)
     features: list[dict[str, np.ndarray]]  # converter output, one per example
     targets: list[Any]                   # postprocessed targets
@@ -144,7 +146,7 @@ class Evaluator:
       use_cached: read the tasks' offline caches.
       decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
         ``temperature``, ...); default greedy.
-      data_backend: ``"grain"`` or ``"seqio"`` (see ``input_pipeline.resolve_backend``).
+      data_backend: ``"grain"`` or ``"seqio"`` (see ``backends.choose_backend``).
       allow_truncation: score even though ``task_feature_lengths`` cut some
         examples (their count goes into each metrics file as ``truncated``);
         without it, a ``lengths.TruncationError`` before anything is read.
@@ -160,23 +162,10 @@ class Evaluator:
         self.lengths = dict(task_feature_lengths)
         self.model_dir = RunDir(model_dir).path if model_dir is not None else None
         self.decoder = Decoder(model, partitioner, batch_size, decode)
-        self.backend = input_pipeline.resolve_backend(
-            mixture_or_task_name, data_backend, training=False, use_cached=use_cached)
-        if self.backend == "grain":
-            from explistops_jax import grain_pipeline, own_tasks
-
-            candidates = own_tasks.get_tasks(mixture_or_task_name)
-
-            def read(task):
-                return grain_pipeline.read_split(task, split, self.lengths, max_examples)
-        else:
-            from explistops_jax import seqio_backend
-
-            candidates = seqio_backend.subtasks(mixture_or_task_name, use_cached)
-
-            def read(task):
-                return seqio_backend.read_split(task, split, self.lengths, max_examples,
-                                                use_cached)
+        found = backends.get_input(mixture_or_task_name, data_backend, training=False,
+                                   use_cached=use_cached)
+        self.backend = found.backend
+        candidates = found.tasks
         tasks = [t for t in candidates if split in t.splits]
         if not tasks:
             raise UserError(f"no task of {mixture_or_task_name!r} has a split {split!r}",
@@ -186,13 +175,13 @@ class Evaluator:
         for task in tasks:  # before anything is read
             self.truncated.update(lengths_lib.check_fit(
                 task.name, [split], self.lengths, allow=allow_truncation, limit=max_examples))
-        self.tasks = [self._read(t, read) for t in tasks]
+        self.tasks = [self._read(t, max_examples) for t in tasks]
 
     # ----------------------------------------------------------------- reading
 
-    def _read(self, task, read) -> _TaskSplit:
-        examples, features = read(task)
-        vocab = task.output_features["targets"].vocabulary
+    def _read(self, task: backends.InputTask, max_examples: int | None) -> _TaskSplit:
+        examples, features = task.read_split(self.split, self.lengths, max_examples)
+        vocab = task.vocabulary
         targets = [task.postprocess_fn(_target_text(ex, vocab), example=ex, is_target=True)
                    for ex in examples]
         return _TaskSplit(task, examples, features, targets)
@@ -215,7 +204,7 @@ class Evaluator:
 
     def _evaluate_task(self, params, data: _TaskSplit) -> tuple[dict, list[dict]]:
         task = data.task
-        vocab = task.output_features["targets"].vocabulary
+        vocab = task.vocabulary
         metrics: dict[str, Any] = {}
         texts: list[str] = []
         predictions: list[Any] = []

@@ -1,7 +1,10 @@
 """Training batches: shuffled per epoch, resumable, numpy, from an input backend.
 
-Two backends give the same batches (the same examples, token ids and features
-as ``seqio.EncDecFeatureConverter``; only the shuffle differs):
+The backend is chosen once, by :func:`explistops_jax.backends.get_input`, which
+returns the tasks and the batch source :class:`BatchStream` iterates; nothing
+here branches on it. Two backends give the same batches (the same examples,
+token ids and features as ``seqio.EncDecFeatureConverter``; only the shuffle
+differs):
 
 * ``"grain"`` (:mod:`explistops_jax.grain_pipeline`, the default): the project's
   own tasks (:mod:`explistops_jax.own_tasks`: names ``TaskSpec.parse`` reads, of
@@ -54,7 +57,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from explistops_jax import features
+from explistops_jax import backends, features
+from explistops_jax.backends import BACKENDS
 from explistops_jax.errors import ConfigError, UserError
 
 __all__ = [
@@ -68,8 +72,6 @@ __all__ = [
     "feature_converter",
     "fill_rows",
 ]
-
-BACKENDS = ("grain", "seqio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,31 +147,7 @@ class Position:
         return cls(int(data["epoch"]), int(data["batch"]))
 
 
-def resolve_backend(name: str, requested: str = "grain", *, training: bool = True,
-                    use_cached: bool = False) -> str:
-    """The backend that reads ``name``: ``requested``, except that grain reads
-    only the project's own tasks (and, for evaluation, the members of their
-    mixtures); anything else falls back to SeqIO, with a log line."""
-    if requested not in BACKENDS:
-        raise ConfigError(f"unknown data backend {requested!r}", where="data_backend",
-                          expected="one of " + ", ".join(BACKENDS))
-    if requested == "seqio":
-        return "seqio"
-    from explistops_jax import own_tasks
-    from explistops_jax.task_spec import MixtureSpec
-
-    spec = own_tasks.own_spec(name)
-    why = None
-    if spec is None and own_tasks.file_task(name) is None:
-        why = "it is not one of this project's generated domain-vocabulary tasks"
-    elif training and isinstance(spec, MixtureSpec):
-        why = "a mixture is sampled as SeqIO samples it"
-    elif use_cached:
-        why = "an offline cache is SeqIO's"
-    if why:
-        logging.info("reading %s with the seqio backend: %s", name, why)
-        return "seqio"
-    return "grain"
+resolve_backend = backends.choose_backend  # the backend that reads a name (one rule)
 
 
 def get_provider(name: str):
@@ -202,8 +180,9 @@ class BatchStream:
 
     ``iterate(position)`` yields ``(next_position, batch)``; ``batch`` maps the
     converter's features (``encoder_input_tokens``, ``decoder_target_tokens``,
-    ...) to int32 arrays of shape ``[local_batch, length]``. ``backend`` says
-    which backend reads the task (``resolve_backend``).
+    ...) to int32 arrays of shape ``[local_batch, length]``. ``input`` is what
+    the task or mixture name reads (``backends.get_input``); ``backend`` says
+    which backend reads it.
     """
 
     def __init__(self, config: DataConfig, *, shard_index: int = 0, num_shards: int = 1):
@@ -214,25 +193,16 @@ class BatchStream:
         self.config = config
         self.local_batch_size = config.batch_size // num_shards
         self._sharded = num_shards > 1
-        self.backend = resolve_backend(config.mixture_or_task_name, config.data_backend,
-                                       use_cached=config.use_cached)
-        options = dict(split=config.split, lengths=dict(config.task_feature_lengths),
-                       local_batch_size=self.local_batch_size, pack=config.pack,
-                       shuffle=config.shuffle, shard_index=shard_index,
-                       num_shards=num_shards)
-        if self.backend == "grain":
-            from explistops_jax import grain_pipeline, own_tasks
-
-            (task,) = own_tasks.get_tasks(config.mixture_or_task_name)
-            self.source = grain_pipeline.GrainSource(task, **options)
-            if config.pack:
-                _share_packed_sizes(self.source)
-        else:
-            from explistops_jax import seqio_backend
-
-            self.source = seqio_backend.SeqioSource(
-                config.mixture_or_task_name, use_cached=config.use_cached,
-                shuffle_buffer_size=config.shuffle_buffer_size, **options)
+        self.input = backends.get_input(config.mixture_or_task_name, config.data_backend,
+                                        training=True, use_cached=config.use_cached)
+        self.backend = self.input.backend
+        self.source = self.input.batch_source(
+            split=config.split, lengths=config.task_feature_lengths,
+            local_batch_size=self.local_batch_size, pack=config.pack, shuffle=config.shuffle,
+            shard_index=shard_index, num_shards=num_shards,
+            shuffle_buffer_size=config.shuffle_buffer_size)
+        if config.pack:
+            _share_packed_sizes(self.source)
         self._is_mixture = self.source.is_mixture
         self._steps_per_epoch: int | None = None
 

@@ -18,6 +18,9 @@ Tasks imported from files (:mod:`explistops_jax.file_tasks`) are registered here
 by :func:`register_file_task` (the ``--task_file`` option of train and eval) and
 read by the same grain pipeline: a :class:`FileTask` gives example ``i`` of a
 split from the imported rows, with the file's own target as ``targets``.
+
+Both satisfy :class:`explistops_jax.backends.InputTask`, the interface the
+trainer's batches, the evaluator and predict read whichever backend reads a task.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from explistops_jax import data, domain_vocab, explain, file_tasks, listops, scoring
+from explistops_jax import data, domain_vocab, explain, features, file_tasks, listops, scoring
 from explistops_jax.errors import UserError
 from explistops_jax.task_spec import MixtureSpec, TaskSpec, file_task_name, parse
 
@@ -96,13 +99,16 @@ def get_tasks(name: str) -> list["OwnTask"]:
 
 
 class OwnTask:
-    """One own task: its splits, examples, preprocessing, postprocessing, metrics.
+    """One own task: its splits, examples, preprocessing, postprocessing, metrics
+    (:class:`explistops_jax.backends.InputTask`, read by the grain backend).
 
     The attributes the evaluator reads of a ``seqio.Task`` have the same names
     here (``name``, ``splits``, ``output_features``, ``postprocess_fn``,
     ``predict_metric_fns``, ``score_metric_fns``).
     """
 
+    backend = "grain"
+    needs_registry = False
     score_metric_fns: list[Callable] = []
 
     def __init__(self, spec: TaskSpec):
@@ -141,6 +147,38 @@ class OwnTask:
         """Example ``index`` of ``split`` as ``data.examples`` gives it (with its tree)."""
         return next(data.examples(self.config, split, index, index + 1, with_tree=True))
 
+    def raw_examples(self, split: str, max_examples: int | None = None) -> list[dict]:
+        """The first ``max_examples`` raw examples of ``split``, in order, with the
+        fields and types of the registered task's source (no tree)."""
+        count = self.num_examples(split)
+        if max_examples is not None:
+            count = min(count, max_examples)
+        return [_raw_fields(self.raw_example(split, index)) for index in range(count)]
+
+    def read_split(self, split: str, lengths: Mapping[str, int],
+                   max_examples: int | None = None) -> tuple[list[dict], list[dict]]:
+        """The first ``max_examples`` preprocessed examples of ``split`` in order,
+        and their padded model features (what the evaluator decodes)."""
+        count = self.num_examples(split)
+        if max_examples is not None:
+            count = min(count, max_examples)
+        examples = [self.example(split, index, lengths) for index in range(count)]
+        return examples, [features.pad_example(ex, lengths) for ex in examples]
+
+    def preprocess_raw(self, raw: Sequence[Mapping[str, Any]], lengths: Mapping[str, int]
+                       ) -> tuple[list[dict], list[dict]]:
+        """Raw examples (:func:`raw_examples_for`) preprocessed, and their padded
+        model features."""
+        examples = [self.preprocess(r, lengths) for r in raw]
+        return examples, [features.pad_example(ex, lengths) for ex in examples]
+
+    def with_style(self, style: str) -> "OwnTask | None":
+        """This task with targets of ``style`` (a UserError for an unknown style)."""
+        if self.spec is None:
+            return None
+        spec = self.spec.replace(style=style)
+        return self if spec == self.spec else OwnTask(spec)
+
     def example(self, split: str, index: int,
                 lengths: Mapping[str, int] | None) -> dict[str, Any]:
         """The preprocessed example ``index`` of ``split`` (see :meth:`preprocess`)."""
@@ -168,16 +206,8 @@ class OwnTask:
     def _preprocessed(self, raw: Mapping[str, Any], inputs: str, targets: str,
                       lengths: Mapping[str, int] | None) -> dict[str, Any]:
         """The raw fields, the texts and their ids, with SeqIO's numpy types."""
-        expression = str(raw["expression"])
-        modulus = int(raw["modulus"])
         return {
-            "id": str(raw["id"]).encode("utf-8"),
-            "index": np.int64(raw["index"]),
-            "expression": expression.encode("utf-8"),
-            "answer": np.int32(raw["answer"]),
-            "length": np.int32(raw["length"]),
-            "depth": np.int32(raw["depth"]),
-            "modulus": np.int32(modulus),
+            **_raw_fields(raw, with_target=False),
             "inputs_pretokenized": inputs.encode("utf-8"),
             "targets_pretokenized": targets.encode("utf-8"),
             "inputs": self._tokens(inputs, lengths and lengths.get("inputs")),
@@ -247,6 +277,23 @@ class FileTask(OwnTask):
         inputs = expression if self.notation == "bracket" else listops.format(
             listops.parse(expression), self.notation)
         return self._preprocessed(raw, inputs, str(raw["target"]), lengths)
+
+
+def _raw_fields(raw: Mapping[str, Any], with_target: bool = True) -> dict[str, Any]:
+    """A raw example's fields with the types of SeqIO's numpy iterator (bytes,
+    numpy scalars), as the registered tasks' source gives them."""
+    out = {
+        "id": str(raw["id"]).encode("utf-8"),
+        "index": np.int64(raw["index"]),
+        "expression": str(raw["expression"]).encode("utf-8"),
+        "answer": np.int32(raw["answer"]),
+        "length": np.int32(raw["length"]),
+        "depth": np.int32(raw["depth"]),
+        "modulus": np.int32(int(raw["modulus"])),
+    }
+    if with_target and "target" in raw:
+        out["target"] = str(raw["target"]).encode("utf-8")
+    return out
 
 
 def register_file_task(path: str | Path, name: str | None = None, *,

@@ -2,15 +2,17 @@
 expressions typed by a user (``explistops predict``), through the task's own
 preprocessing and the evaluator's decoder and scoring.
 
-The task is read by an input backend (``input_pipeline.resolve_backend``): the
-project's own tasks without TensorFlow (``own_tasks``), others through SeqIO."""
+The task comes from :func:`explistops_jax.backends.get_input` (which chooses the
+input backend once: the project's own tasks without TensorFlow, others through
+SeqIO) and is read through its interface (:class:`~explistops_jax.backends.InputTask`):
+its spec says its style and dataset, so no name is parsed here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from explistops_jax import input_pipeline
+from explistops_jax import backends, task_spec
 from explistops_jax.errors import UserError
 from explistops_jax.evaluator import Decoder, describe_prediction
 from explistops_jax.train_state import load_model_and_params
@@ -54,93 +56,62 @@ def predict_expressions(
       ``answer``, ``true_answer``, ``correct``, ``steps`` and the other fields
       of ``scoring.score_example``.
     """
-    from explistops_jax import features, own_tasks
+    from explistops_jax import own_tasks
 
     model, params, _, info = load_model_and_params(checkpoint, step=step)
     task = task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style,
                     data_backend=data_backend)
     if modulus is None:
-        modulus = dataset_modulus(task.name)
+        modulus = _spec_modulus(task.spec)
     lengths = dict(task_feature_lengths or info.get("task_feature_lengths")
                    or {"inputs": 512, "targets": 512})
     raw = own_tasks.raw_examples_for(expressions, modulus)
-    if isinstance(task, own_tasks.OwnTask):
-        examples = [task.preprocess(r, lengths) for r in raw]
-        rows = [features.pad_example(ex, lengths) for ex in examples]
-    else:
-        from explistops_jax import seqio_backend
-
-        examples, rows = seqio_backend.preprocess_raw(task, raw, lengths)
+    examples, rows = task.preprocess_raw(raw, lengths)
     decoder = Decoder(model, batch_size=len(rows), decode=decode)
-    vocab = task.output_features["targets"].vocabulary
+    vocab = task.vocabulary
     return [describe_prediction(ex, task, vocab.decode(tokens.tolist()))
             for ex, tokens in zip(examples, decoder.predict_tokens(params, rows))]
 
 
 def dataset_modulus(task_name: str) -> int:
     """The SM modulus of the dataset a task is named after (default: scoring's)."""
-    from explistops_jax import data, scoring, task_spec
+    return _spec_modulus(task_spec.spec_of(task_name))
 
-    try:
-        dataset = task_spec.parse(task_name).dataset
-    except UserError:  # a task of another project
-        return scoring.DEFAULT_MODULUS
-    config = data.DATASETS.get(dataset)
+
+def _spec_modulus(spec: task_spec.TaskSpec | task_spec.MixtureSpec | None) -> int:
+    """The SM modulus of a spec's dataset config; scoring's default for a task of
+    another project or a dataset that is not registered."""
+    from explistops_jax import data, scoring
+
+    config = data.DATASETS.get(spec.dataset) if spec is not None else None
     return config.modulus if config else scoring.DEFAULT_MODULUS
 
 
-def task_for(name: str | None, style: str | None, *, data_backend: str = "grain"):
+def task_for(name: str | None, style: str | None, *,
+             data_backend: str = "grain") -> backends.InputTask:
     """The task to preprocess inputs with: ``name`` (a mixture's member of
-    ``style``; a task of another style when ``style`` differs), else
-    ``explistops30_<style>``. An ``own_tasks.OwnTask`` when the grain backend
-    reads it, else the registered ``seqio.Task``."""
-    from explistops_jax.task_spec import TaskSpec
-
+    ``style``, default its medium member; a task of another style when ``style``
+    differs and that task exists), else ``explistops30_<style>``; read by the
+    backend ``backends.get_input`` chooses."""
     if not name:
         if style is None:
             raise UserError("the checkpoint does not say which task it was trained on",
                             expected="--task NAME or --style STYLE")
-        name = TaskSpec("explistops30", style).name
-    if style is not None and style_of(name) not in (None, style):
-        TaskSpec.parse(name).replace(style=style)  # an unknown style fails here
-    backend = input_pipeline.resolve_backend(name, data_backend, training=False)
-    if backend == "grain":
-        from explistops_jax import own_tasks
-
-        members = own_tasks.get_tasks(name)
-
-        def lookup(candidate):
-            return own_tasks.OwnTask(TaskSpec.parse(candidate)) if own_tasks.is_own(
-                candidate) else None
-    else:
-        from explistops_jax import seqio_backend
-
-        members = seqio_backend.subtasks(name)
-        known = set(seqio_backend.seqio.TaskRegistry.names())
-
-        def lookup(candidate):
-            return seqio_backend.get_provider(candidate) if candidate in known else None
-    if len(members) > 1 or members[0].name != name:  # a mixture
-        chosen = [t for t in members if style and style_of(t.name) == style]
+        name = task_spec.TaskSpec("explistops30", style).name
+    found = backends.get_input(name, data_backend, training=False)
+    members = found.tasks
+    if found.is_mixture:
+        chosen = [t for t in members if style and style_of(t.spec) == style]
         if not chosen and style is None:
-            chosen = [t for t in members if style_of(t.name) == "medium"] or members
+            chosen = [t for t in members if style_of(t.spec) == "medium"] or list(members)
         if not chosen:
             raise UserError(f"mixture {name!r} has no member of style {style!r}",
                             expected=", ".join(t.name for t in members))
         return chosen[0]
-    if style is not None and style_of(name) not in (None, style):
-        candidate = TaskSpec.parse(name).replace(style=style).name
-        found = lookup(candidate)
-        if found is not None:
-            return found
-    return members[0]
+    (task,) = members
+    if style is None:
+        return task
+    return task.with_style(style) or task
 
 
-def style_of(task_name: str) -> str | None:
-    """The explanation style of one of our tasks; None for another project's task."""
-    from explistops_jax.task_spec import TaskSpec
-
-    try:
-        return TaskSpec.parse(task_name).style
-    except UserError:
-        return None
+style_of = task_spec.style_of  # the style of a task (its spec or name); None if not ours

@@ -147,15 +147,15 @@ def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain",
                        training: bool = False, use_cached: bool = False) -> bool:
     """Registers the SeqIO tasks (``import seqio_tasks``, which loads TensorFlow)
     when any of ``names`` is read by the SeqIO backend
-    (``input_pipeline.resolve_backend``): for evaluation, or with ``training``
+    (``backends.needs_registry``): for evaluation, or with ``training``
     for training as well (a mixture is sampled through SeqIO; its members are
     evaluated with grain), and always with ``use_cached`` (an offline cache is
     SeqIO's). The grain backend needs no registry. Returns whether they were
     registered."""
-    from explistops_jax import input_pipeline
+    from explistops_jax import backends
 
-    if not any(input_pipeline.resolve_backend(name, data_backend, training=training,
-                                              use_cached=use_cached) == "seqio"
+    if not any(backends.needs_registry(name, data_backend, training=training,
+                                       use_cached=use_cached)
                for name in names if name):
         return False
     import seqio_tasks  # noqa: F401  (registers the tasks)

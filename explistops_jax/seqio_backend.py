@@ -11,6 +11,10 @@ seed, turned into model features by ``seqio.EncDecFeatureConverter`` and cut
 into batches; several processes read shard ``process_index`` of the split
 (``seqio.ShardInfo``; a generated source produces every example and keeps its
 shard). A mixture is one endless stream.
+
+:class:`SeqioTask` is the thin adapter that gives a registered ``seqio.Task``
+the interface of :class:`explistops_jax.backends.InputTask`, which the
+project's own tasks have too.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ tf_loader.confine()  # before TensorFlow first touches a device
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from explistops_jax import task_spec  # noqa: E402
 from explistops_jax.errors import UserError  # noqa: E402
 
-__all__ = ["get_provider", "check_cached", "feature_converter", "SeqioSource", "subtasks",
-           "read_split", "preprocess_raw"]
+__all__ = ["get_provider", "check_cached", "feature_converter", "SeqioSource", "SeqioTask",
+           "subtasks", "read_split", "preprocess_raw"]
 
 
 class _DropUncachedWarning(logging.Filter):
@@ -112,6 +117,88 @@ def preprocess_raw(task: seqio.Task, raw: Sequence[Mapping[str, Any]],
     return examples, list(feature_converter(False)(ds, dict(lengths)).as_numpy_iterator())
 
 
+class SeqioTask:
+    """A registered ``seqio.Task`` as an :class:`explistops_jax.backends.InputTask`
+    (read with ``use_cached``: its offline cache)."""
+
+    backend = "seqio"
+    needs_registry = True
+
+    def __init__(self, task: seqio.Task, *, use_cached: bool = False):
+        self.task = task
+        self.name = task.name
+        self.use_cached = use_cached
+        # the spec the project's registrations carry (seqio_tasks.SpecTask), else
+        # the one its name reads as (None for another project's task)
+        spec = getattr(task, "spec", None) or task_spec.spec_of(task.name)
+        self.spec = spec if isinstance(spec, task_spec.TaskSpec) else None
+
+    def __repr__(self) -> str:
+        return f"SeqioTask({self.name!r})"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.task.splits)
+
+    @property
+    def output_features(self) -> Mapping[str, seqio.Feature]:
+        return self.task.output_features
+
+    @property
+    def vocabulary(self) -> seqio.Vocabulary:
+        return self.task.output_features["targets"].vocabulary
+
+    @property
+    def predict_metric_fns(self):
+        return self.task.predict_metric_fns
+
+    @property
+    def score_metric_fns(self):
+        return self.task.score_metric_fns
+
+    def postprocess_fn(self, output: Any, example: Mapping | None = None,
+                       is_target: bool = False) -> Any:
+        return self.task.postprocess_fn(output, example=example, is_target=is_target)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.task.splits:
+            raise UserError(f"task {self.name!r} has no split {split!r}",
+                            expected="one of " + ", ".join(self.task.splits))
+
+    def num_examples(self, split: str) -> int:
+        self._check_split(split)
+        examples = self.task.num_input_examples(split)
+        if examples is not None:
+            return int(examples)
+        ds = self.task.source.get_dataset(split=split, shuffle=False)
+        return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+    def raw_examples(self, split: str, max_examples: int | None = None) -> list[dict]:
+        self._check_split(split)
+        ds = self.task.source.get_dataset(split=split, shuffle=False)
+        if max_examples is not None:
+            ds = ds.take(max_examples)
+        return list(ds.as_numpy_iterator())
+
+    def read_split(self, split: str, lengths: Mapping[str, int],
+                   max_examples: int | None = None) -> tuple[list[dict], list[dict]]:
+        return read_split(self.task, split, lengths, max_examples, self.use_cached)
+
+    def preprocess_raw(self, raw: Sequence[Mapping[str, Any]], lengths: Mapping[str, int]
+                       ) -> tuple[list[dict], list[dict]]:
+        return preprocess_raw(self.task, raw, lengths)
+
+    def with_style(self, style: str) -> "SeqioTask | None":
+        if self.spec is None:
+            return None
+        spec = self.spec.replace(style=style)  # an unknown style fails here
+        if spec == self.spec:
+            return self
+        if spec.name not in seqio.TaskRegistry.names():
+            return None
+        return SeqioTask(get_provider(spec.name), use_cached=self.use_cached)
+
+
 class SeqioSource:
     """One process's epochs of a registered task or mixture as numpy batches
     (the SeqIO half of ``input_pipeline.BatchStream``).
@@ -143,6 +230,10 @@ class SeqioSource:
     @property
     def vocabulary(self):
         return self.provider.output_features["targets"].vocabulary
+
+    def share_sizes(self, process_index: int, process_count: int, allgather) -> None:
+        """Nothing to share: every process reads the whole stream (the grain
+        source's sizes pass has no SeqIO counterpart)."""
 
     def num_examples(self) -> int:
         """Examples per epoch (the whole split)."""

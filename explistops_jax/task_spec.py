@@ -50,6 +50,8 @@ __all__ = [
     "file_task_name",
     "parse",
     "parse_file_task_name",
+    "spec_of",
+    "style_of",
 ]
 
 SOURCES = ("function", "tfds")     # generated on the fly | prepared TFDS records
@@ -230,6 +232,22 @@ def parse(name: str) -> TaskSpec | MixtureSpec:
     raise UserError(f"malformed task or mixture name {name!r}",
                     expected=f"a task {TASK_PATTERN} (style one of {', '.join(STYLES)}) "
                              f"or a mixture {MIXTURE_PATTERN}")
+
+
+def spec_of(name: str) -> TaskSpec | MixtureSpec | None:
+    """The spec of a task or mixture name; None for a name of another project."""
+    try:
+        return parse(name)
+    except UserError:
+        return None
+
+
+def style_of(task: str | TaskSpec | MixtureSpec | None) -> str | None:
+    """The explanation style of a task (its spec or its name): the one definition
+    that predict and the report use. None for a mixture of styles, a task of
+    another project or None."""
+    spec = spec_of(task) if isinstance(task, str) else task
+    return spec.style if isinstance(spec, TaskSpec) else None
 
 
 def dataset_tasks(dataset: str, *, styles: Iterable[str] = STYLES,

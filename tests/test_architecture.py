@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"checkpoints", "checkpoints.common", "checkpoints.hf", "checkpoints.hub",
      "checkpoints.native", "checkpoints.t5x"},
-    {"train_state", "grain_pipeline", "seqio_backend"},
+    {"train_state", "grain_pipeline", "seqio_backend", "backends"},
     {"train_step", "input_pipeline", "lengths"},
     {"plan", "evaluator"},
     {"trainer", "predict"},

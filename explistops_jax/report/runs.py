@@ -279,12 +279,8 @@ def _style_name(info: Mapping[str, Any]) -> str:
 def style_of_task(task_name: str) -> str | None:
     """The explanation style a task name carries (``explistops30_medium_sp`` ->
     ``medium``), for runs whose run.json does not say; None for a mixture of
-    styles or a task that is not one of ours."""
-    try:
-        spec = task_spec.parse(task_name)
-    except UserError:
-        return None
-    return spec.style if isinstance(spec, task_spec.TaskSpec) else None
+    styles or a task that is not one of ours (``task_spec.style_of``)."""
+    return task_spec.style_of(task_name)
 
 
 def _as_int(value: Any) -> int | None:
