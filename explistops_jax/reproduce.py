@@ -21,28 +21,20 @@ from typing import Any, Callable, Sequence
 
 from etils import epath
 
-from explistops_jax import rundir
+from explistops_jax import rundir, run_info
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
 from explistops_jax.study import Run
 
 __all__ = ["run_all", "train_run", "evaluate_run", "export_record", "import_record"]
 
-# What must match between a run's recorded run.json and the run asked for, before a
-# run directory is resumed or its results reused (the rest, e.g. the evaluation
-# splits, may grow).
-_SAME_TRAINING = ("style", "seed", "dataset", "train_examples", "epochs", "batch_size",
-                  "optimizer", "learning_rate", "schedule", "warmup_steps")
-
-
 def _check_same_training(run: Run, run_dir: epath.Path, preset: str) -> None:
     """A run directory made with other settings (an older preset) is not reused."""
-    path = RunDir(run_dir).run_json
-    if not path.exists():
+    if not RunDir(run_dir).run_json.exists():
         return
-    recorded = rundir.read_json(path)
+    recorded = run_info.read(run_dir)
     wanted = run.run_info(preset)
-    differ = [k for k in _SAME_TRAINING if k in recorded and recorded[k] != wanted[k]]
+    differ = [k for k in run_info.SAME_TRAINING if k in recorded and recorded[k] != wanted[k]]
     if differ:
         raise UserError(
             f"run directory {run_dir} was trained with other settings ("

@@ -1,8 +1,11 @@
 """What every process runs first, and the one error boundary of every entry point.
 
-:func:`setup` is called by each entry point (``python -m explistops_jax.train``
-and ``.eval``, every ``explistops`` command that uses JAX or TensorFlow) before
-anything imports TensorFlow or touches a JAX device:
+:func:`start` is the one start-up path: every entry point (``python -m
+explistops_jax.train`` and ``.eval``, every ``explistops`` command that uses JAX
+or TensorFlow) calls it with its parsed flags before anything imports TensorFlow
+or touches a JAX device, and uses what it returns to register the tasks the
+command reads (:meth:`Startup.register`) and to open its output
+(:meth:`Startup.output`). It runs :func:`setup`:
 
 * quiet start-up: TensorFlow's C++ logging level is set before TensorFlow loads,
   and the lines its libraries print to standard error while loading (oneDNN, "could
@@ -36,7 +39,7 @@ from typing import Callable, Iterable, Iterator
 
 from explistops_jax.errors import UserError, WriteError, WriteFailureLogFilter
 
-__all__ = ["setup", "confine_tensorflow", "register_tasks_for", "run_task",
+__all__ = ["start", "Startup", "setup", "confine_tensorflow", "register_tasks_for", "run_task",
            "add_distributed_arguments", "distributed_options", "ArgumentParser",
            "run_guarded", "fail", "new_output", "check_writable", "PROG"]
 
@@ -92,6 +95,54 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
             coordinator_address, num_processes, process_id,
             **{k: v for k, v in timeouts.items() if v is not None})
         _done["distributed"] = True
+
+
+class Startup:
+    """A started process (:func:`start`): registers what a command reads and
+    opens what it writes, the same way for every entry point."""
+
+    def __init__(self, args: argparse.Namespace | None):
+        self.args = args
+        self.task_files: dict[str, str] = {}
+
+    def register(self, tasks: Iterable[str | None] = (), *, data_backend: str = "grain",
+                 training_tasks: Iterable[str | None] = (), use_cached: bool = False,
+                 checkpoint: str | Path | None = None) -> dict[str, str]:
+        """Registers the file tasks of ``--task_file`` (and those ``checkpoint``'s
+        run recorded), then the SeqIO registry when a task is read through it
+        (``training_tasks`` are trained on, ``tasks`` evaluated or decoded).
+        Returns the ``--task_file`` tasks, ``{name: dir}`` (also kept in
+        :attr:`task_files`; a training run records them)."""
+        files = register_file_tasks(getattr(self.args, "task_file", None) or (), checkpoint)
+        self.task_files.update(files)
+        training_tasks = list(training_tasks)
+        if training_tasks:
+            register_tasks_for(training_tasks, data_backend, training=True,
+                               use_cached=use_cached)
+        register_tasks_for(tasks, data_backend, use_cached=use_cached)
+        return files
+
+    def output(self, path: str | Path | None, what: str = "output directory"
+               ) -> contextlib.AbstractContextManager[None]:
+        """The command's output directory (:func:`new_output`)."""
+        return new_output(path, what)
+
+
+def start(args: argparse.Namespace | None = None, *, tensorflow: bool = False,
+          sentencepiece_model: str | None = None) -> Startup:
+    """The one start-up of every entry point: :func:`setup`, joining a multi-host
+    job when ``args`` carries :func:`add_distributed_arguments`' flags, and
+    ``sentencepiece_model`` as the SentencePiece vocabulary of T5's tasks (gin
+    ``sentencepiece_model_path.path``) when given. Errors are turned into one
+    line by :func:`run_guarded`, which wraps every ``main``."""
+    setup(tensorflow=tensorflow, **(distributed_options(args) if args is not None else {}))
+    if sentencepiece_model:
+        import gin
+
+        from explistops_jax import vocab  # noqa: F401  (declares the gin parameter)
+
+        gin.bind_parameter("sentencepiece_model_path.path", sentencepiece_model)
+    return Startup(args)
 
 
 COMPILATION_CACHE_ENV = "EXPLISTOPS_COMPILATION_CACHE"
@@ -166,13 +217,10 @@ def register_tasks_for(names: Iterable[str | None], data_backend: str = "grain",
 def run_task(checkpoint: str | Path) -> str | None:
     """The task a run directory (or one of its checkpoints) trained on, from its
     run.json; None for a checkpoint from another tool."""
-    from explistops_jax import rundir
+    from explistops_jax import run_info
 
-    found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
-    if found is None:
-        return None
-    info, _ = rundir.read_json_lenient(found[0].run_json)
-    return info.get("mixture_or_task_name") if isinstance(info, dict) else None
+    info = run_info.recorded_for(checkpoint)
+    return info.get("mixture_or_task_name") if info is not None else None
 
 
 def add_task_file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,11 +242,10 @@ def register_file_tasks(specs: Iterable[str] = (), checkpoint: str | Path | None
 
     registered: dict[str, str] = {}
     if checkpoint is not None:
-        from explistops_jax import rundir
+        from explistops_jax import run_info
 
-        found = rundir.find_run_checkpoint(Path(checkpoint).expanduser().absolute())
-        info = rundir.read_json_lenient(found[0].run_json)[0] if found else None
-        recorded = info.get("task_files") if isinstance(info, dict) else None
+        info = run_info.recorded_for(checkpoint)
+        recorded = info.get("task_files") if info is not None else None
         for name, path in (recorded or {}).items():
             if Path(path).is_dir():
                 own_tasks.register_file_task(path, name, replace=True)

@@ -36,7 +36,7 @@ import logging
 import math
 from typing import Any, Mapping, Sequence
 
-from explistops_jax import data, explain, lengths
+from explistops_jax import data, explain, lengths, run_info
 from explistops_jax.errors import UserError
 from explistops_jax.task_spec import TaskSpec
 
@@ -102,14 +102,15 @@ class Run:
         return TaskSpec.parse(self.task)
 
     def run_info(self, preset: str) -> dict[str, Any]:
-        """What the run records in run.json (the report reads these keys)."""
-        return {"run_name": self.name, "preset": preset, "model": self.model,
-                "style": self.style, "seed": self.seed, "dataset": self.dataset,
-                "train_examples": self.train_examples, "condition": self.condition,
-                "epochs": self.epochs, "from_pretrained": self.initial_checkpoint is not None,
-                "batch_size": self.batch_size, "optimizer": self.optimizer,
-                "learning_rate": self.learning_rate, "schedule": self.schedule,
-                "warmup_steps": self.warmup_steps}
+        """What the run records in run.json beside the trainer's facts
+        (:func:`explistops_jax.run_info.study_facts`; the report reads them)."""
+        return run_info.study_facts(
+            run_name=self.name, preset=preset, model=self.model, style=self.style,
+            seed=self.seed, dataset=self.dataset, train_examples=self.train_examples,
+            condition=self.condition, epochs=self.epochs,
+            from_pretrained=self.initial_checkpoint is not None, batch_size=self.batch_size,
+            optimizer=self.optimizer, learning_rate=self.learning_rate,
+            schedule=self.schedule, warmup_steps=self.warmup_steps)
 
     def with_eval_splits(self, splits: Sequence[str]) -> "Run":
         """The run scoring ``splits`` too, its evaluation lengths grown to hold them."""

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
-from explistops_jax.checkpoints import common as checkpoints_common
+from explistops_jax import run_info as run_info_lib
 from explistops_jax.errors import ConfigError, UserError
 from explistops_jax.rundir import RunDir
 from explistops_jax.train_state import CheckpointConfig, RunCheckpoints, TrainState
@@ -366,7 +366,8 @@ def train(
         if (checkpoints.latest_step() or 0) >= total_steps:  # finished earlier
             return _finished(model_dir, checkpoints.latest_step())
         layout = state_layout(model, tx, partitioner)
-        info = _run_info(model, data, total_steps, run_info)
+        info = {**run_info_lib.training_facts(getattr(model, "config", None), data,
+                                               total_steps), **(run_info or {})}
         if truncated:
             info["truncated"] = truncated
         step_fn = partitioner.jit(
@@ -383,7 +384,7 @@ def train(
             run = RunDir(model_dir)
             summaries.truncate_log(run.train_log, start_step)
             summaries.truncate_log(run.eval_log, start_step)
-            rundir.write_json(run.run_json, info)
+            run_info_lib.write(model_dir, info)
 
         evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
         writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
@@ -484,24 +485,3 @@ def _make_evaluator(evaluation: EvalConfig | None, model, partitioner, data, mod
         batch_size=evaluation.batch_size, max_examples=evaluation.max_examples,
         model_dir=model_dir, partitioner=partitioner, use_cached=data.use_cached,
         data_backend=data.data_backend)
-
-
-def _run_info(model, data: input_pipeline.DataConfig, total_steps: int,
-              extra: Mapping[str, Any] | None) -> dict:
-    """What ``run.json`` and each checkpoint record about the run."""
-    config = getattr(model, "config", None)
-    info = {
-        "model_config": (checkpoints_common.config_to_dict(config)
-                         if dataclasses.is_dataclass(config) else None),
-        "mixture_or_task_name": data.mixture_or_task_name,
-        "task_feature_lengths": dict(data.task_feature_lengths),
-        "batch_size": data.batch_size,
-        "pack": data.pack,
-        "num_epochs": data.num_epochs,
-        "total_steps": total_steps,
-    }
-    info.update(extra or {})
-    return info
-
-
-

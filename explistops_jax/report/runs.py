@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from etils import epath
 
-from explistops_jax import rundir, task_spec
+from explistops_jax import rundir, run_info, scoring, task_spec
 from explistops_jax.errors import UserError
 from explistops_jax.explain import STYLES
 from explistops_jax.rundir import RunDir
@@ -102,11 +102,7 @@ class RunResult:
     def breakdown(self, kind: str, split: str = TEST_SPLIT) -> dict[str, float]:
         """``accuracy_<kind>_<bucket>`` metrics of a split as {bucket: accuracy}."""
         result = self.splits.get(split)
-        prefix = f"accuracy_{kind}_"
-        if result is None:
-            return {}
-        return {key[len(prefix):]: value for key, value in result.metrics.items()
-                if key.startswith(prefix)}
+        return {} if result is None else scoring.breakdown_of(result.metrics, kind)
 
 
 def find_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[epath.Path]:
@@ -162,12 +158,8 @@ def read_run(run_dir: str | os.PathLike) -> RunResult:
     """One run directory (see the module doc for the files read)."""
     run_dir = epath.Path(run_dir)
     files = RunDir(run_dir)
-    problems: list[str] = []
-    info = _read_json(files.run_json, problems)
-    if not isinstance(info, dict):
-        if info is not None:
-            problems.append(f"{rundir.RUN_JSON} is not a JSON object")
-        info = {}
+    info, problem = run_info.read_lenient(run_dir)
+    problems = [problem] if problem else []
     run = RunResult(
         run_dir=run_dir,
         name=str(info.get("run_name") or run_dir.name),
