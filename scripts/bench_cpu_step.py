@@ -3,7 +3,7 @@ side by side in one process.
 
     python scripts/bench_cpu_step.py [--shape 64x32x96] [--rounds 6]
 
-The rewrites (explistops_jax/network.py) change no value, only how XLA's CPU
+The rewrites (explistops_jax/cpu_kernels.py, layers.py) change no value, only how XLA's CPU
 backend computes: ``add_bias`` sums the relative position bias's gradient over
 the batch as a matrix-vector product, ``Dense`` multiplies ``[b*l, in]`` instead
 of ``[b, l, in]``, and ``Attention`` contracts heads-first ``[b, h, len, kv]``
@@ -35,7 +35,8 @@ from flax import linen as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine_info import cpu_model, load_average  # noqa: E402
 
-from explistops_jax import network, optimizers, partitioning, study, train_step  # noqa: E402
+from explistops_jax import (  # noqa: E402
+    cpu_kernels, layers, network, optimizers, partitioning, study, train_step)
 from explistops_jax.model import EncoderDecoderModel  # noqa: E402
 from explistops_jax.plan import random_batch  # noqa: E402
 
@@ -46,7 +47,8 @@ class PlainDense(nn.Module):
     features: int
     kernel_axes: tuple[str, str]
     dtype: object = jnp.float32
-    kernel_init: object = network._kernel_init()
+    kernel_init: object = layers._kernel_init()
+    cpu_kernels: object = None
 
     @nn.compact
     def __call__(self, x):
@@ -56,42 +58,42 @@ class PlainDense(nn.Module):
         return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
-class LengthFirstAttention(network.Attention):
+class LengthFirstAttention(layers.Attention):
     """Attention as it was: products of [b, len, h, kv] operands."""
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv, bias, *, deterministic=True, decode=False,
                  decode_index=None):
         cfg = self.config
-        query = network.Dense(cfg.num_heads * cfg.head_dim, ("embed", "joined_kv"),
-                              cfg.activation_dtype, network._kernel_init(1.0 / cfg.head_dim),
-                              name="query")(inputs_q)
+        query = layers.Dense(cfg.num_heads * cfg.head_dim, ("embed", "joined_kv"),
+                             cfg.activation_dtype, layers._kernel_init(1.0 / cfg.head_dim),
+                             name="query")(inputs_q)
         query = self._heads(query)
         key, value = self._key_value(inputs_kv, decode, decode_index)
         logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32),
                             key.astype(jnp.float32))
         if bias is not None:
-            logits = network.add_bias(logits, bias.astype(logits.dtype))
+            logits = layers.add_bias(cfg, logits, bias.astype(logits.dtype))
         weights = jax.nn.softmax(logits, axis=-1).astype(cfg.activation_dtype)
-        weights = network._dropout(cfg)(weights, deterministic=deterministic)
+        weights = layers.dropout(cfg)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(cfg.activation_dtype))
         out = out.reshape(out.shape[:2] + (-1,))
-        return network.Dense(cfg.emb_dim, ("joined_kv", "embed"), cfg.activation_dtype,
-                             name="out")(out)
+        return layers.Dense(cfg.emb_dim, ("joined_kv", "embed"), cfg.activation_dtype,
+                            name="out")(out)
 
 
 def _variant(name: str):
-    """Patches the network module for a variant; returns the undo."""
-    dense, add_bias, attention = network.Dense, network.add_bias, network.Attention
+    """Patches the layers (and the CPU bias add) for a variant; returns the undo."""
+    dense, add_bias, attention = layers.Dense, cpu_kernels.add_bias, layers.Attention
     if name != "all":
-        network.Attention = LengthFirstAttention
+        layers.Attention = LengthFirstAttention
     if name in ("plain", "bias"):
-        network.Dense = PlainDense
+        layers.Dense = PlainDense
     if name == "plain":
-        network.add_bias = lambda logits, bias: logits + bias
+        cpu_kernels.add_bias = lambda logits, bias: logits + bias
 
     def undo():
-        network.Dense, network.add_bias, network.Attention = dense, add_bias, attention
+        layers.Dense, cpu_kernels.add_bias, layers.Attention = dense, add_bias, attention
     return undo
 
 

@@ -7,7 +7,7 @@ vocabulary 384, float32, z-loss 1e-4) for five variants compiled in one process
 and timed in turn, round after round (so that a busy moment of the machine falls
 on all of them): dropout off; per-element dropout 0.1 with flax's ``nn.Dropout``
 (the baseline: JAX's threefry, a loop on CPU, and a float compare per element);
-per-element dropout 0.1 with ``network.Dropout`` (the default: the same masks,
+per-element dropout 0.1 with ``cpu_kernels.Dropout`` (the CPU default: the same masks,
 its threefry written out so that XLA fuses it into the mask's consumers);
 broadcast dropout 0.1 (T5X's masks, ``T5Config.broadcast_dropout``) with each.
 Each round times 3 steps of each variant (fresh dropout keys) after one untimed
@@ -32,7 +32,7 @@ from flax import linen as nn  # noqa: E402
 from bench_t5x_vs_own import SHAPES  # noqa: E402
 from machine_info import cpu_model, load_average  # noqa: E402
 
-from explistops_jax import network  # noqa: E402
+from explistops_jax import cpu_kernels, layers, network  # noqa: E402
 from explistops_jax.model import EncoderDecoderModel  # noqa: E402
 from explistops_jax.plan import random_batch  # noqa: E402
 
@@ -41,13 +41,18 @@ def _flax_dropout(cfg: network.T5Config) -> nn.Dropout:
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,) if cfg.broadcast_dropout else ())
 
 
+def _cpu_dropout(cfg: network.T5Config) -> cpu_kernels.Dropout:
+    return cpu_kernels.Dropout(cfg.dropout_rate,
+                               broadcast_dims=(-2,) if cfg.broadcast_dropout else ())
+
+
 # name -> (rate, broadcast masks, dropout module factory)
 VARIANTS = {
-    "off": (0.0, False, network._dropout),
+    "off": (0.0, False, _cpu_dropout),
     "per-element, nn.Dropout": (0.1, False, _flax_dropout),
-    "per-element, network.Dropout": (0.1, False, network._dropout),
+    "per-element, cpu_kernels.Dropout": (0.1, False, _cpu_dropout),
     "broadcast, nn.Dropout": (0.1, True, _flax_dropout),
-    "broadcast, network.Dropout": (0.1, True, network._dropout),
+    "broadcast, cpu_kernels.Dropout": (0.1, True, _cpu_dropout),
 }
 
 
@@ -55,11 +60,11 @@ def compiled_steps(preset: str, batch) -> dict:
     """Each variant's compiled loss-and-gradient function and its parameters."""
     overrides = SHAPES["e128"][1] if preset == "t5_1_0_tiny" else {}
     shapes = {"encoder_input_tokens": (8, 64), "decoder_input_tokens": (8, 192)}
-    default = network._dropout
+    default = layers.dropout
     steps = {}
     try:
         for name, (rate, broadcast, factory) in VARIANTS.items():
-            network._dropout = factory  # read while the step is traced
+            layers.dropout = factory  # read while the step is traced
             model = EncoderDecoderModel(network.get_config(
                 preset, vocab_size=384, dropout_rate=rate, broadcast_dropout=broadcast,
                 **overrides), z_loss=1e-4)
@@ -69,7 +74,7 @@ def compiled_steps(preset: str, batch) -> dict:
                 params, batch, jax.random.PRNGKey(0)).compile()
             steps[name] = (step, params)
     finally:
-        network._dropout = default
+        layers.dropout = default
     return steps
 
 

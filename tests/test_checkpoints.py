@@ -174,6 +174,29 @@ def test_the_attention_kernel_is_not_saved(model, tmp_path):
     assert got_config == fused.replace(attention_kernel="einsum")
 
 
+def test_the_cpu_kernels_switch_is_not_saved(model, tmp_path):
+    """T5Config.cpu_kernels chooses how a machine computes: a run trained with the
+    CPU kernels loads on a GPU with the default (resolved there, to off)."""
+    config, params = model
+    checkpoints.save_params(tmp_path / "p", config.replace(cpu_kernels=True), params)
+    assert "cpu_kernels" not in json.loads((tmp_path / "p" / "config.json").read_text())
+    got_config, _ = checkpoints.load_params(tmp_path / "p")
+    assert got_config == config.replace(cpu_kernels=None)
+
+
+def test_configs_saved_with_scan_layers_still_load():
+    """Older runs saved ``"scan_layers": false`` (a field since removed: layers
+    are always unrolled); it is dropped on reading, and ``true`` is refused."""
+    config = network.get_config("t5_1_1_tiny", vocab_size=64)
+    saved = common.config_to_dict(config)
+    assert "scan_layers" not in saved
+    assert common.config_from_dict({**saved, "scan_layers": False}, source="run.json") == config
+    with pytest.raises(UserError, match=r"run\.json: T5Config\.scan_layers=True is not supported"):
+        common.config_from_dict({**saved, "scan_layers": True}, source="run.json")
+    with pytest.raises(UserError, match="unknown T5Config field"):
+        common.config_from_dict({**saved, "scan_layer": False}, source="run.json")
+
+
 def test_load_any_detects_each_format(model, tmp_path):
     config, params = model
     checkpoints.save_params(tmp_path / "ours", config, params)

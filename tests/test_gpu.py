@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from explistops_jax import network, optimizers, partitioning, train_step
+from explistops_jax import cpu_kernels, layers, network, optimizers, partitioning, train_step
 from explistops_jax.model import EncoderDecoderModel
 
 pytestmark = [
@@ -87,7 +87,7 @@ def test_greedy_decoding_scores_what_it_decodes():
 
 def test_sharded_train_step_on_one_device():
     """The trainer's sharded step (mesh 1x1 on the GPU, state donated, bf16
-    activations, dropout 0.1 through network.Dropout's fused threefry) lowers
+    activations, dropout 0.1 through flax's nn.Dropout, the GPU's default) lowers
     its loss on a repeated batch: loss after 5 Adafactor steps is below the
     first (a fit, not a trajectory)."""
     config = network.get_config("t5_1_0_small", dtype="bfloat16", dropout_rate=0.1, **SMALL)
@@ -111,14 +111,28 @@ def test_sharded_train_step_on_one_device():
 
 
 def test_dropout_is_flax_dropout_on_the_gpu():
-    """network.Dropout's fused threefry gives flax's masks on the GPU's JAX too."""
+    """cpu_kernels.Dropout's fused threefry gives flax's masks on the GPU's JAX too."""
     x = jax.random.normal(jax.random.key(1), (8, 128, 512), jnp.bfloat16)
     rngs = {"dropout": jax.random.key(5)}
     run = lambda m: np.asarray(jax.jit(lambda v: m.apply(
         {}, v, deterministic=False, rngs=rngs))(x).astype(jnp.float32))
-    own = run(network.Dropout(0.1))
+    own = run(cpu_kernels.Dropout(0.1))
     np.testing.assert_array_equal(own, run(nn.Dropout(0.1)))
     assert 0.09 < (own == 0).mean() < 0.11
+
+
+def test_the_plain_kernels_are_the_default_on_the_gpu():
+    """T5Config.cpu_kernels=None resolves to off here: flax's nn.Dropout, no
+    custom-VJP bias add."""
+    assert not cpu_kernels.enabled(None)
+    config = network.get_config("t5_1_0_tiny", dropout_rate=0.1, vocab_size=64)
+    assert type(layers.dropout(config)) is nn.Dropout
+    tokens = jnp.ones((2, 8), jnp.int32)
+    model = network.Transformer(config)
+    params = model.init(jax.random.key(0), tokens, tokens)
+    jaxpr = jax.make_jaxpr(lambda p: model.apply(
+        p, tokens, tokens, enable_dropout=True, rngs={"dropout": jax.random.key(1)}))(params)
+    assert "custom_vjp_call" not in str(jaxpr)
 
 
 def test_cudnn_attention_matches_einsum():

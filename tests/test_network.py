@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from explistops_jax import network
+from explistops_jax import layers
 from explistops_jax.errors import ConfigError
 from explistops_jax.network import PRESETS, Transformer, get_config
 
@@ -166,7 +166,7 @@ def test_get_config_overrides_and_errors():
         get_config("t5_9_small")
     with pytest.raises(TypeError, match="emb_size"):
         get_config("t5_1_0_small", emb_size=3)
-    with pytest.raises(ValueError, match="scan_layers"):
+    with pytest.raises(TypeError, match="scan_layers"):  # layers are always unrolled
         get_config("t5_1_0_small", scan_layers=True)
     with pytest.raises(ValueError, match="swish"):
         get_config("t5_1_0_small", mlp_activations=("swish",))
@@ -192,8 +192,8 @@ def test_relative_position_buckets_match_t5():
                      18, 23, 24, 25, 26, 26, 27, 28, 30, 31, 31, 31, 31]
     causal = [31, 31, 31, 30, 26, 26, 21, 21, 21, 16, 16, 15, 9, 8, 7, 1, 0, 0, 0, 0, 0,
               0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    np.testing.assert_array_equal(network.relative_position_bucket(rel, True), bidirectional)
-    np.testing.assert_array_equal(network.relative_position_bucket(rel, False), causal)
+    np.testing.assert_array_equal(layers.relative_position_bucket(rel, True), bidirectional)
+    np.testing.assert_array_equal(layers.relative_position_bucket(rel, False), causal)
 
 
 ENC, DEC = 8, 6  # one shape for most tests: one compile per config
@@ -240,7 +240,7 @@ def test_tied_head_scales_logits_by_inverse_sqrt_dim():
     model, params = _init(cfg)
     enc, dec = _batch(2)
     logits, state = model.apply({"params": params}, enc, dec,
-                                capture_intermediates=lambda m, _: isinstance(m, network.RMSNorm))
+                                capture_intermediates=lambda m, _: isinstance(m, layers.RMSNorm))
     normed = state["intermediates"]["decoder"]["decoder_norm"]["__call__"][0]
     expected = normed @ params["token_embedder"]["embedding"].T / np.sqrt(cfg.emb_dim)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
@@ -350,7 +350,7 @@ def test_dropout_only_when_enabled():
 
 
 def test_broadcast_dropout_shares_masks_along_length_and_query_axes():
-    keep_pattern = lambda cfg, shape: np.asarray(network._dropout(cfg).apply(
+    keep_pattern = lambda cfg, shape: np.asarray(layers.dropout(cfg).apply(
         {}, jnp.ones(shape), deterministic=False,
         rngs={"dropout": jax.random.key(0)})) != 0
     per_element = keep_pattern(_tiny(dropout_rate=0.5), (2, 16, 8))
@@ -368,100 +368,6 @@ def test_broadcast_dropout_shares_masks_along_length_and_query_axes():
                                     rngs={"dropout": jax.random.key(seed)})
     np.testing.assert_array_equal(drop(1), drop(1))
     assert float(jnp.abs(drop(1) - model.apply({"params": params}, enc, dec)).max()) > 1e-3
-
-
-@pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 1001), (2, 3, 5, 64)])
-def test_random_bits_are_jax_random_bits(shape):
-    """The fused threefry gives jax.random.bits's uint32 draws bit for bit, for
-    typed and raw keys, jitted or not (JAX's hash is the reference)."""
-    for key in (jax.random.key(3), jax.random.PRNGKey(1 << 31), jax.random.key(0)):
-        want = np.asarray(jax.random.bits(key, shape, jnp.uint32))
-        np.testing.assert_array_equal(network.random_bits(key, shape), want)
-        np.testing.assert_array_equal(
-            jax.jit(network.random_bits, static_argnums=1)(key, shape), want)
-    # Other key implementations are drawn by jax.random.bits itself.
-    rbg = jax.random.key(3, impl="rbg")
-    np.testing.assert_array_equal(network.random_bits(rbg, (5, 9)),
-                                  jax.random.bits(rbg, (5, 9), jnp.uint32))
-
-
-def _flax_and_own_dropout(x, rate, broadcast_dims=(), seed=0):
-    rngs = {"dropout": jax.random.key(seed)}
-    own = network.Dropout(rate, broadcast_dims=broadcast_dims)
-    ref = nn.Dropout(rate, broadcast_dims=broadcast_dims)
-    run = lambda m: jax.jit(lambda v: m.apply({}, v, deterministic=False, rngs=rngs))(x)
-    return run(own), run(ref)
-
-
-@pytest.mark.parametrize("rate,broadcast_dims,dtype", [
-    (0.1, (), jnp.float32), (0.5, (), jnp.bfloat16), (0.9, (), jnp.float32),
-    (1 / 3, (), jnp.float32), (1e-9, (), jnp.float32),  # a rate float32 cannot see
-    (0.1, (-2,), jnp.float32), (0.3, (0, 2), jnp.bfloat16),
-    (0.0, (), jnp.float32), (1.0, (), jnp.float32)])
-def test_dropout_is_flax_dropout_bit_for_bit(rate, broadcast_dims, dtype):
-    x = jax.random.normal(jax.random.key(1), (4, 33, 65)).astype(dtype)
-    own, ref = _flax_and_own_dropout(x, rate, broadcast_dims)
-    assert own.dtype == ref.dtype == dtype
-    own, ref = np.asarray(own.astype(jnp.float32)), np.asarray(ref.astype(jnp.float32))
-    np.testing.assert_array_equal(own, ref)
-    if 0.0 < rate < 1e-3:
-        assert (own != 0).all()
-    elif 0.0 < rate < 1.0:  # a real mask: some dropped, some kept, as flax does
-        assert 0 < (own == 0).mean() < 1
-
-
-@pytest.mark.parametrize("keep_prob", [0.9, 0.5, 2 / 3, 0.1, 1 - 1e-9, 1e-9])
-def test_keep_threshold_is_flax_uniform_test_at_its_edge(keep_prob):
-    """At the draws around the threshold (where sampling never lands), the integer
-    test keeps exactly what ``jax.random.uniform(...) < keep_prob`` keeps: the
-    uniform built from the draw's top 23 bits as JAX builds it."""
-    below = network._keep_below(keep_prob)
-    edge = min(below, (1 << 32) - 1)
-    bits = np.array(sorted({max(0, min(b, (1 << 32) - 1)) for b in (
-        0, edge - 513, edge - 512, edge - 1, edge, edge + 1, edge + 511, edge + 512,
-        (1 << 32) - 1)}), np.uint32)
-    one = np.float32(1.0).view(np.uint32)
-    uniform = jax.lax.bitcast_convert_type(jnp.asarray((bits >> 9) | one), jnp.float32) - 1.0
-    flax_keeps = np.asarray(uniform < jnp.float32(keep_prob))
-    np.testing.assert_array_equal(bits.astype(np.uint64) < below, flax_keeps)
-
-
-def test_per_element_dropout_compiles_without_a_loop():
-    """JAX's own threefry is a five-step loop on CPU; the per-element mask is
-    straight-line code that XLA fuses (a shared mask keeps JAX's draw)."""
-    x = jnp.ones((8, 64, 32))
-
-    def mask_loops(module):  # while loops over arrays of the mask's shape
-        hlo = jax.jit(lambda v: module.apply({}, v, deterministic=False, rngs={
-            "dropout": jax.random.key(0)})).lower(x).compile().as_text()
-        return [line for line in hlo.splitlines()
-                if " while(" in line and "u32[8,64,32]" in line]
-
-    assert not mask_loops(network.Dropout(0.1))
-    assert mask_loops(nn.Dropout(0.1))  # the check can see JAX's loop
-
-
-def test_dropout_rate_scale_and_edges():
-    x = jnp.full((400, 500), 2.0)
-    apply = lambda rate, seed=0, **kw: np.asarray(network.Dropout(rate, **kw).apply(
-        {}, x, deterministic=False, rngs={"dropout": jax.random.key(seed)}))
-    out = apply(0.1)
-    dropped = (out == 0).mean()
-    assert abs(dropped - 0.1) < 5 * np.sqrt(0.1 * 0.9 / x.size)
-    np.testing.assert_allclose(out[out != 0], 2.0 / 0.9, rtol=1e-6)
-    assert (apply(0.1, seed=1) != out).any()
-    np.testing.assert_array_equal(apply(0.1), out)
-    # off, deterministic, all-dropped
-    np.testing.assert_array_equal(apply(0.0), x)
-    np.testing.assert_array_equal(network.Dropout(0.5).apply({}, x, deterministic=True), x)
-    np.testing.assert_array_equal(apply(1.0), np.zeros_like(x))
-    # a mask shared along an axis is the same along it; negative axes name the
-    # same axis as positive ones
-    a = apply(0.5, broadcast_dims=(-2,))
-    np.testing.assert_array_equal(a, np.broadcast_to(a[:1], a.shape))
-    np.testing.assert_array_equal(a, apply(0.5, broadcast_dims=(0,)))
-    with pytest.raises(ConfigError, match="dropout_rate"):
-        get_config("t5_1_1_tiny", dropout_rate=1.5)
 
 
 def test_remat_gives_same_loss_and_gradients():
@@ -494,36 +400,6 @@ def test_params_command_prints_count_and_shapes(capsys):
                                                              "axes": ["embed", "vocab"]}
     assert cli.main(["params", "--model", "t5_2_small"]) == 2
     assert "unknown model preset 't5_2_small'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("bias_shape", [(1, 3, 5, 7), (4, 3, 5, 7), (4, 1, 5, 7), (1, 1, 5, 7)])
-def test_add_bias_is_plain_addition_with_the_same_gradients(bias_shape):
-    """add_bias only rewrites the bias's gradient (a sum over broadcast axes,
-    done as a matrix-vector product): values and both gradients equal `+`'s."""
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    logits = jax.random.normal(k1, (4, 3, 5, 7))
-    bias = jax.random.normal(k2, bias_shape)
-    weights = jax.random.normal(k3, (4, 3, 5, 7))
-    loss = lambda add: lambda x, b: jnp.sum(jnp.tanh(add(x, b)) * weights)
-    np.testing.assert_array_equal(network.add_bias(logits, bias), logits + bias)
-    got = jax.grad(loss(network.add_bias), argnums=(0, 1))(logits, bias)
-    want = jax.grad(loss(jnp.add), argnums=(0, 1))(logits, bias)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        # sums of <= 4 float32 terms in another order: a few ulps
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
-
-
-def test_dense_over_leading_axes_equals_one_einsum():
-    """Dense flattens the leading axes into one matmul: same values as the
-    [b, l, in] x [in, out] contraction, for any number of leading axes."""
-    layer = network.Dense(6, ("embed", "mlp"))
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 5))
-    params = layer.init(jax.random.PRNGKey(2), x)
-    kernel = nn.unbox(params)["params"]["kernel"]
-    y = layer.apply(params, x)
-    assert y.shape == (2, 3, 4, 6)
-    np.testing.assert_allclose(y, jnp.einsum("abci,io->abco", x, kernel), rtol=1e-5, atol=1e-6)
 
 
 def _logits_loss_and_grads(config, params, enc, dec, **kwargs):

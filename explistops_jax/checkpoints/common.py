@@ -121,8 +121,13 @@ def check_params(
 
 
 # T5Config fields that choose how this machine computes, not what the model is:
-# not saved, so that a run trained with cuDNN attention evaluates on a CPU.
-_MACHINE_FIELDS = ("attention_kernel",)
+# not saved, so that a run trained with cuDNN attention evaluates on a CPU, and one
+# trained with the CPU kernels uses the plain ones on a GPU.
+_MACHINE_FIELDS = ("attention_kernel", "cpu_kernels")
+
+# Fields older versions saved that T5Config no longer has -> the one value they
+# may still hold (dropped on reading); any other value is an error.
+_RETIRED_FIELDS = {"scan_layers": False}
 
 
 def config_to_dict(config) -> dict[str, Any]:
@@ -143,10 +148,20 @@ def config_to_dict(config) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str):
-    """T5Config from :func:`config_to_dict`'s output; unknown keys are an error."""
-    from explistops_jax import network
+    """T5Config from :func:`config_to_dict`'s output; unknown keys are an error.
+    Retired fields at the value they may still hold (``"scan_layers": false``,
+    which older runs saved) are dropped."""
+    from explistops_jax.t5_config import T5Config
 
-    names = {f.name for f in dataclasses.fields(network.T5Config)}
+    data = dict(data)
+    for name, allowed in _RETIRED_FIELDS.items():
+        value = data.pop(name, allowed)
+        if value != allowed:
+            raise UserError(
+                f"T5Config.{name}={value!r} is not supported: layers are unrolled, so "
+                "that the parameter tree keeps T5X's `layers_{i}` names",
+                where=source, expected=f"{name} absent or {allowed!r}")
+    names = {f.name for f in dataclasses.fields(T5Config)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise UserError(
@@ -156,7 +171,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str):
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     try:
-        return network.T5Config(**values)
+        return T5Config(**values)
     except TypeError as e:  # a required field is absent
         raise UserError(f"incomplete T5Config: {e}", where=source) from None
 
@@ -184,7 +199,7 @@ def infer_config(flat: Mapping[str, Any], *, source: str, **overrides):
     tied head (no ``decoder/logits_dense``). Not visible in shapes and so left at
     T5Config's defaults unless overridden: max distance, epsilon, dtype, dropout.
     """
-    from explistops_jax import network
+    from explistops_jax.t5_config import T5Config
 
     def need(path: str) -> tuple[int, ...]:
         if path not in flat:
@@ -218,4 +233,4 @@ def infer_config(flat: Mapping[str, Any], *, source: str, **overrides):
         relative_attention_num_buckets=buckets,
     )
     values.update(overrides)
-    return network.T5Config(**values)
+    return T5Config(**values)
