@@ -16,6 +16,13 @@ TensorBoard after one warning.
 
 A resumed run first drops the log lines past the step it resumes from, so the
 log always describes one uninterrupted run.
+
+Beside the model's metrics, each step record has its speed (``throughput``):
+``tokens_per_s`` (non-padding target tokens), ``total_tokens_per_s``
+(non-padding input + target tokens), ``model_tflops_per_s`` and ``mfu`` (left
+out where the device's peak is unknown). :class:`StepProfile` writes a
+``jax.profiler`` trace of chosen steps (``train.profile_steps``) into
+``MODEL_DIR/tensorboard/train``, where TensorBoard's profile tab finds it.
 """
 
 from __future__ import annotations
@@ -27,14 +34,16 @@ import logging
 import math
 import sys
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 
 from explistops_jax import rundir
+from explistops_jax.errors import ConfigError
 from explistops_jax.rundir import RunDir
 
-__all__ = ["MetricsWriter", "Progress", "truncate_log"]
+__all__ = ["MetricsWriter", "Progress", "StepProfile", "parse_profile_steps",
+           "truncate_log"]
 
 
 def truncate_log(path: rundir.PathLike, last_step: int) -> None:
@@ -218,6 +227,105 @@ class MetricsWriter:
                 writer.close()
         finally:
             self._tb.clear()
+
+
+_PROFILE_WHERE = "train.profile_steps"
+_PROFILE_EXPECTED = ('"A:B" or a pair (A, B) of step numbers, 1 <= A <= B, e.g. "10:12" '
+                     "(steps are counted from 1, as in train_log.jsonl)")
+
+
+def parse_profile_steps(value: str | Sequence[int] | None,
+                        total_steps: int | None = None) -> tuple[int, int] | None:
+    """``train.profile_steps`` as ``(first, last)`` (both traced), None when not
+    set (None or ""). With ``total_steps``, the range must lie in the run.
+
+    Raises:
+      ConfigError: not ``"A:B"`` or a pair of integers with 1 <= A <= B
+        (<= total_steps), naming the value and where it was set.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = []
+    try:
+        if len(parts) != 2 or any(isinstance(p, (bool, float)) for p in parts):
+            raise ValueError
+        first, last = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"profile_steps={value!r} is not a range of steps",
+                          where=_PROFILE_WHERE, expected=_PROFILE_EXPECTED) from None
+    if not 1 <= first <= last:
+        raise ConfigError(f"profile_steps={value!r} is an empty range",
+                          where=_PROFILE_WHERE, expected=_PROFILE_EXPECTED)
+    if total_steps is not None and last > total_steps:
+        raise ConfigError(f"profile_steps={value!r} goes past the run's last step "
+                          f"({total_steps})", where=_PROFILE_WHERE,
+                          expected=f"a range inside 1:{total_steps}")
+    return first, last
+
+
+class StepProfile:
+    """A ``jax.profiler`` trace of steps ``first..last`` (counted from 1, as
+    logged), written to ``logdir`` (the run's TensorBoard train folder:
+    ``plugins/profile/<time>/<host>.xplane.pb``, TensorBoard's profile tab).
+    The periodic-action habit of flax's WMT example (clu ``periodic_actions.
+    Profile``), for a fixed range: the loop calls :meth:`before` ahead of each
+    step and :meth:`after` once it is dispatched; the trace stops when the last
+    step has finished on the device. Steps already done when a run resumes are
+    not traced. Profiling is a diagnostic: a trace that cannot be started or
+    written is one warning, and training goes on. The traced steps' logged
+    times include the profiler's overhead."""
+
+    def __init__(self, steps: tuple[int, int] | None, logdir: rundir.PathLike, *,
+                 enabled: bool = True):
+        self.steps = steps if enabled else None
+        self.logdir = str(logdir)
+        self.tracing = False
+        self.done = False
+
+    def before(self, step: int) -> None:
+        """``step`` is about to run: starts the trace at the range's first step
+        (or at the first step of a resumed run inside the range)."""
+        if self.steps is None or self.tracing or self.done:
+            return
+        first, last = self.steps
+        if first <= step <= last:
+            import jax
+
+            try:
+                jax.profiler.start_trace(self.logdir)
+                self.tracing = True
+                logging.info("profiling steps %d-%d into %s", step, last, self.logdir)
+            except Exception as err:  # noqa: BLE001 - a diagnostic, not the run
+                self.done = True
+                logging.warning("no profile of steps %d-%d: %s: %s", first, last,
+                                type(err).__name__, err)
+
+    def after(self, step: int, outputs: Any) -> None:
+        """``step`` was dispatched (``outputs``: its results): at the range's
+        last step, waits for them and stops the trace."""
+        if self.tracing and step >= self.steps[1]:
+            import jax
+
+            jax.block_until_ready(outputs)
+            self.close()
+
+    def close(self) -> None:
+        """Stops a trace still running (a run that ended or failed inside the range)."""
+        if not self.tracing:
+            return
+        import jax
+
+        self.tracing, self.done = False, True
+        try:
+            jax.profiler.stop_trace()
+        except Exception as err:  # noqa: BLE001
+            logging.warning("the profile in %s was not written: %s: %s", self.logdir,
+                            type(err).__name__, err)
 
 
 class Progress:

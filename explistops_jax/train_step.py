@@ -76,13 +76,22 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         loss, aux, grads = loss_and_grads(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads),
+        metrics = {**aux, **_input_tokens(batch), "loss": loss,
+                   "grad_norm": optax.tree.norm(grads),
                    "param_norm": optax.tree.norm(params),
                    "learning_rate": schedule(state.step)}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
     return train_step
+
+
+def _input_tokens(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """``num_input_tokens``: the batch's non-padding encoder tokens (id 0 is
+    padding), over the global batch, for the log's total tokens/s."""
+    if "encoder_input_tokens" not in batch:
+        return {}
+    return {"num_input_tokens": (batch["encoder_input_tokens"] > 0).sum(dtype=jnp.float32)}
 
 
 # Metrics of loss_fn that are counts (summed over microbatches); the others are

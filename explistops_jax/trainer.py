@@ -9,8 +9,10 @@ directly). It reads as the sequence of what a run does::
     state      = latest checkpoint in model_dir, else INITIAL_CHECKPOINT_PATH,
                  else a fresh initialisation (sharded over the mesh)
     step_fn    = jit(train_step) with explicit shardings, state donated
-    loop       : step, log (JSONL, TensorBoard, progress bar), stop on NaN,
-                 evaluate every EVAL_PERIOD steps, checkpoint every period
+    loop       : step, log (JSONL, TensorBoard, progress bar; each step's
+                 tokens/s, model TFLOP/s and MFU), stop on NaN, evaluate every
+                 EVAL_PERIOD steps, checkpoint every period, trace the steps
+                 of train.profile_steps (summaries.StepProfile)
 
 A run killed at any point resumes from its last checkpoint and produces the same
 losses as an uninterrupted run: the batches are a deterministic function of the
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from explistops_jax import input_pipeline, optimizers, partitioning, rundir, summaries
+from explistops_jax import throughput as throughput_lib
 from explistops_jax import run_info as run_info_lib
 from explistops_jax.errors import ConfigError, UserError
 from explistops_jax.rundir import RunDir
@@ -140,8 +143,12 @@ class _Loop:
     """Runs steps, keeps one step in flight, logs, checks, evaluates, saves."""
 
     def __init__(self, *, step_fn, stream, checkpoints, writer, progress, evaluator,
-                 eval_period, total_steps, run_info, partitioner, compiling=None):
+                 eval_period, total_steps, run_info, partitioner, compiling=None,
+                 throughput: throughput_lib.Throughput | None = None,
+                 profile: summaries.StepProfile | None = None):
         self.step_fn = step_fn
+        self.throughput = throughput
+        self.profile = profile
         self._compiling = compiling  # (future, batch) from _compile_ahead, or None
         self.stream = stream
         self.checkpoints = checkpoints
@@ -171,8 +178,12 @@ class _Loop:
             batch = self.partitioner.shard_batch(batch)
             if self._compiled is None:
                 self._compile(state, batch)
+            if self.profile is not None:
+                self.profile.before(step + 1)
             state, metrics = self._compiled(state, batch)
             step += 1
+            if self.profile is not None:
+                self.profile.after(step, (state, metrics))
             self._flush(keep_last=True)  # the previous step's metrics
             self._pending.append((step, metrics, tokens))
             last = step == self.total_steps
@@ -217,7 +228,7 @@ class _Loop:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.perf_counter()
             step_time, self._last_time = now - self._last_time, now
-            record = _summarize(host, tokens, step_time)
+            record = _summarize(host, tokens, step_time, self.throughput)
             bad = [k for k in ("loss", "grad_norm")
                    if k in host and not math.isfinite(host[k])]
             if bad:
@@ -277,13 +288,21 @@ def _due(step: int, period: int | None) -> bool:
     return bool(period) and step % period == 0
 
 
-def _summarize(host: Mapping[str, float], tokens: float, step_time: float) -> dict:
+def _summarize(host: Mapping[str, float], tokens: float, step_time: float,
+               throughput: throughput_lib.Throughput | None = None) -> dict:
     """Per-step log record: the model's metrics (loss, token accuracy, ...),
-    learning rate, gradient norm, target tokens, step time and tokens/s."""
+    learning rate, gradient norm, target tokens, step time, ``tokens_per_s``
+    (non-padding target tokens) and, from ``throughput``,
+    ``total_tokens_per_s`` (non-padding input + target tokens),
+    ``model_tflops_per_s`` and ``mfu`` (``Throughput.fields``: left out where
+    unknown)."""
     record = dict(host)
     record["num_tokens"] = host.get("num_tokens", tokens)
     record["step_time_s"] = step_time
     record["tokens_per_s"] = record["num_tokens"] / step_time if step_time > 0 else 0.0
+    if throughput is not None:
+        record.update(throughput.fields(step_time, host.get("num_input_tokens"),
+                                        record["num_tokens"]))
     return record
 
 
@@ -306,6 +325,8 @@ def train(
     progress: bool = True,
     run_info: Mapping[str, Any] | None = None,
     allow_truncation: bool = False,
+    profile_steps: str | tuple[int, int] | None = None,
+    peak_flops: float | None = None,
 ) -> TrainResult:
     """Trains (or resumes training) and returns the final metrics.
 
@@ -332,6 +353,12 @@ def train(
       allow_truncation: train (and validate) even though the feature lengths
         cut some examples; their counts are recorded in ``run.json``
         (``truncated``). Without it such a run stops before anything is written.
+      profile_steps: ``"A:B"`` or ``(A, B)``: a ``jax.profiler`` trace of steps
+        A to B (counted from 1, as logged) in ``MODEL_DIR/tensorboard/train``
+        (TensorBoard's profile tab; ``summaries.StepProfile``). None: no trace.
+      peak_flops: peak FLOP/s of one device, for the logged MFU; default: the
+        device kind's dense bfloat16 peak (``throughput.PEAK_BF16_FLOPS``), and
+        no MFU where the kind is not there (a CPU).
 
     Raises:
       lengths.TruncationError: the lengths would cut examples of the training
@@ -339,6 +366,8 @@ def train(
       NonFiniteLossError: the loss became NaN/inf (the run dir keeps the last
         good checkpoint).
     """
+    summaries.parse_profile_steps(profile_steps)  # bad values fail before anything runs
+    peak_flops = throughput_lib.check_peak_flops(peak_flops)
     truncated = check_lengths(data, evaluation, allow_truncation=allow_truncation)
     model_dir = rundir.run_path(model_dir)  # local (absolute) or a URL (gs://...)
     is_chief = jax.process_index() == 0
@@ -355,6 +384,7 @@ def train(
     stream = input_pipeline.BatchStream(data, shard_index=shard_index, num_shards=num_shards)
     model = _build_model(model, stream.vocabulary)
     total_steps = _total_steps(train_steps, stream)
+    profile_range = summaries.parse_profile_steps(profile_steps, total_steps)
     tx, schedule = (optimizer or optimizers.adafactor()).build(total_steps)
 
     checkpoints = RunCheckpoints(model_dir, checkpoint)
@@ -375,8 +405,9 @@ def train(
             in_shardings=(layout.shardings, partitioner.batch_sharding()),
             out_shardings=(layout.shardings, partitioner.sharding()),
             donate_argnums=0)
-        compiling = _compile_ahead(step_fn, layout.abstract,
-                                   partitioner.shard_batch(stream.empty_batch()))
+        template = partitioner.shard_batch(stream.empty_batch())  # global shapes
+        compiling = _compile_ahead(step_fn, layout.abstract, template)
+        rates = _throughput(model, template, partitioner, peak_flops)
         state, position = _start(checkpoints, layout, model, tx, partitioner, seed,
                                  initial_checkpoint_path)
         start_step = int(jax.device_get(state.step))
@@ -391,14 +422,29 @@ def train(
         cleanup.callback(_guarded, checkpoints, writer.close)
         bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
         cleanup.callback(bar.close)
+        profile = summaries.StepProfile(profile_range, RunDir(model_dir).tensorboard("train"),
+                                        enabled=is_chief)
+        cleanup.callback(profile.close)
         loop = _Loop(step_fn=step_fn, stream=stream, checkpoints=checkpoints, writer=writer,
                      progress=bar, evaluator=evaluator,
                      eval_period=evaluation.period if evaluation else None,
                      total_steps=total_steps, run_info=info, partitioner=partitioner,
-                     compiling=compiling)
+                     compiling=compiling, throughput=rates, profile=profile)
         state = loop.run(state, position)
     return TrainResult(str(model_dir), int(jax.device_get(state.step)),
                        loop.last_metrics, loop.eval_metrics)
+
+
+def _throughput(model, batch: Mapping[str, jax.Array], partitioner,
+                peak_flops: float | None) -> throughput_lib.Throughput:
+    """The run's FLOPs per step (from the global batch's shapes) and the peak
+    of the mesh's devices; logged once."""
+    rows, inputs = batch["encoder_input_tokens"].shape
+    rates = throughput_lib.Throughput.for_run(
+        getattr(model, "config", None), rows, (inputs, batch["decoder_target_tokens"].shape[1]),
+        partitioner.mesh.devices.flat, peak_flops)
+    logging.info("throughput: %s", rates.describe())
+    return rates
 
 
 def _guarded(checkpoints: RunCheckpoints, close) -> None:
