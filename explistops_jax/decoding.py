@@ -17,15 +17,24 @@ They run a ``lax.while_loop`` that stops as soon as every row has produced EOS
 ``length`` steps, and are jit-compatible (pass the callback as a static
 argument or close over it). Generated sequences are the target tokens:
 EOS-terminated and padded with 0 after EOS.
+
+The options a user gives (``explistops eval --top_p 0.9``, gin
+``evaluate.decode``, the ``decode`` dict of the Python API) are named as
+Hugging Face ``generate`` names them and checked once by
+:meth:`GenerateConfig.from_options`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+import difflib
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from explistops_jax.errors import UserError
 
 Array = jax.Array
 Cache = Any
@@ -34,8 +43,8 @@ TokensToLogits = Callable[[Array, Cache], tuple[Array, Cache]]
 # Log-probability of "impossible"; finite so that sums stay ordered.
 NEG_INF = -1.0e7
 
-__all__ = ["DecodeOutput", "greedy", "temperature_sample", "beam_search",
-           "brevity_penalty", "NEG_INF"]
+__all__ = ["DecodeOutput", "GenerateConfig", "greedy", "temperature_sample", "filter_logits",
+           "beam_search", "brevity_penalty", "NEG_INF"]
 
 
 class DecodeOutput(NamedTuple):
@@ -132,24 +141,50 @@ def greedy(inputs: Array, cache: Cache, tokens_to_logits: TokensToLogits, *,
                         eos_id, early_stop)
 
 
+def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Array:
+    """Logits to sample from, in the order transformers applies its warpers:
+    divided by `temperature`, then only the `top_k` largest (0: all), then only
+    the smallest set of the most likely tokens whose probability reaches
+    `top_p` (the token that crosses it included, so at least one). Removed
+    tokens get NEG_INF. Ties at a cut are all kept. [rows, vocab] float32.
+
+    top_k=0 and top_p=1.0 leave the scaled logits untouched (the same bits)."""
+    scaled = logits.astype(jnp.float32) / temperature
+    if top_k:
+        kth = lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0][:, -1:]  # [rows, 1]
+        scaled = jnp.where(scaled < kth, NEG_INF, scaled)
+    if top_p < 1.0:
+        ranked = -jnp.sort(-scaled, axis=-1)  # [rows, vocab] most likely first
+        probs = jax.nn.softmax(ranked, axis=-1)
+        # mass of the tokens ranked before each one: keep it while that is < top_p
+        before = jnp.pad(jnp.cumsum(probs, axis=-1)[:, :-1], ((0, 0), (1, 0)))
+        cut = jnp.min(jnp.where(before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < cut, NEG_INF, scaled)
+    return scaled
+
+
 def temperature_sample(inputs: Array, cache: Cache, tokens_to_logits: TokensToLogits,
                        rng: Array, *, temperature: float = 1.0, top_k: int = 0,
-                       eos_id: int = 1, early_stop: bool = True) -> DecodeOutput:
+                       top_p: float = 1.0, eos_id: int = 1,
+                       early_stop: bool = True) -> DecodeOutput:
     """Sample each token from softmax(logits / temperature), optionally from the
-    `top_k` most likely only. temperature 0 is greedy. The same `rng` gives the
-    same sequences. Scores are log-likelihoods under the untempered model."""
+    `top_k` most likely only and from the nucleus of mass `top_p` only (see
+    `filter_logits`). temperature 0 is greedy. The same `rng` gives the same
+    sequences. Scores are log-likelihoods under the unfiltered model."""
 
     def choose(log_probs, key):
         if temperature == 0.0:
             return jnp.argmax(log_probs, axis=-1)
-        scaled = log_probs / temperature
-        if top_k:
-            kth = lax.top_k(scaled, top_k)[0][:, -1:]  # [rows, 1]
-            scaled = jnp.where(scaled < kth, NEG_INF, scaled)
+        scaled = filter_logits(log_probs, temperature=temperature, top_k=top_k, top_p=top_p)
         return jax.random.categorical(key, scaled, axis=-1)
 
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
     return _sample_loop(inputs, cache, tokens_to_logits, choose, rng, eos_id, early_stop)
 
 
@@ -254,3 +289,129 @@ def beam_search(inputs: Array, cache: Cache, tokens_to_logits: TokensToLogits, *
     sequences = jnp.where(none_finished[:, None, None], s.alive_seqs, s.finished_seqs)
     scores = jnp.where(none_finished[:, None], alive_scores, s.finished_scores)
     return DecodeOutput(sequences, scores, s.step, s.cache)
+
+
+# --------------------------------------------------------------- options
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """Decoding options, named as Hugging Face ``generate`` names them.
+
+    - ``max_new_tokens``: tokens to generate, EOS included (None: the targets
+      length of the task).
+    - ``do_sample``: sample (True) or take the most likely token / beams (False).
+    - ``num_beams``: 1 greedy (or sampling), more: beam search with that many beams.
+    - ``temperature``, ``top_k``, ``top_p``: sampling only, applied in that
+      order (``filter_logits``); ``top_k=0`` keeps every token (transformers'
+      default is 50), ``top_p=1.0`` the whole distribution.
+
+    Two options of this project have no ``generate`` counterpart: ``alpha``,
+    beam search's T5 brevity penalty ((5 + length) / 6) ** alpha (not
+    transformers' ``length_penalty``, which divides by length ** penalty), and
+    ``seed``, the sampling seed (the same seed and batch size give the same
+    sequences).
+
+    ``method`` ('greedy' | 'sample' | 'beam', the project's earlier name, still
+    in ``gin_configs/runs/infer.gin``) is accepted as an alias of ``do_sample``
+    and ``num_beams`` ('beam' alone: 4 beams).
+    """
+
+    max_new_tokens: int | None = None
+    do_sample: bool = False
+    num_beams: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    alpha: float = 0.6
+    seed: int = 0
+
+    @property
+    def method(self) -> str:
+        """'greedy', 'sample' or 'beam'."""
+        return "sample" if self.do_sample else "beam" if self.num_beams > 1 else "greedy"
+
+    @classmethod
+    def from_options(cls, options: "Mapping[str, Any] | GenerateConfig | None" = None, *,
+                     where: str = "decode options", prefix: str = "") -> "GenerateConfig":
+        """Checked options; a ``UserError`` naming the option (``prefix`` + name,
+        e.g. ``--top_p`` for flags), ``where`` it was given, and what is
+        accepted, for an unknown option, a value of the wrong type or out of range."""
+        if isinstance(options, GenerateConfig):
+            return options
+        options = dict(options or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in options:
+            if key not in known and key != "method":
+                close = difflib.get_close_matches(str(key), known + ["method"], n=1)
+                raise UserError(f"unknown decoding option {prefix}{key}"
+                                + (f" (did you mean {prefix}{close[0]}?)" if close else ""),
+                                where=where, expected="one of " + ", ".join(
+                                    prefix + k for k in known))
+        _apply_method_alias(options, where, prefix)
+        values = {k: _checked(k, v, where, prefix) for k, v in options.items()}
+        config = cls(**values)
+        config._check_combination(set(values), where, prefix)
+        return config
+
+    def _check_combination(self, given: set[str], where: str, prefix: str) -> None:
+        if self.do_sample and self.num_beams > 1:
+            raise UserError(f"{prefix}do_sample with {prefix}num_beams={self.num_beams} "
+                            "(beam sampling) is not supported", where=where,
+                            expected=f"{prefix}do_sample or {prefix}num_beams > 1, not both")
+        if not self.do_sample:
+            changed = [k for k in ("temperature", "top_k", "top_p")
+                       if k in given and getattr(self, k) != _DEFAULTS[k]]
+            if changed:
+                raise UserError(f"{prefix}{changed[0]}={getattr(self, changed[0])} only "
+                                "applies when sampling", where=where,
+                                expected=f"{prefix}do_sample as well, or no {prefix}{changed[0]}")
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerateConfig)}
+
+# option: (types accepted, check, what is expected)
+_RULES: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
+    "max_new_tokens": ((int, type(None)), lambda v: v is None or v >= 1,
+                       "a positive integer (or None: the targets length)"),
+    "do_sample": ((bool,), lambda v: True, "True or False"),
+    "num_beams": ((int,), lambda v: v >= 1, "an integer >= 1"),
+    "temperature": ((int, float), lambda v: v > 0, "a number > 0"),
+    "top_k": ((int,), lambda v: v >= 0, "an integer >= 0 (0: no top-k filtering)"),
+    "top_p": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "alpha": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "seed": ((int,), lambda v: True, "an integer"),
+}
+
+
+def _checked(key: str, value: Any, where: str, prefix: str) -> Any:
+    types, ok, expected = _RULES[key]
+    is_bool = isinstance(value, bool)
+    if (is_bool and bool not in types) or not isinstance(value, types) or not ok(value):
+        raise UserError(f"{prefix}{key}={value!r}", where=where, expected=expected)
+    return float(value) if float in types and not is_bool else value
+
+
+_METHODS = {"greedy": (False, 1), "sample": (True, 1), "beam": (False, 4)}
+
+
+def _apply_method_alias(options: dict, where: str, prefix: str) -> None:
+    """Replaces ``method`` by the ``do_sample`` / ``num_beams`` it means, in place."""
+    if "method" not in options:
+        return
+    method = options.pop("method")
+    if method not in _METHODS:
+        raise UserError(f"{prefix}method={method!r}", where=where,
+                        expected="'greedy', 'sample' or 'beam' (or do_sample / num_beams)")
+    do_sample, beams = _METHODS[method]
+    options.setdefault("do_sample", do_sample)
+    if method == "beam":
+        options.setdefault("num_beams", beams)
+    given_beams = options.get("num_beams", 1)
+    if options["do_sample"] != do_sample or (method == "beam") != (
+            isinstance(given_beams, int) and given_beams > 1):
+        raise UserError(f"{prefix}method={method!r} contradicts "
+                        f"{prefix}do_sample={options['do_sample']!r}, "
+                        f"{prefix}num_beams={given_beams!r}", where=where,
+                        expected=f"{prefix}method alone, or {prefix}do_sample / {prefix}num_beams "
+                        "alone")

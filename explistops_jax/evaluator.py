@@ -3,8 +3,10 @@
 :class:`Evaluator` reads a split once (the examples, their model features and
 the postprocessed targets), then for each set of parameters decodes every
 example (``model.predict_batch``: greedy by default, stopping early once every
-row has produced EOS), and scores the predictions exactly as ``seqio.Evaluator``
-does with a task's legacy ``metric_fns``:
+row has produced EOS; the ``decode`` options are Hugging Face ``generate``'s
+names, see :class:`~explistops_jax.decoding.GenerateConfig`), with a progress
+bar (rate, ETA) when standard error is a terminal, and scores the predictions
+exactly as ``seqio.Evaluator`` does with a task's legacy ``metric_fns``:
 
 - targets: ``task.postprocess_fn(targets_pretokenized, example=ex, is_target=True)``
   (the decoded ``targets`` when there is no pretokenized text);
@@ -48,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from explistops_jax import backends, input_pipeline, partitioning, rundir, train_state
+from explistops_jax import backends, decoding, input_pipeline, partitioning, rundir, train_state
 from explistops_jax import lengths as lengths_lib
 from explistops_jax.errors import UserError
 from explistops_jax.rundir import RunDir
@@ -78,51 +80,105 @@ class Decoder:
     rows) sharded over the mesh's data axis.
 
     ``batch_size`` is rounded up to a multiple of the data-parallel size;
-    ``decode`` holds ``predict_batch``'s keyword arguments (default greedy).
+    ``decode``: the decoding options (``decoding.GenerateConfig``, or a dict of
+    its fields: ``num_beams``, ``do_sample``, ``temperature``, ``top_k``,
+    ``top_p``, ``max_new_tokens``, ...; default greedy), checked here.
+    Sampling draws batch i with ``fold_in(key(seed), i)``: the same seed and
+    batch size give the same tokens. ``progress``: a tqdm bar over the
+    examples (None: only when standard error is a terminal; False: never;
+    True: always), on process 0 only.
     """
 
     def __init__(self, model, partitioner: partitioning.Partitioner | None = None,
-                 batch_size: int = 32, decode: Mapping[str, Any] | None = None):
+                 batch_size: int = 32,
+                 decode: Mapping[str, Any] | decoding.GenerateConfig | None = None,
+                 progress: bool | None = None):
         self.model = model
         self.partitioner = partitioner or partitioning.Partitioner()
         step = self.partitioner.data_parallel_size
         self.batch_size = step * math.ceil(batch_size / step)
-        self.decode = dict(decode or {})
+        self.generate = decoding.GenerateConfig.from_options(decode)
+        self.progress = progress
         self._predict = None
         self._score = None
 
-    def _batches(self, features: Sequence[Mapping[str, np.ndarray]]):
-        for start in range(0, len(features), self.batch_size):
-            rows = features[start:start + self.batch_size]
-            batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-            batch = input_pipeline.fill_rows(batch, self.batch_size)
-            index, count = self.partitioner.data_shard  # this process's rows
-            local = self.batch_size // count
-            batch = {k: v[index * local:(index + 1) * local] for k, v in batch.items()}
-            yield len(rows), self.partitioner.shard_batch(batch)
+    def _batches(self, features: Sequence[Mapping[str, np.ndarray]], desc: str):
+        bar = self._bar(len(features), desc)
+        try:
+            for start in range(0, len(features), self.batch_size):
+                rows = features[start:start + self.batch_size]
+                batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+                batch = input_pipeline.fill_rows(batch, self.batch_size)
+                index, count = self.partitioner.data_shard  # this process's rows
+                local = self.batch_size // count
+                batch = {k: v[index * local:(index + 1) * local] for k, v in batch.items()}
+                yield len(rows), self.partitioner.shard_batch(batch)
+                bar.update(len(rows))
+        finally:
+            bar.close()
 
-    def _jit(self, fn):
+    def _bar(self, total: int, desc: str):
+        """tqdm over `total` examples; disable=None lets tqdm turn it off when
+        standard error is not a terminal."""
+        from tqdm import tqdm
+
+        disable = None if self.progress is None else not self.progress
+        if jax.process_index() != 0:
+            disable = True
+        return tqdm(total=total, desc=desc, unit="ex", disable=disable, leave=False,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _jit(self, fn, extra: tuple = ()):
         return self.partitioner.jit(
-            fn, in_shardings=(None, self.partitioner.batch_sharding()),
+            fn, in_shardings=(None, self.partitioner.batch_sharding(), *extra),
             out_shardings=self.partitioner.sharding())
 
-    def predict_tokens(self, params, features) -> list[np.ndarray]:
+    def predict_kwargs(self) -> dict[str, Any]:
+        """``model.predict_batch``'s keyword arguments for these options (the
+        rng of sampling aside)."""
+        g = self.generate
+        kwargs: dict[str, Any] = {"method": g.method}
+        if g.max_new_tokens is not None:
+            kwargs["max_decode_length"] = g.max_new_tokens
+        if g.do_sample:
+            kwargs.update(temperature=g.temperature, top_k=g.top_k)
+            if g.top_p < 1.0:  # models without nucleus sampling still take the rest
+                kwargs["top_p"] = g.top_p
+        elif g.num_beams > 1:
+            kwargs.update(beam_size=g.num_beams, alpha=g.alpha)
+        return kwargs
+
+    def predict_tokens(self, params, features, desc: str = "decode") -> list[np.ndarray]:
         """Decoded token ids of every example (EOS-terminated, 0-padded)."""
+        sample = self.generate.do_sample
         if self._predict is None:
-            decode, model = self.decode, self.model
-            self._predict = self._jit(
-                lambda p, b: model.predict_batch(p, _decoder_blank(b), **decode))
+            kwargs, model = self.predict_kwargs(), self.model
+
+            def predict(p, b, rng):
+                extra = {"rng": rng} if sample else {}
+                return model.predict_batch(p, _decoder_blank(b), **kwargs, **extra)
+
+            self._predict = self._jit(predict, extra=(None,))
+        key = jax.random.key(self.generate.seed)
         out = []
-        for n, batch in self._batches(features):
-            out.extend(np.asarray(jax.device_get(self._predict(params, batch)))[:n])
+        for i, (n, batch) in enumerate(self._batches(features, desc)):
+            rng = jax.random.fold_in(key, i)
+            try:
+                tokens = self._predict(params, batch, rng)
+            except TypeError as e:
+                if "top_p" not in str(e):
+                    raise
+                raise UserError(f"top_p={self.generate.top_p}: this model's predict_batch "
+                                "has no nucleus sampling", expected="top_p=1.0") from None
+            out.extend(np.asarray(jax.device_get(tokens))[:n])
         return out
 
-    def score(self, params, features) -> list[float]:
+    def score(self, params, features, desc: str = "score") -> list[float]:
         """Log-likelihood of every example's target."""
         if self._score is None:
             self._score = self._jit(self.model.score_batch)
         out = []
-        for n, batch in self._batches(features):
+        for n, batch in self._batches(features, desc):
             out.extend(np.asarray(jax.device_get(self._score(params, batch)))[:n].tolist())
         return out
 
@@ -144,8 +200,11 @@ class Evaluator:
         or a URL (``gs://bucket/run``, through ``etils.epath``).
       partitioner: the mesh (default: all devices, data parallel).
       use_cached: read the tasks' offline caches.
-      decode: keyword arguments of ``predict_batch`` (``method``, ``beam_size``,
-        ``temperature``, ...); default greedy.
+      decode: decoding options named as Hugging Face ``generate`` names them
+        (``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``max_new_tokens``; see ``decoding.GenerateConfig``); default greedy.
+      progress: a progress bar while decoding and scoring (None: when standard
+        error is a terminal; False: never; True: always).
       data_backend: ``"grain"`` or ``"seqio"`` (see ``backends.choose_backend``).
       allow_truncation: score even though ``task_feature_lengths`` cut some
         examples (their count goes into each metrics file as ``truncated``);
@@ -157,11 +216,12 @@ class Evaluator:
                  max_examples: int | None = None, model_dir: rundir.PathLike | None = None,
                  partitioner: partitioning.Partitioner | None = None,
                  use_cached: bool = False, decode: Mapping[str, Any] | None = None,
-                 data_backend: str = "grain", allow_truncation: bool = False):
+                 data_backend: str = "grain", allow_truncation: bool = False,
+                 progress: bool | None = None):
         self.split = split
         self.lengths = dict(task_feature_lengths)
         self.model_dir = RunDir(model_dir).path if model_dir is not None else None
-        self.decoder = Decoder(model, partitioner, batch_size, decode)
+        self.decoder = Decoder(model, partitioner, batch_size, decode, progress)
         found = backends.get_input(mixture_or_task_name, data_backend, training=False,
                                    use_cached=use_cached)
         self.backend = found.backend
@@ -209,14 +269,16 @@ class Evaluator:
         texts: list[str] = []
         predictions: list[Any] = []
         if task.predict_metric_fns or not task.score_metric_fns:
-            tokens = self.decoder.predict_tokens(params, data.features)
+            tokens = self.decoder.predict_tokens(params, data.features,
+                                                 f"decode {task.name}/{self.split}")
             texts = [vocab.decode(t.tolist()) for t in tokens]
             predictions = [task.postprocess_fn(text, example=ex, is_target=False)
                            for text, ex in zip(texts, data.examples)]
             for metric_fn in task.predict_metric_fns:
                 metrics.update(metric_fn(data.targets, predictions))
         if task.score_metric_fns:
-            scores = self.decoder.score(params, data.features)
+            scores = self.decoder.score(params, data.features,
+                                        f"score {task.name}/{self.split}")
             for metric_fn in task.score_metric_fns:
                 metrics.update(metric_fn(data.targets, scores))
         rows = [_row(i, ex, target, text, pred, task)
@@ -354,6 +416,7 @@ def evaluate(
     use_cached: bool = False,
     data_backend: str = "grain",
     allow_truncation: bool = False,
+    progress: bool | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Restores a checkpoint, decodes a task split, writes predictions and metrics.
 
@@ -364,7 +427,8 @@ def evaluate(
       split: the split to decode (``validation``, ``test``, ``len100_200``, ...).
       step: which checkpoint of a run directory (default: the latest).
       task_feature_lengths: default: the run's training lengths.
-      batch_size, max_examples, decode: see :class:`Evaluator`.
+      batch_size, max_examples, decode, progress: see :class:`Evaluator`
+        (``decode`` is checked before the checkpoint is read).
       output_dir: where ``eval/<task>/<split>/`` goes (default: the run
         directory; required for a foreign checkpoint).
       partition: the mesh.
@@ -375,6 +439,7 @@ def evaluate(
     Returns:
       ``{(task, split): metrics}``.
     """
+    decode = decoding.GenerateConfig.from_options(decode)  # a mistake fails before loading
     partitioner = partitioning.Partitioner(partition)
     model, params, step, info = train_state.load_model_and_params(checkpoint, step=step,
                                                                   partitioner=partitioner)
@@ -392,5 +457,5 @@ def evaluate(
                           batch_size=batch_size, max_examples=max_examples,
                           model_dir=output_dir, partitioner=partitioner,
                           use_cached=use_cached, decode=decode, data_backend=data_backend,
-                          allow_truncation=allow_truncation)
+                          allow_truncation=allow_truncation, progress=progress)
     return evaluator.evaluate(params, step)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from explistops_jax import backends, task_spec
+from explistops_jax import backends, decoding, task_spec
 from explistops_jax.errors import UserError
 from explistops_jax.evaluator import Decoder, describe_prediction
 from explistops_jax.train_state import load_model_and_params
@@ -28,7 +28,7 @@ def predict_expressions(
     style: str | None = None,
     modulus: int | None = None,
     task_feature_lengths: Mapping[str, int] | None = None,
-    decode: Mapping[str, Any] | None = None,
+    decode: Mapping[str, Any] | decoding.GenerateConfig | None = None,
     step: int | None = None,
     data_backend: str = "grain",
 ) -> list[dict]:
@@ -48,6 +48,9 @@ def predict_expressions(
         (``_all_styles`` mixtures) or to pick the task of a foreign checkpoint.
       modulus: of SM, for the true answer and the scoring; default: the
         modulus of the task's dataset config (30 when the task names none).
+      decode: decoding options named as Hugging Face ``generate`` names them
+        (``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``max_new_tokens``; see ``decoding.GenerateConfig``); default greedy.
       data_backend: ``"grain"`` (SeqIO for tasks that are not the project's
         own) or ``"seqio"``.
 
@@ -58,6 +61,7 @@ def predict_expressions(
     """
     from explistops_jax import own_tasks
 
+    decode = decoding.GenerateConfig.from_options(decode)  # a mistake fails before loading
     model, params, _, info = load_model_and_params(checkpoint, step=step)
     task = task_for(mixture_or_task_name or info.get("mixture_or_task_name"), style,
                     data_backend=data_backend)
@@ -67,7 +71,7 @@ def predict_expressions(
                    or {"inputs": 512, "targets": 512})
     raw = own_tasks.raw_examples_for(expressions, modulus)
     examples, rows = task.preprocess_raw(raw, lengths)
-    decoder = Decoder(model, batch_size=len(rows), decode=decode)
+    decoder = Decoder(model, batch_size=len(rows), decode=decode, progress=False)  # one batch
     vocab = task.vocabulary
     return [describe_prediction(ex, task, vocab.decode(tokens.tolist()))
             for ex, tokens in zip(examples, decoder.predict_tokens(params, rows))]

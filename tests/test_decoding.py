@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from explistops_jax import decoding
+from explistops_jax.errors import UserError
 
 EOS = 1
 VOCAB = 8
@@ -223,3 +224,190 @@ def test_negative_temperature_is_rejected():
 def test_brevity_penalty():
     np.testing.assert_allclose(decoding.brevity_penalty(0.6, 1), 1.0)
     np.testing.assert_allclose(decoding.brevity_penalty(1.0, 7), 2.0)
+
+
+# --------------------------------------------------------------- top-p (nucleus) sampling
+
+
+def _fixed_logits():
+    """[5, 24] logits without ties whose cumulative masses keep away from every
+    top_p tested (checked: > 1e-5, a hundred times float32's rounding of a sum of
+    24 probabilities), so no cut depends on how either side rounds."""
+    return np.random.RandomState(7).normal(0.0, 2.0, size=(5, 24)).astype(np.float32)
+
+
+_WARPER_CASES = [  # (temperature, top_k, top_p)
+    (1.0, 0, 0.9), (1.0, 0, 0.5), (1.0, 0, 0.05), (0.5, 0, 0.8), (2.0, 0, 0.8),
+    (1.0, 5, 0.7), (0.7, 10, 0.95), (1.3, 3, 0.99), (1.0, 8, 1.0), (0.8, 0, 1.0),
+]
+
+
+def _reference_filter(logits, temperature, top_k, top_p):
+    """transformers' warpers, in generate's order, with torch."""
+    torch = pytest.importorskip("torch", reason="torch is needed for the reference")
+    lp = pytest.importorskip("transformers.generation.logits_process",
+                             reason="transformers is needed for the reference")
+    scores = torch.tensor(logits)
+    ids = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+    warpers = [lp.TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(lp.TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(lp.TopPLogitsWarper(top_p))
+    for warper in warpers:
+        scores = warper(ids, scores)
+    return scores.numpy()
+
+
+def _margin(logits, temperature, top_k, top_p):
+    """Distance (float64) of every row's cumulative masses from top_p."""
+    scaled = logits.astype(np.float64) / temperature
+    if top_k:
+        kth = np.sort(scaled, axis=-1)[:, -top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max(-1, keepdims=True))
+    probs = -np.sort(-probs / probs.sum(-1, keepdims=True), axis=-1)
+    return np.abs(np.cumsum(probs, axis=-1) - top_p).min()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", _WARPER_CASES)
+def test_filter_logits_matches_transformers_warpers(temperature, top_k, top_p):
+    logits = _fixed_logits()  # no ties: the reference breaks them by sort order
+    if top_p < 1.0:
+        assert _margin(logits, temperature, top_k, top_p) > 1e-5  # the fixture is fair
+    want = _reference_filter(logits, temperature, top_k, top_p)
+    got = np.asarray(decoding.filter_logits(jnp.asarray(logits), temperature=temperature,
+                                            top_k=top_k, top_p=top_p))
+    removed = got <= decoding.NEG_INF / 2
+    np.testing.assert_array_equal(removed, np.isneginf(want))
+    np.testing.assert_allclose(got[~removed], want[~removed], rtol=1e-6)
+    assert (~removed).sum(-1).min() >= 1
+
+
+def test_top_p_keeps_the_token_that_crosses_the_threshold():
+    probs = np.array([[0.3, 0.25, 0.2, 0.12, 0.08, 0.05]])  # masses before: 0 .3 .55 .75 .87 .95
+    logits = jnp.asarray(np.log(probs), jnp.float32)
+    kept = lambda p: (np.asarray(decoding.filter_logits(logits, top_p=p))
+                      > decoding.NEG_INF / 2).sum()
+    assert [kept(p) for p in (0.01, 0.29, 0.31, 0.54, 0.56, 0.74, 0.76, 0.9, 0.96, 1.0)] == \
+        [1, 1, 2, 2, 3, 3, 4, 5, 6, 6]
+    flat = jnp.zeros((1, 5))  # ties at the cut are all kept, as top_k keeps them
+    assert (np.asarray(decoding.filter_logits(flat, top_p=0.5)) == 0.0).all()
+
+
+def test_filter_logits_is_the_identity_without_filters():
+    logits = jnp.asarray(_fixed_logits())
+    for temperature in (1.0, 0.7):
+        np.testing.assert_array_equal(
+            decoding.filter_logits(logits, temperature=temperature, top_p=1.0),
+            logits / temperature)
+
+
+_NUCLEUS = [0.3, 0.25, 0.2, 0.1, 0.1, 0.05]  # tokens 2..7; top_p 0.6 keeps 2, 3, 4
+
+
+def _nucleus_callback():
+    probs = np.zeros((VOCAB, VOCAB))
+    probs[:, 2:] = _NUCLEUS
+    return _markov_callback(probs)
+
+
+def test_sampling_with_top_p_draws_only_from_the_nucleus():
+    fn, cache = _nucleus_callback()
+    out = decoding.temperature_sample(jnp.zeros((32, 20), jnp.int32), cache, fn,
+                                      jax.random.key(0), top_p=0.6, eos_id=EOS)
+    tokens = np.asarray(out.sequences).ravel()
+    assert set(np.unique(tokens)) == {2, 3, 4}
+    # renormalised nucleus 0.4, 0.333, 0.267; 640 draws: a std of about 0.02
+    freq = np.bincount(tokens, minlength=VOCAB)[2:5] / tokens.size
+    np.testing.assert_allclose(freq, np.array(_NUCLEUS[:3]) / 0.75, atol=0.08)
+    # composed with top_k (applied first): top_k=4 leaves 0.3 .25 .2 .1 -> 0.35 .29 .24 .12;
+    # top_p 0.5 then keeps the first two
+    both = decoding.temperature_sample(jnp.zeros((32, 20), jnp.int32), cache, fn,
+                                       jax.random.key(0), top_k=4, top_p=0.5, eos_id=EOS)
+    assert set(np.unique(both.sequences)) == {2, 3}
+
+
+def test_top_p_one_is_plain_sampling_bit_for_bit():
+    fn, cache = _nucleus_callback()
+    inputs = jnp.zeros((8, 12), jnp.int32)
+    for kwargs in ({}, {"temperature": 0.7}, {"temperature": 1.5, "top_k": 3}):
+        plain = decoding.temperature_sample(inputs, cache, fn, jax.random.key(5),
+                                            eos_id=EOS, **kwargs)
+        nucleus = decoding.temperature_sample(inputs, cache, fn, jax.random.key(5),
+                                              top_p=1.0, eos_id=EOS, **kwargs)
+        np.testing.assert_array_equal(nucleus.sequences, plain.sequences)
+        assert np.asarray(nucleus.scores).tobytes() == np.asarray(plain.scores).tobytes()
+
+
+def test_top_p_sampling_is_deterministic_per_rng():
+    fn, cache = _nucleus_callback()
+    inputs = jnp.zeros((8, 12), jnp.int32)
+    run = lambda seed: np.asarray(decoding.temperature_sample(
+        inputs, cache, fn, jax.random.key(seed), top_p=0.9, temperature=0.8,
+        eos_id=EOS).sequences)
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+
+
+@pytest.mark.parametrize("kwargs, name", [({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                                          ({"top_k": -1}, "top_k")])
+def test_bad_sampling_arguments_are_rejected(kwargs, name):
+    fn, cache = _uniform_callback()
+    with pytest.raises(ValueError, match=name):
+        decoding.temperature_sample(jnp.zeros((1, 3), jnp.int32), cache, fn,
+                                    jax.random.key(0), **kwargs)
+
+
+# --------------------------------------------------------------- options
+
+
+def test_generate_config_defaults_and_methods():
+    config = decoding.GenerateConfig.from_options(None)
+    assert config == decoding.GenerateConfig() and config.method == "greedy"
+    assert decoding.GenerateConfig.from_options({"num_beams": 3}).method == "beam"
+    sample = decoding.GenerateConfig.from_options(
+        {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 2})
+    assert sample.method == "sample" and sample.top_p == 0.9 and sample.temperature == 0.7
+    assert isinstance(decoding.GenerateConfig.from_options({"do_sample": True,
+                                                            "top_p": 1}).top_p, float)
+    assert decoding.GenerateConfig.from_options(sample) is sample
+
+
+def test_generate_config_reads_the_older_method_name():
+    read = decoding.GenerateConfig.from_options
+    assert read({"method": "greedy"}) == decoding.GenerateConfig()
+    assert read({"method": "sample"}) == read({"do_sample": True})
+    assert read({"method": "beam"}) == read({"num_beams": 4})
+    assert read({"method": "beam", "num_beams": 2}) == read({"num_beams": 2})
+    assert read({"method": "sample", "top_p": 0.8}).top_p == 0.8
+    for contradiction in ({"method": "sample", "num_beams": 2},
+                          {"method": "greedy", "do_sample": True},
+                          {"method": "beam", "num_beams": 1}):
+        with pytest.raises(UserError, match="contradicts"):
+            read(contradiction)
+
+
+@pytest.mark.parametrize("options, what, expected", [
+    ({"nucleus": 0.9}, "unknown decoding option --nucleus", "--top_p"),
+    ({"top_P": 0.9}, "did you mean --top_p", "--max_new_tokens"),
+    ({"do_sample": True, "top_p": 0.0}, "--top_p=0.0", "(0, 1]"),
+    ({"do_sample": True, "top_p": 1.01}, "--top_p=1.01", "(0, 1]"),
+    ({"do_sample": True, "temperature": 0.0}, "--temperature=0.0", "> 0"),
+    ({"do_sample": True, "temperature": -1}, "--temperature=-1", "> 0"),
+    ({"num_beams": 0}, "--num_beams=0", ">= 1"),
+    ({"num_beams": 2.5}, "--num_beams=2.5", "integer"),
+    ({"top_k": True, "do_sample": True}, "--top_k=True", "integer"),
+    ({"do_sample": "yes"}, "--do_sample='yes'", "True or False"),
+    ({"max_new_tokens": 0}, "--max_new_tokens=0", "positive"),
+    ({"top_p": 0.9}, "only applies when sampling", "--do_sample"),
+    ({"num_beams": 2, "temperature": 0.5}, "only applies when sampling", "--do_sample"),
+    ({"do_sample": True, "num_beams": 2}, "beam sampling", "not both"),
+    ({"method": "nucleus"}, "--method='nucleus'", "'greedy', 'sample' or 'beam'"),
+])
+def test_generate_config_mistakes_say_what_where_and_expected(options, what, expected):
+    with pytest.raises(UserError) as error:
+        decoding.GenerateConfig.from_options(options, where="command line", prefix="--")
+    assert what in error.value.what and error.value.where == "command line"
+    assert expected in error.value.expected
+    assert "\n" not in error.value.message

@@ -175,3 +175,171 @@ def test_predict_picks_the_task_of_the_asked_style():
     assert task_for(None, "short").name == "explistops30_short"
     with pytest.raises(UserError, match="unknown explanation style 'verbose'"):
         task_for("explistops30_medium", "verbose")
+
+
+# ----------------------------------------------------------------- decoding options, progress
+
+
+class _RecordingModel:
+    """predict_batch records its keyword arguments (at tracing) and returns
+    tokens drawn from its rng (zeros without one); score_batch: zeros."""
+
+    def __init__(self, nucleus: bool = True):
+        self.calls: list[dict] = []
+        self.nucleus = nucleus
+
+    def predict_batch(self, params, batch, *, rng=None, max_decode_length=None, **kwargs):
+        import jax.numpy as jnp
+
+        if "top_p" in kwargs and not self.nucleus:
+            raise TypeError("predict_batch() got an unexpected keyword argument 'top_p'")
+        self.calls.append({**kwargs, "max_decode_length": max_decode_length,
+                           "rng": rng is not None})
+        shape = (batch["encoder_input_tokens"].shape[0],
+                 max_decode_length or batch["decoder_input_tokens"].shape[1])
+        if rng is None:
+            return jnp.zeros(shape, jnp.int32)
+        return jax.random.randint(rng, shape, 2, 100)
+
+    def score_batch(self, params, batch):
+        import jax.numpy as jnp
+
+        return jnp.zeros(batch["encoder_input_tokens"].shape[0])
+
+
+def _features(n: int = 5, length: int = 4) -> list[dict]:
+    import numpy as np
+
+    return [{"encoder_input_tokens": np.full((3,), i + 1, np.int32),
+             "decoder_input_tokens": np.ones((length,), np.int32),
+             "decoder_target_tokens": np.ones((length,), np.int32)} for i in range(n)]
+
+
+@pytest.mark.parametrize("decode, want", [
+    (None, {"method": "greedy", "max_decode_length": None, "rng": False}),
+    ({"num_beams": 3, "alpha": 0.0},
+     {"method": "beam", "beam_size": 3, "alpha": 0.0, "max_decode_length": None,
+      "rng": False}),
+    ({"do_sample": True, "temperature": 0.5, "top_k": 4, "top_p": 0.9, "max_new_tokens": 2},
+     {"method": "sample", "temperature": 0.5, "top_k": 4, "top_p": 0.9,
+      "max_decode_length": 2, "rng": True}),
+    ({"do_sample": True},  # top_p 1.0 is not passed: models without nucleus sampling work
+     {"method": "sample", "temperature": 1.0, "top_k": 0, "max_decode_length": None,
+      "rng": True}),
+    ({"method": "beam"}, {"method": "beam", "beam_size": 4, "alpha": 0.6,
+                          "max_decode_length": None, "rng": False}),
+])
+def test_decoder_passes_generate_options_to_predict_batch(decode, want):
+    model = _RecordingModel()
+    decoder = evaluator.Decoder(model, batch_size=2, decode=decode, progress=False)
+    tokens = decoder.predict_tokens({}, _features())
+    assert model.calls == [want]  # one compilation for the three batches
+    assert len(tokens) == 5
+    assert tokens[0].shape == (want["max_decode_length"] or 4,)
+
+
+def test_decoder_sampling_is_seeded_per_batch():
+    import numpy as np
+
+    def run(seed, batch_size=2):
+        decoder = evaluator.Decoder(_RecordingModel(), batch_size=batch_size,
+                                    decode={"do_sample": True, "seed": seed}, progress=False)
+        return np.stack(decoder.predict_tokens({}, _features(6)))
+
+    np.testing.assert_array_equal(run(0), run(0))
+    assert not np.array_equal(run(0), run(1))
+    tokens = run(0)
+    assert not np.array_equal(tokens[:2], tokens[2:4])  # batches draw apart
+
+
+def test_decoder_checks_options_and_names_a_model_without_top_p():
+    with pytest.raises(UserError, match="top_p=2"):
+        evaluator.Decoder(_RecordingModel(), decode={"do_sample": True, "top_p": 2})
+    with pytest.raises(UserError, match="unknown decoding option beam_size"):
+        evaluator.Decoder(_RecordingModel(), decode={"beam_size": 2})
+    decoder = evaluator.Decoder(_RecordingModel(nucleus=False), progress=False,
+                                decode={"do_sample": True, "top_p": 0.5})
+    with pytest.raises(UserError, match="no nucleus sampling"):
+        decoder.predict_tokens({}, _features())
+
+
+def test_evaluate_checks_decode_options_before_reading_the_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="num_beams=0"):
+        evaluator.evaluate(tmp_path / "no_such_run", decode={"num_beams": 0})
+
+
+class _Terminal:
+    """A standard error that says it is a terminal (tqdm's disable=None test)."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bar_only_on_a_terminal_or_when_asked(capsys, monkeypatch):
+    model = _RecordingModel()
+    evaluator.Decoder(model, batch_size=2).predict_tokens({}, _features(), "decode tiny/x")
+    evaluator.Decoder(model, batch_size=2).score({}, _features())
+    assert capsys.readouterr().err == ""  # not a terminal: quiet
+    evaluator.Decoder(model, batch_size=2, progress=True).predict_tokens(
+        {}, _features(), "decode tiny/x")
+    err = capsys.readouterr().err
+    assert "decode tiny/x" in err and "/5 [" in err and "ex/s]" in err  # count, ETA, rate
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    evaluator.Decoder(model, batch_size=2).predict_tokens({}, _features(), "decode tiny/x")
+    assert "decode tiny/x" in terminal.buffer.getvalue()
+    terminal.buffer = __import__("io").StringIO()
+    evaluator.Decoder(model, batch_size=2, progress=False).predict_tokens({}, _features())
+    assert terminal.buffer.getvalue() == ""
+
+
+def test_decoding_options_reach_the_t5_model():
+    """Sampling options and max_new_tokens through a real (tiny, untrained) T5."""
+    import numpy as np
+
+    import seqio_tasks  # noqa: F401  (registers the explistops tasks)
+
+    model = _tiny_t5()
+    features = [{k: np.asarray(v, np.int32) for k, v in f.items()}
+                for f in _features(3, length=12)]
+    decode = {"do_sample": True, "temperature": 0.7, "top_k": 5, "max_new_tokens": 6,
+              "seed": 1}
+    run = lambda d: np.stack(evaluator.Decoder(model, batch_size=4, decode=d, progress=False)
+                             .predict_tokens(_params(model), features))
+    first = run(decode)
+    assert first.shape == (3, 6)
+    np.testing.assert_array_equal(first, run(decode))
+    assert run({"num_beams": 2, "max_new_tokens": 6}).shape == (3, 6)
+
+
+@pytest.mark.parametrize("command", [["eval", "/no/such/run"],
+                                     ["predict", "[MAX 2 9 ]", "--checkpoint", "/no/such/run"]])
+@pytest.mark.parametrize("flags, names", [
+    (["--top_p", "1.5", "--do_sample"], ["--top_p=1.5", "(0, 1]"]),
+    (["--temperature", "0", "--do_sample"], ["--temperature=0.0", "> 0"]),
+    (["--num_beams", "0"], ["--num_beams=0", ">= 1"]),
+    (["--top_k", "3"], ["--top_k=3", "--do_sample"]),
+    (["--decode", "beam"], ["--decode"]),  # the older flag is gone: --num_beams
+])
+def test_decoding_flag_mistakes_are_one_line_before_the_checkpoint(command, flags, names,
+                                                                    capsys):
+    from explistops_jax import cli
+
+    try:
+        status = cli.main(command + flags)
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "/no/such/run" not in err and all(n in err for n in names), err

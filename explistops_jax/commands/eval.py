@@ -1,13 +1,17 @@
 """``explistops eval``: decode a task split with a checkpoint and score it.
 
     explistops eval runs/small_medium [--split test] [--task NAME] [--step N]
-        [--batch_size 32] [--max_examples N] [--output_dir DIR] [--decode greedy]
+        [--batch_size 32] [--max_examples N] [--output_dir DIR]
+        [--num_beams N | --do_sample [--temperature T] [--top_k K] [--top_p P]]
+        [--max_new_tokens N]
 
 CHECKPOINT is a run directory (its latest checkpoint, or --step), one of its
 ``checkpoint_N`` directories, or a Hugging Face / T5X / explistops checkpoint
 (then --task, --output_dir and the lengths are needed). Writes
 ``<output>/eval/<task>/<split>/predictions_<step>.jsonl`` and
-``metrics_<step>.json`` and prints the metrics. A thin wrapper of
+``metrics_<step>.json`` and prints the metrics. Greedy decoding unless the
+decoding flags (Hugging Face ``generate``'s names) ask for beam search or
+sampling. A thin wrapper of
 ``explistops_jax.evaluator.evaluate``; ``python -m explistops_jax.eval`` is the
 gin-configured equivalent.
 """
@@ -32,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_examples", type=int, metavar="N",
                         help="decode only the first N examples")
     parser.add_argument("--output_dir", metavar="DIR", help="default: the run directory")
-    parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy",
-                        help="decoding method (default greedy)")
+    add_decode_arguments(parser)
     parser.add_argument("--num_partitions", type=int, default=1,
                         help="model-parallel ways (default 1)")
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
@@ -44,6 +47,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_task_file_arguments(parser)
     runtime.add_truncation_argument(parser, "evaluate")
     runtime.add_distributed_arguments(parser)  # what python -m explistops_jax.eval takes
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags, named as Hugging Face ``generate`` names its options
+    (``explistops_jax.decoding.GenerateConfig``); default greedy."""
+    group = parser.add_argument_group("decoding (default greedy)")
+    group.add_argument("--num_beams", type=int, metavar="N",
+                       help="beam search with N beams (default 1: greedy)")
+    group.add_argument("--do_sample", action="store_true", default=None,
+                       help="sample each token instead of taking the most likely")
+    group.add_argument("--temperature", type=float, metavar="T",
+                       help="with --do_sample: divide the logits by T > 0 (default 1.0)")
+    group.add_argument("--top_k", type=int, metavar="K",
+                       help="with --do_sample: only the K most likely tokens (default 0: all)")
+    group.add_argument("--top_p", type=float, metavar="P",
+                       help="with --do_sample: only the most likely tokens whose "
+                            "probability reaches P, in (0, 1] (default 1.0: all)")
+    group.add_argument("--max_new_tokens", type=int, metavar="N",
+                       help="tokens to generate, EOS included (default: the targets length)")
+    group.add_argument("--seed", type=int, metavar="N",
+                       help="with --do_sample: the sampling seed (default 0)")
+
+
+_DECODE_FLAGS = ("num_beams", "do_sample", "temperature", "top_k", "top_p",
+                 "max_new_tokens", "seed")
+
+
+def decode_options(args: argparse.Namespace) -> dict:
+    """The decoding flags given, checked (a one-line ``UserError`` naming the
+    flag otherwise), as the ``decode`` dict of the library."""
+    from explistops_jax import decoding
+
+    options = {k: getattr(args, k) for k in _DECODE_FLAGS if getattr(args, k) is not None}
+    decoding.GenerateConfig.from_options(options, where="command line", prefix="--")
+    return options
 
 
 def lengths(args: argparse.Namespace) -> dict | None:
@@ -65,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from explistops_jax import runtime
 
     started = runtime.start(args)
+    decode = decode_options(args)  # before anything is read or written
     started.register([args.task or runtime.run_task(args.checkpoint)],
                      data_backend=args.data_backend, checkpoint=args.checkpoint)
     from explistops_jax import eval as eval_cli
@@ -76,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             task_feature_lengths=feature_lengths, batch_size=args.batch_size,
             max_examples=args.max_examples, output_dir=args.output_dir,
             partition=partitioning.PartitionConfig(num_partitions=args.num_partitions),
-            decode={"method": args.decode}, data_backend=args.data_backend,
+            decode=decode, data_backend=args.data_backend,
             allow_truncation=args.allow_truncation)
     eval_cli.print_results(results)
     return 0

@@ -5,6 +5,9 @@
 Prints the explanation the model writes, its parsed final answer and the true
 answer. The expression goes through the run's task preprocessing; --style picks
 the style of a run on several styles (or the task for a foreign checkpoint).
+Greedy decoding unless the decoding flags, Hugging Face ``generate``'s names
+(``--num_beams``, ``--do_sample``, ``--temperature``, ``--top_k``, ``--top_p``,
+``--max_new_tokens``), ask otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SM modulus (default: the task's dataset's, e.g. 10 for "
                              "explistops10_cpu, 30 for explistops30)")
     parser.add_argument("--step", type=int, help="checkpoint step (default latest)")
-    parser.add_argument("--decode", choices=("greedy", "sample", "beam"), default="greedy")
+    from explistops_jax.commands.eval import add_decode_arguments
+
+    add_decode_arguments(parser)  # --num_beams, --do_sample, --temperature, --top_k, --top_p, ...
     parser.add_argument("--data_backend", choices=("grain", "seqio"), default="grain",
                         help="input pipeline: grain (default; the project's own tasks without "
                              "TensorFlow, others fall back to seqio) or seqio")
@@ -43,14 +48,18 @@ def run(args: argparse.Namespace) -> int:
         from explistops_jax.errors import UserError
 
         raise UserError(f"--modulus {args.modulus}", expected="a positive integer")
-    runtime.start(args).register([args.task or runtime.run_task(args.checkpoint)],
-                                 data_backend=args.data_backend, checkpoint=args.checkpoint)
+    started = runtime.start(args)
+    from explistops_jax.commands.eval import decode_options
+
+    decode = decode_options(args)  # checked before the model loads
+    started.register([args.task or runtime.run_task(args.checkpoint)],
+                     data_backend=args.data_backend, checkpoint=args.checkpoint)
     from explistops_jax import predict
 
     [result] = predict.predict_expressions(
         args.checkpoint, [args.expression], mixture_or_task_name=args.task,
         style=args.style, modulus=args.modulus, step=args.step,
-        decode={"method": args.decode}, data_backend=args.data_backend)
+        decode=decode, data_backend=args.data_backend)
     print(result["prediction"])
     answer = result.get("answer")
     verdict = "correct" if result.get("correct") else "wrong"
