@@ -22,6 +22,7 @@ from typing import Sequence
 
 from explistops_jax import __version__
 from explistops_jax import runtime
+from explistops_jax.errors import UserError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -41,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("explistops_jax.commands.launch", "run N local processes of one multi-process training job (a free port, output prefixed, all stopped when one fails)"),
 }
 """Subcommand name -> (module path, help). The only place a command is registered."""
+
+
+GIN_COMMANDS = ("train", "eval")
+"""Commands configured by gin files, as ``python -m explistops_jax.train``/``.eval``."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -72,8 +77,19 @@ def _command_name(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_name(argv))
+    try:
+        argv = runtime.expand_flagfiles(argv)
+    except UserError as err:
+        return runtime.fail(err.message)
+    command = _command_name(argv)
+    dot_bindings: list[str] = []
+    if command in GIN_COMMANDS:  # --gin.NAME=VALUE, as the module entries take it
+        from explistops_jax.gin_config import split_dot_flags
+
+        argv, dot_bindings = split_dot_flags(argv)
+    parser = build_parser(command)
     args = parser.parse_args(argv)  # exits for --help and (one line, 2) usage errors
+    args.dot_bindings = dot_bindings
     return runtime.run_guarded(lambda: args.run(args))
 
 

@@ -49,20 +49,21 @@ _state: dict = {"link": None}
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, *, initialization_timeout: int = INITIALIZATION_TIMEOUT,
-               heartbeat_timeout: int = HEARTBEAT_TIMEOUT) -> None:
+               heartbeat_timeout: int = HEARTBEAT_TIMEOUT, auto: bool = False) -> None:
     """Joins the job (handshake, ``jax.distributed.initialize``, watch).
 
     All three of ``coordinator_address`` (``host:port`` of process 0),
     ``num_processes`` and ``process_id`` are given, or none: then nothing
-    happens, unless ``EXPLISTOPS_DISTRIBUTED=1`` asks JAX to find them itself
-    (TPU pods, SLURM), without the handshake. A mistake is a UserError within
+    happens, unless ``auto`` (T5X's ``--multiprocess_gpu``) or
+    ``EXPLISTOPS_DISTRIBUTED=1`` asks JAX to find them itself (TPU pods, SLURM),
+    without the handshake. A mistake is a UserError within
     ``initialization_timeout`` seconds.
     """
     import jax
 
     given = (coordinator_address, num_processes, process_id)
     if all(v is None for v in given):
-        if os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1":
+        if auto or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1":
             jax.distributed.initialize(initialization_timeout=initialization_timeout,
                                        heartbeat_timeout_seconds=heartbeat_timeout)
         return

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
     runtime.add_truncation_argument(parser, "evaluate")
+    runtime.add_absl_arguments(parser)
 
 
 def print_results(results: Mapping) -> None:

@@ -97,8 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gin file (repeatable; later files override earlier)")
     parser.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
                         help="gin binding, e.g. 'TRAIN_STEPS = 100' (repeatable); "
-                             "python -m explistops_jax.train/.eval also take "
-                             "--gin.NAME=VALUE for --gin_bindings='NAME = VALUE'")
+                             "--gin.NAME=VALUE is --gin_bindings='NAME = VALUE', as in T5X")
     parser.add_argument("--gin_search_paths", action="append", default=[], metavar="DIRS",
                         help="comma-separated directories where gin files and their "
                              "includes are looked up (besides . and the installed "
@@ -124,6 +123,10 @@ def main(argv: Sequence[str] | None, prog: str, description: str,
     other flags are parsed, then ``run(args, dot_bindings)`` runs inside the
     error boundary (:func:`explistops_jax.runtime.run_guarded`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = runtime.expand_flagfiles(argv)
+    except UserError as err:
+        return runtime.fail(err.message)
     argv, dot_bindings = split_dot_flags(argv)
     parser = runtime.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)

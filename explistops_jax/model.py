@@ -210,12 +210,12 @@ class EncoderDecoderModel:
     def predict_batch_with_aux(self, params, batch: Batch, *, method: str = "greedy",
                                max_decode_length: int | None = None,
                                rng: Array | None = None, temperature: float = 1.0,
-                               top_k: int = 0, beam_size: int = 4, alpha: float = 0.6,
-                               early_stop: bool = True) -> tuple[Array, dict[str, Array]]:
+                               top_k: int = 0, top_p: float = 1.0, beam_size: int = 4,
+                               alpha: float = 0.6, early_stop: bool = True) -> tuple[Array, dict[str, Array]]:
         """Decoded token ids [batch, length] plus {"scores": [batch] log-likelihood
         (beam: length-normalised), "num_steps": decoder steps run}.
 
-        method: "greedy", "sample" (temperature, top_k, rng; default seed 0) or
+        method: "greedy", "sample" (temperature, top_k, top_p, rng; default seed 0) or
         "beam" (beam_size, alpha; the best beam). length = max_decode_length, or
         the width of batch["decoder_input_tokens"]. Sequences stop at EOS and
         are padded with 0; decoding ends once every row has produced EOS.
@@ -232,7 +232,8 @@ class EncoderDecoderModel:
         elif method == "sample":
             rng = jax.random.key(0) if rng is None else rng
             out = decoding.temperature_sample(inputs, cache, tokens_to_logits, rng,
-                                              temperature=temperature, top_k=top_k, **common)
+                                              temperature=temperature, top_k=top_k,
+                                              top_p=top_p, **common)
         else:
             out = decoding.beam_search(inputs, cache, tokens_to_logits,
                                        beam_size=beam_size, alpha=alpha, **common)

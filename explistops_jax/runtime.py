@@ -35,12 +35,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from explistops_jax.errors import UserError, WriteError, WriteFailureLogFilter
 
 __all__ = ["start", "Startup", "setup", "confine_tensorflow", "register_tasks_for", "run_task",
-           "add_distributed_arguments", "distributed_options", "ArgumentParser",
+           "add_distributed_arguments", "distributed_options", "add_absl_arguments",
+           "log_level", "expand_flagfiles", "ArgumentParser",
            "run_guarded", "fail", "new_output", "check_writable", "PROG"]
 
 PROG = "explistops"
@@ -51,7 +52,7 @@ _done = {"setup": False, "distributed": False}
 def setup(*, tensorflow: bool = False, verbosity: str = "warning",
           coordinator_address: str | None = None, num_processes: int | None = None,
           process_id: int | None = None, initialization_timeout: int | None = None,
-          heartbeat_timeout: int | None = None) -> None:
+          heartbeat_timeout: int | None = None, multiprocess: bool = False) -> None:
     """Prepares this process; call it first, before TensorFlow or JAX is used.
 
     Args:
@@ -64,6 +65,8 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
         for one process.
       initialization_timeout, heartbeat_timeout: seconds (None: the defaults of
         :mod:`explistops_jax.distributed`).
+      multiprocess: join a job whose coordinates JAX finds itself when they are
+        not given (T5X's ``--multiprocess_gpu``; TPU pods, SLURM).
 
     Safe to call more than once: each part runs once per process.
     """
@@ -86,13 +89,14 @@ def setup(*, tensorflow: bool = False, verbosity: str = "warning",
     if tensorflow:
         confine_tensorflow()
     asked = (coordinator_address, num_processes, process_id) != (None, None, None)
-    if (asked or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1") and not _done["distributed"]:
+    if ((asked or multiprocess or os.environ.get("EXPLISTOPS_DISTRIBUTED") == "1")
+            and not _done["distributed"]):
         from explistops_jax import distributed
 
         timeouts = {"initialization_timeout": initialization_timeout,
                     "heartbeat_timeout": heartbeat_timeout}
         distributed.initialize(
-            coordinator_address, num_processes, process_id,
+            coordinator_address, num_processes, process_id, auto=multiprocess,
             **{k: v for k, v in timeouts.items() if v is not None})
         _done["distributed"] = True
 
@@ -135,7 +139,8 @@ def start(args: argparse.Namespace | None = None, *, tensorflow: bool = False,
     ``sentencepiece_model`` as the SentencePiece vocabulary of T5's tasks (gin
     ``sentencepiece_model_path.path``) when given. Errors are turned into one
     line by :func:`run_guarded`, which wraps every ``main``."""
-    setup(tensorflow=tensorflow, **(distributed_options(args) if args is not None else {}))
+    options = distributed_options(args) if args is not None else {}
+    setup(tensorflow=tensorflow, verbosity=log_level(args), **options)
     if sentencepiece_model:
         import gin
 
@@ -260,14 +265,21 @@ def register_file_tasks(specs: Iterable[str] = (), checkpoint: str | Path | None
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """The multi-host flags (passed on to :func:`setup`)."""
+    """The multi-host flags (passed on to :func:`setup`), under the project's names
+    and T5X's (``--process_count``, ``--process_index``, ``--multiprocess_gpu``)."""
     group = parser.add_argument_group(
         "multi-host", "for jobs over several hosts (jax.distributed.initialize); "
         "every process runs the same command with its own --process_id")
     group.add_argument("--coordinator_address", metavar="HOST:PORT",
                        help="address of process 0")
-    group.add_argument("--num_processes", type=int, help="number of processes")
-    group.add_argument("--process_id", type=int, help="this process's index, 0-based")
+    group.add_argument("--num_processes", "--process_count", type=int, dest="num_processes",
+                       help="number of processes (T5X: --process_count)")
+    group.add_argument("--process_id", "--process_index", type=int, dest="process_id",
+                       help="this process's index, 0-based (T5X: --process_index)")
+    group.add_argument("--multiprocess_gpu", nargs="?", const=True, default=False,
+                       type=absl_bool, dest="multiprocess", metavar="BOOL",
+                       help="join a multi-process job; without the three flags above, JAX "
+                            "finds the job itself (SLURM, TPU pods), as in T5X")
     group.add_argument("--initialization_timeout", type=int, metavar="SECONDS",
                        help="how long to wait for every process to join (default 300)")
     group.add_argument("--heartbeat_timeout", type=int, metavar="SECONDS",
@@ -277,9 +289,87 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def distributed_options(args: argparse.Namespace) -> dict:
     """:func:`setup`'s multi-host keyword arguments from the parsed flags."""
-    return {k: getattr(args, k, None)
-            for k in ("coordinator_address", "num_processes", "process_id",
-                      "initialization_timeout", "heartbeat_timeout")}
+    options = {k: getattr(args, k, None)
+               for k in ("coordinator_address", "num_processes", "process_id",
+                         "initialization_timeout", "heartbeat_timeout")}
+    return {**options, "multiprocess": bool(getattr(args, "multiprocess", False))}
+
+
+# absl's verbosity (-3 fatal ... 0 info, 1 debug) as a logging level name
+_ABSL_LEVELS = {-3: "critical", -2: "error", -1: "warning", 0: "info"}
+
+
+def add_absl_arguments(parser: argparse.ArgumentParser) -> None:
+    """absl's common flags, so that a T5X or absl command line works unchanged:
+    ``--verbosity``/``-v``, ``--logtostderr``, ``--alsologtostderr`` (logs go to
+    standard error in any case), ``--helpfull``; ``--flagfile`` is read before
+    parsing (:func:`expand_flagfiles`)."""
+    group = parser.add_argument_group("logging (absl's flags)")
+    group.add_argument("--verbosity", "-v", type=int, metavar="N",
+                       help="log level as absl counts it: -1 warning (default), 0 info, "
+                            "1 debug, -2 error")
+    group.add_argument("--logtostderr", "--alsologtostderr", nargs="?", const=True,
+                       default=False, type=absl_bool, metavar="BOOL",
+                       help="accepted for absl command lines; logs go to standard error")
+    group.add_argument("--helpfull", action="help", help="show this help and exit")
+
+
+def absl_bool(text: str) -> bool:
+    """A boolean flag's value as absl reads it (``--flag``, ``--flag=false``)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes", "y"):
+        return True
+    if value in ("0", "false", "f", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def log_level(args: argparse.Namespace | None) -> str:
+    """:func:`setup`'s verbosity from ``--verbosity`` (default warning)."""
+    value = getattr(args, "verbosity", None)
+    if value is None:
+        return "warning"
+    return "debug" if value >= 1 else _ABSL_LEVELS.get(max(value, -3), "warning")
+
+
+def expand_flagfiles(argv: Sequence[str], _seen: tuple[str, ...] = ()) -> list[str]:
+    """``--flagfile=FILE`` (or ``--flagfile FILE``) replaced by the flags in FILE,
+    one per line, as absl reads them (blank lines and ``#``/``//`` comments
+    skipped; files may name further flag files).
+
+    Raises:
+      UserError: a flag file missing, unreadable or naming itself.
+    """
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        path = None
+        if arg.startswith("--flagfile="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--flagfile":
+            if i + 1 >= len(items):
+                raise UserError("--flagfile needs a file", expected="--flagfile=FILE")
+            i += 1
+            path = items[i]
+        if path is None:
+            out.append(arg)
+        else:
+            where = str(Path(path).expanduser().absolute())
+            if where in _seen:
+                raise UserError("flag file names itself (a cycle)", where=where)
+            try:
+                text = Path(where).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise UserError(f"flag file unreadable ({type(err).__name__})", where=where,
+                                expected="a text file of flags, one per line") from None
+            lines = [line.strip() for line in text.splitlines()]
+            flags = [line for line in lines
+                     if line and not line.startswith(("#", "//"))]
+            out += expand_flagfiles(flags, _seen + (where,))
+        i += 1
+    return out
 
 
 # ----------------------------------------------------------------- the error boundary

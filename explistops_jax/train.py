@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_task_file_arguments(parser)
     runtime.add_distributed_arguments(parser)
     runtime.add_truncation_argument(parser, "train")
+    runtime.add_absl_arguments(parser)
+    parser.add_argument("--profile_steps", metavar="A:B",
+                        help="write a jax.profiler trace of steps A to B (counted from 1) "
+                             "into MODEL_DIR/tensorboard/train (gin train.profile_steps)")
+    parser.add_argument("--peak_flops", type=float, metavar="FLOPS",
+                        help="peak FLOP/s of one device, for the MFU of the step log "
+                             "(default: the table for known GPUs and TPUs; gin "
+                             "train.peak_flops)")
 
 
 def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
@@ -60,7 +68,8 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
     from explistops_jax import gin_config, trainer
 
     gin_config.parse(args.gin_file, list(args.gin_bindings) + list(extra_bindings)
-                     + runtime.truncation_bindings(args, "train"), args.gin_search_paths)
+                     + runtime.truncation_bindings(args, "train") + _step_log_bindings(args),
+                     args.gin_search_paths)
     arguments = gin_config.train_arguments()
     data, evaluation = arguments.get("data"), arguments.get("evaluation")
     # SeqIO's registry only when a task is read through it
@@ -82,6 +91,16 @@ def run(args: argparse.Namespace, extra_bindings: Sequence[str] = ()) -> int:
         f"{k}={v:.4g}" for k, v in result.metrics.items()
         if k in ("loss", "accuracy", "tokens_per_s")))
     return 0
+
+
+def _step_log_bindings(args: argparse.Namespace) -> list[str]:
+    """``--profile_steps`` and ``--peak_flops`` as gin bindings of ``train``."""
+    out = []
+    if getattr(args, "profile_steps", None) is not None:
+        out.append(f"train.profile_steps = {args.profile_steps!r}")
+    if getattr(args, "peak_flops", None) is not None:
+        out.append(f"train.peak_flops = {args.peak_flops!r}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,6 +129,13 @@ def test_beam_and_sampling_decode_the_fitted_targets():
     cold, _ = _predict(model, method="sample", temperature=1e-4)(params, batch,
                                                                   rng=jax.random.key(1))
     np.testing.assert_array_equal(cold, batch["decoder_target_tokens"])
+    # a tiny nucleus keeps only the most likely token: greedy's output, at temperature 1
+    nucleus, _ = _predict(model, method="sample", top_p=1e-6)(params, batch,
+                                                             rng=jax.random.key(2))
+    np.testing.assert_array_equal(nucleus, batch["decoder_target_tokens"])
+    again, _ = _predict(model, method="sample", top_p=0.9)(params, batch, rng=jax.random.key(3))
+    repeat, _ = _predict(model, method="sample", top_p=0.9)(params, batch, rng=jax.random.key(3))
+    np.testing.assert_array_equal(again, repeat)  # the same key, the same draw
     with pytest.raises(ValueError, match="method"):
         model.predict_batch(params, batch, method="nucleus")
 

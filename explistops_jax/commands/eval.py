@@ -22,8 +22,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="run dir, checkpoint_N dir, or HF/T5X/explistops checkpoint")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                        help="run dir, checkpoint_N dir, or HF/T5X/explistops checkpoint "
+                             "(or the gin flags below, as python -m explistops_jax.eval)")
     parser.add_argument("--task", metavar="NAME",
                         help="task or mixture (default: the one the run trained on)")
     parser.add_argument("--split", default="test", help="split to decode (default test)")
@@ -47,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_task_file_arguments(parser)
     runtime.add_truncation_argument(parser, "evaluate")
     runtime.add_distributed_arguments(parser)  # what python -m explistops_jax.eval takes
+    runtime.add_absl_arguments(parser)
+    from explistops_jax import gin_config
+
+    gin_config.add_arguments(parser)
+
+
+# The flags of the CHECKPOINT form, which gin configures in the --gin_file form.
+_FLAG_FORM = ("task", "split", "step", "inputs_length", "targets_length", "batch_size",
+              "max_examples", "output_dir", "num_partitions", "data_backend", "num_beams",
+              "do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "seed")
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +110,30 @@ def lengths(args: argparse.Namespace) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    dot_bindings = list(getattr(args, "dot_bindings", None) or [])
+    if args.gin_file or args.gin_bindings or dot_bindings:  # the module entry's way
+        from explistops_jax import eval as eval_cli
+        from explistops_jax.errors import UserError
+
+        if args.checkpoint is not None:
+            raise UserError("give CHECKPOINT or gin files, not both",
+                            expected="explistops eval CHECKPOINT [flags], or explistops eval "
+                                     "--gin_file=F [--gin.NAME=VALUE] (CHECKPOINT_PATH in gin)")
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        given = [f"--{k}" for k, v in vars(defaults.parse_args([])).items()
+                 if k in _FLAG_FORM and getattr(args, k, v) != v]
+        if given:  # a flag the gin path would not read: refused, never ignored
+            raise UserError(f"{', '.join(given)} with --gin_file: the gin files configure "
+                            "the evaluation", expected="gin bindings instead, e.g. "
+                            "--gin.evaluate.batch_size=8 or --gin.evaluate.decode=\"{...}\"")
+        return eval_cli.run(args, dot_bindings)
+    if args.checkpoint is None:
+        from explistops_jax.errors import UserError
+
+        raise UserError("no checkpoint to evaluate",
+                        expected="explistops eval CHECKPOINT, or --gin_file=F (see "
+                                 "explistops eval --help)")
     feature_lengths = lengths(args)  # flags are checked before TensorFlow and JAX load
     from explistops_jax import runtime
 

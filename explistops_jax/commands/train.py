@@ -48,4 +48,6 @@ def shortcut_bindings(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from explistops_jax import train
 
-    return train.run(args, shortcut_bindings(args))
+    # --gin.NAME=VALUE first, the shortcut flags over them
+    return train.run(args, list(getattr(args, "dot_bindings", None) or [])
+                     + shortcut_bindings(args))
