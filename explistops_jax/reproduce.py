@@ -46,7 +46,7 @@ def _check_same_training(run: Run, run_dir: epath.Path, preset: str) -> None:
 
 
 def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
-            progress: bool = True, log: Callable[[str], None] = print,
+            progress: bool | None = None, log: Callable[[str], None] = print,
             data_backend: str = "grain",
             records: rundir.PathLike | None = None) -> list[epath.Path]:
     """Trains and evaluates every run not yet done; returns the run directories
@@ -62,6 +62,7 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs = []
+    eta = _Eta(len(runs))
     for i, run in enumerate(runs, 1):
         run_dir = out / run.name
         dirs.append(run_dir)
@@ -90,7 +91,7 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
                 export_record(run_dir, epath.Path(records) / run.name)
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.style} explanations, "
-            f"{run.train_examples} examples x {run.epochs} epochs")
+            f"{run.train_examples} examples x {run.epochs} epochs{eta.text(i)}")
         started = time.time()
         result = train_run(run, run_dir, preset=preset, progress=progress,
                            data_backend=data_backend)
@@ -104,7 +105,27 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
                            "eval_seconds": round(time.time() - trained, 1)}, sort_keys=True)
         if records is not None:
             export_record(run_dir, epath.Path(records) / run.name)
+        eta.trained(time.time() - started)
     return dirs
+
+
+class _Eta:
+    """Runs done and time left, from the runs trained so far in this invocation
+    (their mean wall time for each run still to go; runs already done cost
+    nothing, so the estimate is an upper bound when later ones are)."""
+
+    def __init__(self, total: int):
+        self.total, self.seconds = total, []
+
+    def trained(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    def text(self, index: int) -> str:
+        if not self.seconds:
+            return ""
+        left = (self.total - index + 1) * sum(self.seconds) / len(self.seconds)
+        return (f" ({len(self.seconds)} trained here, "
+                f"{sum(self.seconds) / 60:.0f} min; at most about {left / 60:.0f} min left)")
 
 
 # Every how many steps a record keeps the training log (its loss curve).
@@ -144,7 +165,8 @@ def import_record(record_dir: rundir.PathLike, run_dir: rundir.PathLike) -> bool
     return True
 
 
-def train_run(run: Run, run_dir: rundir.PathLike, *, preset: str, progress: bool = True,
+def train_run(run: Run, run_dir: rundir.PathLike, *, preset: str,
+              progress: bool | None = None,
               data_backend: str = "grain"):
     """Trains one run (resuming its directory)."""
     from explistops_jax import input_pipeline, trainer

@@ -329,17 +329,21 @@ class StepProfile:
 
 
 class Progress:
-    """A tqdm bar over training steps (rate, ETA, latest loss); silent when
-    disabled or on processes other than 0."""
+    """A tqdm bar over training steps (rate, ETA, latest loss). ``enabled``:
+    None shows it when standard error is a terminal (a log file gets the step
+    log, not a bar redrawn by carriage returns), True always, False never (the
+    trainer passes False on processes other than 0)."""
 
-    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True,
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool | None = None,
                  desc: str = "train"):
         self._bar = None
-        if enabled:
+        if enabled is not False:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="step", desc=desc,
-                             dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+            bar = tqdm(total=total, initial=initial, unit="step", desc=desc,
+                       dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+                       disable=None if enabled is None else False)
+            self._bar = None if bar.disable else bar
 
     def update(self, steps: int = 1, **postfix: float) -> None:
         if self._bar is not None:

@@ -90,6 +90,28 @@ def checkpoint_steps(model_dir: rundir.PathLike) -> list[int]:
     return RunDir(model_dir).checkpoint_steps()
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only" warning: restoring for
+    reading is what the evaluator asked for, not a problem to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only(read_only: bool):
+    """While a read-only CheckpointManager is made, without that one warning."""
+    if not read_only:
+        yield
+        return
+    logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 class RunCheckpoints:
     """Save and restore ``(TrainState, position, run description)``."""
 
@@ -108,8 +130,9 @@ class RunCheckpoints:
             save_interval_steps=0 if read_only else 1, create=not read_only,
             cleanup_tmp_directories=not read_only, read_only=read_only,
             enable_async_checkpointing=config.async_save)
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=CHECKPOINT_ITEMS)
+        with _quiet_read_only(read_only):
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=CHECKPOINT_ITEMS)
         self._started: set[int] = set()  # saves begun by this process
         self._failed = False  # a write failed and was reported: do not report it again
 

@@ -322,7 +322,7 @@ def train(
     evaluation: EvalConfig | None = None,
     num_microbatches: int = 1,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     run_info: Mapping[str, Any] | None = None,
     allow_truncation: bool = False,
     profile_steps: str | tuple[int, int] | None = None,
@@ -348,7 +348,8 @@ def train(
       evaluation: periodic decoding + metrics (None: no evaluation).
       num_microbatches: gradient accumulation (the batch must divide).
       seed: initialisation and dropout; the data order has its own (``data.seed``).
-      progress: show a progress bar.
+      progress: a progress bar: None (default) when standard error is a terminal,
+        True always, False never.
       run_info: extra facts to record in ``run.json`` and every checkpoint.
       allow_truncation: train (and validate) even though the feature lengths
         cut some examples; their counts are recorded in ``run.json``
@@ -420,7 +421,8 @@ def train(
         evaluator = _make_evaluator(evaluation, model, partitioner, data, model_dir)
         writer = summaries.MetricsWriter(model_dir, enabled=is_chief)
         cleanup.callback(_guarded, checkpoints, writer.close)
-        bar = summaries.Progress(total_steps, start_step, enabled=progress and is_chief)
+        bar = summaries.Progress(total_steps, start_step,
+                                 enabled=progress if is_chief else False)
         cleanup.callback(bar.close)
         profile = summaries.StepProfile(profile_range, RunDir(model_dir).tensorboard("train"),
                                         enabled=is_chief)
