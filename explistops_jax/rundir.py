@@ -134,6 +134,16 @@ def is_local(path: PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def split_url(path: PathLike) -> tuple[str | None, str]:
+    """``(scheme, rest)`` of a URL (``"gs://b/run"`` -> ``("gs", "b/run")``);
+    ``(None, path)`` for a local path."""
+    text = os.fspath(path)
+    if is_local(text):
+        return None, text
+    scheme, rest = text.split("://", 1)
+    return scheme, rest
+
+
 def run_path(path: PathLike) -> epath.Path:
     """The ``epath.Path`` of a run directory or any file in one: a local path
     with ``~`` expanded and made absolute; a URL (``gs://bucket/run``) as it is

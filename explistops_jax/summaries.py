@@ -108,8 +108,8 @@ def _summary_writer(logdir: epath.Path):
     google-cloud-storage and s3:// only with boto3, and no other scheme)."""
     from tensorboardX import SummaryWriter, record_writer
 
-    if not rundir.is_local(logdir):
-        scheme = str(logdir).split("://", 1)[0]
+    scheme, _ = rundir.split_url(logdir)
+    if scheme is not None:
         record_writer.register_writer_factory(scheme, _EpathRecordWriterFactory())
     return SummaryWriter(str(logdir))
 

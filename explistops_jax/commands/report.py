@@ -15,6 +15,8 @@ from pathlib import Path
 
 from etils import epath
 
+from explistops_jax import rundir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``explistops report``."""
@@ -41,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_out(run_dirs: list[str]) -> epath.Path:
-    if any("://" in p for p in run_dirs):  # URLs (gs://...): no os.path on them
-        schemes = {p.split("://", 1)[0] for p in run_dirs}
-        if len(schemes) == 1 and all("://" in p for p in run_dirs):
+    urls = [rundir.split_url(p) for p in run_dirs]
+    if any(scheme for scheme, _ in urls):  # URLs (gs://...): no os.path on them
+        schemes = {scheme for scheme, _ in urls}
+        if len(schemes) == 1:
             scheme = schemes.pop()
-            common = posixpath.commonpath([p.split("://", 1)[1] for p in run_dirs])
+            common = posixpath.commonpath([rest for _, rest in urls])
             if common:
                 return epath.Path(f"{scheme}://{common}")
         return epath.Path(run_dirs[0])
