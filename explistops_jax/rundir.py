@@ -462,15 +462,17 @@ def atomic_directory(out_dir: PathLike) -> Iterator[Path]:
     so a failed or interrupted conversion never leaves a half-written checkpoint
     where a complete one is expected.
 
-    Local paths only (an object store has no directory rename).
+    An object store (``gs://bucket/ckpt``) has no directory rename: there the
+    block writes ``out_dir`` itself (an ``etils.epath`` path; each file one
+    upload, and Orbax's own commit marking a checkpoint complete), and what it
+    wrote is removed again when it raises.
 
     Raises:
-      UserError: ``out_dir`` exists and is not empty, or cannot be created, or
-        is a URL.
+      UserError: ``out_dir`` exists and is not empty, or cannot be created.
     """
     if not is_local(out_dir):
-        raise UserError(f"cannot write a converted checkpoint to {out_dir}",
-                        expected="a local directory (copy it to the store afterwards)")
+        yield from _written_in_place(epath.Path(out_dir))
+        return
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise UserError(f"output {out} already exists",
@@ -488,6 +490,23 @@ def atomic_directory(out_dir: PathLike) -> Iterator[Path]:
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _written_in_place(out: epath.Path) -> Iterator[epath.Path]:
+    """:func:`atomic_directory` on an object store."""
+    try:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"output {out} already exists",
+                            expected="a new path (remove the old one first)")
+    except OSError as e:
+        raise UserError(f"cannot read output {out}: {e}") from None
+    try:
+        yield out
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if out.exists():
+                out.rmtree()
         raise
 
 

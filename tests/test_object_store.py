@@ -99,9 +99,6 @@ def test_reading_errors_name_the_url():
     assert rundir.read_json_lenient(run.done_json) == (None, "no done.json")
     assert rundir.read_jsonl(run.train_log, lenient=True) == []
     assert run.checkpoint_steps() == [] and run.eval_splits() == []
-    with pytest.raises(UserError, match="local directory"):
-        with rundir.atomic_directory(str(run.path / "converted")):
-            pass
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -264,3 +261,89 @@ def test_reproduce_done_files_config_and_outputs_on_the_store(monkeypatch):
             raise UserError("a mistake")
     assert not rundir.run_path(fresh).exists()  # removed again
     assert str(report_command._default_out([root + "/a", root + "/b/c"])) == root
+
+
+# ----------------------------------------------------------------- exports
+
+
+def _tiny_params():
+    import jax
+    import numpy as np
+    from flax.core import meta
+
+    from explistops_jax import network
+
+    config = network.get_config("t5_1_1_tiny", vocab_size=64, emb_dim=32, num_heads=2,
+                                head_dim=16, mlp_dim=48)
+    tokens = jax.numpy.ones((1, 4), jax.numpy.int32)
+    variables = network.Transformer(config).init(jax.random.PRNGKey(0), tokens, tokens)
+    return config, jax.tree.map(np.asarray, meta.unbox(variables["params"]))
+
+
+def test_hf_export_writes_an_object_store_whole(monkeypatch):
+    import json
+
+    import numpy as np
+    from safetensors import numpy as st
+
+    from explistops_jax import checkpoints
+    from explistops_jax.checkpoints import hf
+
+    config, params = _tiny_params()
+    before = store.local_files()
+    url = store.new_bucket() + "/hf"
+    written = checkpoints.save(config, params, url, "hf")
+    assert os.fspath(written) == url
+    assert json.loads(rundir.run_path(url + "/config.json").read_text())["model_type"] == "t5"
+    tensors = st.load(rundir.run_path(url + "/model.safetensors").read_bytes())
+    expected = hf.hf_tensors(config, params)
+    assert sorted(tensors) == sorted(expected)
+    assert all(np.array_equal(tensors[k], expected[k]) for k in expected)
+    assert set(store.UPLOADS.values()) == {1}  # each object one upload
+    assert store.local_files() == before       # nothing landed on the local disk
+    with pytest.raises(UserError, match="already exists"):
+        checkpoints.save(config, params, url, "hf")
+
+    def full(*args, **kwargs):
+        raise OSError("quota exceeded")
+
+    monkeypatch.setattr(st, "save", full)
+    failed = store.new_bucket() + "/hf"
+    with pytest.raises(OSError, match="quota"):
+        checkpoints.save(config, params, failed, "hf")
+    assert not rundir.run_path(failed).exists()  # what was written is gone again
+
+
+@pytest.mark.parametrize("fmt", ["t5x", "explistops"])
+def test_orbax_exports_hand_the_url_to_orbax(fmt, monkeypatch):
+    """Orbax's own atomic save writes the store (its gcs driver for gs://); the
+    export gives it the URL, not a local temporary directory to rename."""
+    import orbax.checkpoint as ocp
+
+    from explistops_jax import checkpoints
+
+    seen = []
+
+    class Manager:
+        def __init__(self, directory, **kwargs):
+            seen.append(os.fspath(directory))
+
+        def save(self, *args, **kwargs):
+            return True
+
+        def wait_until_finished(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Checkpointer:
+        def save(self, directory, item):
+            seen.append(os.fspath(directory))
+
+    monkeypatch.setattr(ocp, "CheckpointManager", Manager)
+    monkeypatch.setattr(ocp, "PyTreeCheckpointer", Checkpointer)
+    config, params = _tiny_params()
+    url = store.new_bucket() + "/out"
+    checkpoints.save(config, params, url, fmt)
+    assert seen == [url if fmt == "t5x" else url + "/params"]

@@ -115,8 +115,9 @@ def load_any(path: str | Path, config=None):
     return load(path, detect_format(path), config)
 
 
-def save(config, params, out_dir: str | Path, fmt: str, *, step: int = 0) -> Path:
-    """Writes ``params`` as format ``fmt`` into the new directory ``out_dir``."""
+def save(config, params, out_dir: str | Path, fmt: str, *, step: int = 0):
+    """Writes ``params`` as format ``fmt`` into the new directory ``out_dir``
+    (local, or a URL such as ``gs://bucket/ckpt``); returns the written path."""
     if fmt == "hf":
         return export_hf(config, params, out_dir)
     if fmt == "t5x":

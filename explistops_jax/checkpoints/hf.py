@@ -395,13 +395,17 @@ def hf_tensors(config, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def export_hf(config, params: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Writes ``out_dir`` with config.json + model.safetensors (whole or not at all)."""
-    from safetensors.numpy import save_file
+def export_hf(config, params: Mapping[str, Any], out_dir: str | Path):
+    """Writes ``out_dir`` (local, or a URL such as ``gs://bucket/hf``) with
+    config.json + model.safetensors, whole or not at all; returns its path."""
+    from safetensors import numpy as st
 
     tensors = hf_tensors(config, params)
     cfg = hf_config(config)
     with common.atomic_directory(out_dir) as tmp:
+        if rundir.is_local(out_dir):
+            st.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:  # an object store: the file is one upload
+            (tmp / "model.safetensors").write_bytes(st.save(tensors, metadata={"format": "pt"}))
         rundir.write_json(tmp / "config.json", cfg, sort_keys=True)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    return Path(out_dir)
+    return Path(out_dir) if rundir.is_local(out_dir) else rundir.run_path(out_dir)

@@ -21,8 +21,9 @@ def is_params_directory(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
-def save_params(directory: str | Path, config, params: Mapping[str, Any]) -> Path:
-    """Writes ``directory`` (which must not exist yet) whole or not at all."""
+def save_params(directory: str | Path, config, params: Mapping[str, Any]):
+    """Writes ``directory`` (which must not exist yet; local, or a URL such as
+    ``gs://bucket/params``) whole or not at all; returns its path."""
     import orbax.checkpoint as ocp
 
     flat = common.to_numpy(common.flatten(params))
@@ -31,7 +32,7 @@ def save_params(directory: str | Path, config, params: Mapping[str, Any]) -> Pat
         rundir.write_json(tmp / CONFIG_FILE, common.config_to_dict(config), sort_keys=True)
         checkpointer = ocp.PyTreeCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, common.unflatten(flat))
-    return Path(directory)
+    return Path(directory) if rundir.is_local(directory) else rundir.run_path(directory)
 
 
 def load_params(directory: str | Path):

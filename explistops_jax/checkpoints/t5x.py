@@ -209,7 +209,8 @@ def import_t5x(path: str | Path, config=None):
 def export_t5x(config, params: Mapping[str, Any], out_dir: str | Path, *, step: int = 0) -> Path:
     """Writes ``out_dir/checkpoint_{step}/state/`` in T5X's Orbax layout and returns
     the ``checkpoint_{step}`` path (what INITIAL_CHECKPOINT_PATH points at).
-    ``out_dir`` is created whole or not at all."""
+    ``out_dir`` (local, or a URL such as ``gs://bucket/t5x``: Orbax's own atomic
+    save) is created whole or not at all."""
     import orbax.checkpoint as ocp
 
     flat = common.to_numpy(common.flatten(params))
