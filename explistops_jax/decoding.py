@@ -312,9 +312,9 @@ class GenerateConfig:
     ``seed``, the sampling seed (the same seed and batch size give the same
     sequences).
 
-    ``method`` ('greedy' | 'sample' | 'beam', the project's earlier name, still
-    in ``gin_configs/runs/infer.gin``) is accepted as an alias of ``do_sample``
-    and ``num_beams`` ('beam' alone: 4 beams).
+    ``method`` ('greedy' | 'sample' | 'beam', the model's own name for the
+    decoding kind, ``EncoderDecoderModel.predict_batch``) is accepted as an alias
+    of ``do_sample`` and ``num_beams`` ('beam' alone: 4 beams).
     """
 
     max_new_tokens: int | None = None

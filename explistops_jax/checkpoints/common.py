@@ -125,8 +125,8 @@ def check_params(
 # trained with the CPU kernels uses the plain ones on a GPU.
 _MACHINE_FIELDS = ("attention_kernel", "cpu_kernels")
 
-# Fields older versions saved that T5Config no longer has -> the one value they
-# may still hold (dropped on reading); any other value is an error.
+# Fields that saved configs may hold but T5Config does not -> the one value they
+# may have (dropped on reading); any other value is an error.
 _RETIRED_FIELDS = {"scan_layers": False}
 
 
