@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from explistops_jax.report.statistics import points
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ("<!-- findings table: from docs/cpu_study/report.md -->", "<!-- end of findings table -->")
 SUMMARY = ("<!-- findings summary -->", "<!-- end of findings summary -->")
@@ -38,8 +40,8 @@ def summary(record: dict) -> str:
     for finding in record["findings"]:
         effect = finding["effects"][0]
         seeds = sorted({a["num_seeds"] for a in finding["arms"] if a.get("num_seeds")})
-        what = (f"{100 * effect['d']:+.1f} points [{100 * effect['low']:+.1f}, "
-                f"{100 * effect['high']:+.1f}]" if "d" in effect else "not measured")
+        what = (f"{points(effect['d'])} points [{points(effect['low'])}, "
+                f"{points(effect['high'])}]" if "d" in effect else "not measured")
         count = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]) if seeds else ""
         noun = "seed" if count == "1" else "seeds"
         seed_text = f"; {count} {noun} per arm" if seeds and "d" in effect else ""

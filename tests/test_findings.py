@@ -381,3 +381,12 @@ def test_plateau_rule_reads_the_last_third_of_the_validation_curve():
         [with_curve(s, 0, [0.2, 0.5]) for s in ("none", "short", "medium", "long")])
         if x.name == "ladder")
     assert sum("still rising" in note for note in ladder.notes) == 4
+
+
+def test_points_never_print_minus_zero():
+    from explistops_jax.report.statistics import format_stat, points
+
+    assert [points(x) for x in (-0.0004, 0.0, 0.366, -0.028)] == ["+0.0", "+0.0", "+36.6",
+                                                                 "-2.8"]
+    assert points(-0.0004, sign=False) == "0.0"
+    assert format_stat(f.Stat(-0.0004, None, 1), sign=True) == "+0.0"

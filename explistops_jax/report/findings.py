@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 from explistops_jax import data, study
 from explistops_jax.report.runs import TEST_SPLIT, RunResult
 from explistops_jax.report.statistics import (BOOTSTRAP_RESAMPLES, MISSING, Interval, Stat,
-                                              paired_bootstrap)
+                                              paired_bootstrap, points)
 
 __all__ = ["Arm", "Effect", "Finding", "VERDICT_RULE", "evaluate_findings", "has_cpu_runs",
            "main_arm", "render_findings", "verdict"]
@@ -170,8 +170,8 @@ class Effect:
             return f"{self.label}: {MISSING}" + (
                 " (no per-example records)" if self.measured else "")
         short = f"; fewer than {MIN_SEEDS} seeds" if self.seeds_short else ""
-        return (f"{self.label}: {100 * interval.d:+.1f} [{100 * interval.low:+.1f}, "
-                f"{100 * interval.high:+.1f}] ({self.verdict}{short})")
+        return (f"{self.label}: {points(interval.d)} [{points(interval.low)}, "
+                f"{points(interval.high)}] ({self.verdict}{short})")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "claim": self.kind,
@@ -583,8 +583,8 @@ def summary_table(findings: Sequence[Finding]) -> list[str]:
         ours = "; ".join(_arm_text(a) for a in shown) or MISSING
         if shown and finding.effects[0].interval is not None:
             e, interval = finding.effects[0], finding.effects[0].interval
-            ours += (f"; {e.label} {100 * interval.d:+.1f} [{100 * interval.low:+.1f}, "
-                     f"{100 * interval.high:+.1f}]")
+            ours += (f"; {e.label} {points(interval.d)} [{points(interval.low)}, "
+                     f"{points(interval.high)}]")
         lines.append(f"| {finding.title} | {finding.study} | {ours} | {finding.verdict} |")
     return lines
 

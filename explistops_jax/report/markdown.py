@@ -21,7 +21,7 @@ from explistops_jax.report.runs import (NOT_HELD_OUT, TEST_SPLIT, RunResult, lon
                                         split_key)
 from explistops_jax.report.statistics import (MISSING, NOT_APPLICABLE, Stat, format_stat,
                                               group_runs, margins, metric_stat, pct,
-                                              row_labels, styles_of)
+                                              points, row_labels, styles_of)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -40,14 +40,14 @@ def _headline_lines(runs: Sequence[RunResult]) -> list[str]:
     labels = row_labels(list(group_runs([r for r in runs if r.condition == "main"])))
     lines = []
     for m in found:
-        seeds = ", ".join(f"{100 * d:+.1f}" for _, d in m.per_seed)
+        seeds = ", ".join(points(d) for _, d in m.per_seed)
         if not m.paired:
             detail = "no common seed: difference of the means"
         elif len(m.per_seed) == 1:
             detail = "1 seed"
         else:
             detail = (f"{len(m.per_seed)} seeds; per seed {seeds}; smallest "
-                      f"{100 * min(d for _, d in m.per_seed):+.1f}")
+                      f"{points(min(d for _, d in m.per_seed))}")
         lines.append(f"- **{labels[m.group]}**: test accuracy with {m.style} explanations "
                      f"minus without = **{format_stat(m.stat, sign=True, seeds=False)} "
                      f"points** ({detail}).")
@@ -72,7 +72,7 @@ def _main_tables(runs: Sequence[RunResult]) -> list[str]:
     out += ["### Margin over no explanation (test accuracy, points)", ""]
     rows = [[labels[m.group], m.style, format_stat(m.stat, sign=True, seeds=False),
              str(len(m.per_seed)) if m.paired else "0 (unpaired)",
-             ", ".join(f"{100 * d:+.1f}" for _, d in m.per_seed) or MISSING,
+             ", ".join(points(d) for _, d in m.per_seed) or MISSING,
              ", ".join(r for r, on in (("headline", m.headline), ("best", m.best)) if on)]
             for m in margins(runs)]
     out += table(["Model", "Style", "Margin", "Seeds paired", "Per seed", "Role"], rows) \

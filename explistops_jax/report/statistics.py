@@ -46,6 +46,13 @@ class Stat:
         return cls(statistics.fmean(finite), std, len(finite))
 
 
+def points(value: float, sign: bool = True) -> str:
+    """A fraction in percentage points, one decimal (``+36.6``); a value that
+    rounds to zero prints as ``+0.0``, never ``-0.0``."""
+    rounded = round(100 * value, 1) + 0.0  # -0.0 + 0.0 is 0.0
+    return f"{rounded:{'+' if sign else ''}.1f}"
+
+
 def format_stat(stat: Stat | None, *, scale: float = 100.0, sign: bool = False,
                 seeds: bool = True) -> str:
     """``"87.5 ± 1.2 (n=3)"``; one value: ``"87.5"``; "—" / "n/a" as documented."""
@@ -53,7 +60,7 @@ def format_stat(stat: Stat | None, *, scale: float = 100.0, sign: bool = False,
         return MISSING
     if math.isnan(stat.mean):
         return NOT_APPLICABLE
-    text = f"{scale * stat.mean:{'+' if sign else ''}.1f}"
+    text = f"{round(scale * stat.mean, 1) + 0.0:{'+' if sign else ''}.1f}"
     if stat.std is not None:
         text += f" ± {scale * stat.std:.1f}"
     if seeds and stat.n > 1:
@@ -67,7 +74,7 @@ def pct(value: float | None, sign: bool = False) -> str:
         return MISSING
     if math.isnan(value):
         return NOT_APPLICABLE
-    return f"{100 * value:{'+' if sign else ''}.1f}"
+    return points(value, sign)
 
 
 # ---------------------------------------------------------------- rows (groups)
