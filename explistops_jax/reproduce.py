@@ -110,9 +110,9 @@ def run_all(runs: Sequence[Run], out_dir: rundir.PathLike, *, preset: str,
 
 
 class _Eta:
-    """Runs done and time left, from the runs trained so far in this invocation
-    (their mean wall time for each run still to go; runs already done cost
-    nothing, so the estimate is an upper bound when later ones are)."""
+    """Runs done and time left, from the runs trained so far in this invocation:
+    their mean wall time for each run still to go (a rough guide: runs differ in
+    cost, and a run already done costs nothing)."""
 
     def __init__(self, total: int):
         self.total, self.seconds = total, []
@@ -124,8 +124,8 @@ class _Eta:
         if not self.seconds:
             return ""
         left = (self.total - index + 1) * sum(self.seconds) / len(self.seconds)
-        return (f" ({len(self.seconds)} trained here, "
-                f"{sum(self.seconds) / 60:.0f} min; at most about {left / 60:.0f} min left)")
+        return (f" ({len(self.seconds)} trained here in {sum(self.seconds) / 60:.0f} min; "
+                f"about {left / 60:.0f} min left at that pace)")
 
 
 # Every how many steps a record keeps the training log (its loss curve).

@@ -37,7 +37,7 @@ def test_the_study_says_how_many_runs_are_left_and_about_how_long():
     eta.trained(120.0)
     eta.trained(240.0)
     # runs 3, 4 and 5 left at 3 minutes each
-    assert eta.text(3) == " (2 trained here, 6 min; at most about 9 min left)"
+    assert eta.text(3) == " (2 trained here in 6 min; about 9 min left at that pace)"
 
 
 def test_reading_checkpoints_prints_no_read_only_warning(tmp_path, caplog):
