@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from explistops_jax import rundir
 from explistops_jax.scoring import bucket_start
-from explistops_jax.report.findings import DATASET, Arm, main_arm
+from explistops_jax.report.findings import DATASET, Arm
 from explistops_jax.report.published import published_value
 from explistops_jax.report.runs import RunResult, as_float, style_key
 from explistops_jax.report.statistics import group_runs, metric_stat, row_labels, styles_of
@@ -258,11 +258,13 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
                       xticks=[(x, f"{int(x)}-{int(x) + 9}") for x in
                               sorted({x for pts in buckets.values() for x, _ in pts})]):
         written["length"] = rundir.finding_png("length")
-    bars = []
-    for style in ("none", "medium"):
-        bars.append((f"{style}, values 0-9", main_arm(runs, style)))
-        bars.append((f"{style}, values 10-99", main_arm(runs, style, "larger_numbers")))
-    if _finding_bars(path("larger_numbers"), bars, "Values seen in training vs larger ones"):
+    # the finding's own arms (the `_digits` runs and the control), not the headline's
+    larger, seen = by_name["larger_numbers"].arms[:3], by_name["larger_numbers"].arms[3:]
+    short = ("none\nvalues 10-99", "medium\nvalues 10-99", "control: medium\ntrained on 0-99")
+    bars = ([(f"{a.style}\nvalues 0-9", a) for a in seen]
+            + [(label, a) for label, a in zip(short, larger)])
+    if _finding_bars(path("larger_numbers"), bars,
+                     "Trained on values 0-9, tested on 10-99 (digits)"):
         written["larger_numbers"] = rundir.finding_png("larger_numbers")
     sm = by_name["modular_sum"]
     if _finding_bars(path("modular_sum"), [(a.label, a) for a in sm.arms],
