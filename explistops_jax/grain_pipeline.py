@@ -42,8 +42,7 @@ import numpy as np
 from explistops_jax import features
 from explistops_jax.own_tasks import OwnTask
 
-__all__ = ["GrainSource", "examples_dataset", "read_split", "shard_positions",
-           "READ_OPTIONS"]
+__all__ = ["GrainSource", "examples_dataset", "shard_positions", "READ_OPTIONS"]
 
 # One reader thread ahead of the consumer: example generation is pure Python,
 # so more threads only contend for the GIL (measured in scripts/bench_input.py).
@@ -79,17 +78,6 @@ def shard_positions(num_examples: int, local_batch_size: int, shard_index: int,
             for start in range(skip * global_batch, num_examples, global_batch)
             for position in range(start + first,
                                   min(start + first + local_batch_size, num_examples))]
-
-
-def read_split(task: OwnTask, split: str, lengths: Mapping[str, int],
-               max_examples: int | None = None) -> tuple[list[dict], list[dict]]:
-    """The first ``max_examples`` examples of ``split`` in order, and their padded
-    model features (what the evaluator decodes)."""
-    ds = examples_dataset(task, split, lengths)
-    if max_examples is not None:
-        ds = ds[:max_examples]
-    examples = list(ds.to_iter_dataset(READ_OPTIONS))
-    return examples, [features.pad_example(ex, lengths) for ex in examples]
 
 
 class GrainSource:

@@ -93,11 +93,11 @@ def test_evaluation_examples_equal_seqio_examples(seqio_tasks):
     """What the evaluator reads: the raw fields, texts and ids, with SeqIO's types."""
     import seqio
 
-    from explistops_jax import grain_pipeline, seqio_backend
+    from explistops_jax import seqio_backend
 
     lengths = {"inputs": 16, "targets": 24}
     name = f"{TINY.name}_long_tagged"
-    ours = grain_pipeline.read_split(own_tasks.get_tasks(name)[0], "test", lengths, 5)
+    ours = own_tasks.get_tasks(name)[0].read_split("test", lengths, 5)
     theirs = seqio_backend.read_split(seqio.get_mixture_or_task(name), "test", lengths, 5)
     for a, b in zip(ours, theirs):
         assert len(a) == len(b) == 5
