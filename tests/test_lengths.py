@@ -318,7 +318,7 @@ def test_unknown_lengths_source_is_a_user_error():
 
 @pytest.mark.parametrize("backend", ["grain", "seqio"])
 def test_the_evaluator_stops_before_reading_on_either_backend(backend, monkeypatch):
-    from explistops_jax import evaluator, grain_pipeline, seqio_backend
+    from explistops_jax import evaluator, own_tasks, seqio_backend
 
     if backend == "seqio":
         import seqio_tasks  # noqa: F401  (the registered tasks)
@@ -326,7 +326,9 @@ def test_the_evaluator_stops_before_reading_on_either_backend(backend, monkeypat
     def unread(*args, **kwargs):
         raise AssertionError("read before the lengths were checked")
 
-    monkeypatch.setattr(grain_pipeline, "read_split", unread)
+    # the readers behind the input interface (backends.InputTask.read_split)
+    monkeypatch.setattr(own_tasks.OwnTask, "read_split", unread)
+    monkeypatch.setattr(seqio_backend.SeqioTask, "read_split", unread)
     monkeypatch.setattr(seqio_backend, "read_split", unread)
     with pytest.raises(lengths.TruncationError, match="explistops10_cpu_long/test: "):
         evaluator.Evaluator(None, "explistops10_cpu_long", "test", data_backend=backend,
