@@ -144,7 +144,7 @@ def test_report_puts_published_beside_measured_with_differences(runs_dir, tmp_pa
     assert "model cpu_tiny, not t5_1_0_small" in row[5] and "1,000 training examples" in row[5]
     assert _row(published, "Long explanations, t5-small")[3] == "—"  # no long run
     assert _row(published, "Modular sum, t5-small, with explanations")[3:5] == ["—", "not run"]
-    assert _row(published, "With explanations, all sizes and styles")[3] == "87.5"
+    assert _row(published, "With explanations, t5-small to t5-3B")[3] == "87.5"
 
 
 def test_plots_are_png_linked_and_output_is_deterministic(runs_dir, tmp_path):
@@ -280,9 +280,58 @@ def test_published_figure_measured_on_the_closest_model():
     assert small["measured"] == "50.0" and small["measured_on"] == "t5_1_0_base, none"
     assert "model t5_1_0_base, not t5_1_0_small" in small["differences"]
     assert rows["No explanation, t5-3B"]["measured"] == "—"  # no fallback for 3B
-    assert rows["With explanations, all sizes and styles"]["measured"] == "90.0"
+    assert rows["With explanations, t5-small to t5-3B"]["measured"] == "90.0"
     assert published.published_value("t5-small", "long") == 87.8
     assert published.published_value("t5-small", "medium") is None
+
+
+def test_published_range_with_explanations_takes_each_models_best_style():
+    """The study's 87-99 runs from t5-small's best style (long) to t5-3B: a model's
+    weaker styles are not part of the range."""
+    records = [_record("short", 0, 0.3, model="t5_1_0_small"),
+               _record("long", 0, 0.8, model="t5_1_0_small"),
+               _record("medium", 0, 0.95, model="t5_1_0_base"),
+               _record("long", 0, 0.9, model="t5_1_0_base")]
+    rows = {r["figure"]: r for r in published.published_rows(records)}
+    assert rows["With explanations, t5-small to t5-3B"]["measured"] == "80.0-95.0"
+
+
+def _scored(record: RunResult, split: str, accuracy: float) -> RunResult:
+    record.splits[split] = SplitResult("task", split, 10, 4, {"accuracy": accuracy})
+    return record
+
+
+def test_published_larger_numbers_margin_is_on_the_larger_values():
+    """Scored on the split of larger values when the runs have one, not on the
+    training range's test split; the paper grid's runs (test = larger values) use test."""
+    cpu = [_scored(_record("none", s, 0.4, condition="larger_numbers"), "larger_numbers", 0.05)
+           for s in (0, 1)]
+    cpu += [_scored(_record("medium", s, 0.8, condition="larger_numbers"), "larger_numbers",
+                    0.04) for s in (0, 1)]
+    row = {r["figure"]: r for r in published.published_rows(cpu)}[
+        "Larger numbers: gain from explanations (points)"]
+    assert row["measured"].startswith("-1.0 ") and row["measured_on"].endswith(
+        "split larger_numbers")
+    assert "0-29" not in row["setting"].split("(")[0]  # the ranges are this project's
+    paper = [_record("none", 0, 0.2, condition="larger_numbers"),
+             _record("medium", 0, 0.3, condition="larger_numbers")]
+    row = {r["figure"]: r for r in published.published_rows(paper)}[
+        "Larger numbers: gain from explanations (points)"]
+    assert row["measured"].startswith("+10.0") and row["measured_on"] == "1 model(s)"
+
+
+def test_published_length_figure_falls_back_to_the_main_runs_longer_split():
+    records = [_scored(_record("medium", s, 0.8), "len20_40", 0.3 + 0.1 * s) for s in (0, 1)]
+    row = {r["figure"]: r for r in published.published_rows(records)}[
+        "Length generalization, t5-large, medium"]
+    assert row["measured"].startswith("35.0 ± ") and row["measured_on"].endswith("len20_40")
+    assert row["differences"].startswith("the main runs scored on split len20_40, "
+                                         "not a length_generalization run")
+    length = [_scored(_record("medium", 0, 0.8, condition="length_generalization"),
+                      "test_100_200", 0.6)]
+    row = {r["figure"]: r for r in published.published_rows(records + length)}[
+        "Length generalization, t5-large, medium"]
+    assert "the main runs" not in row["differences"]  # a real run of the condition wins
 
 
 def test_order_helpers_and_task_name_parsing():

@@ -6,7 +6,7 @@ with every difference of setup (model, dataset, training examples, preset) named
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from explistops_jax.report.runs import (TEST_SPLIT, RunResult, longer_split, model_rank,
@@ -43,6 +43,9 @@ class Published:
     fallback: bool = True
     """Without a run of the study's model, measure it on the closest model size (and
     say so); False: only the study's model counts (a 3B figure is not a small run's)."""
+    main_split: str | None = None
+    """Without a run of the condition, the CPU study's measure of the same figure:
+    the main runs scored on this split (said so in the differences)."""
 
 
 _SMALL = ("t5_1_0_small", "t5-small", "t5_small")
@@ -52,8 +55,9 @@ _3B = ("t5_1_0_3B", "t5-3b", "t5_3b")
 PUBLISHED: tuple[Published, ...] = (
     Published("No explanation, all sizes", "about 65 (65.1-65.8)", style="none",
               setting="t5-small to t5-3B"),
-    Published("With explanations, all sizes and styles", "87.8-99.3", style="explained",
-              setting="t5-small (long) to t5-3B"),
+    Published("With explanations, t5-small to t5-3B", "87-99 (87.8-99.3)", style="explained",
+              setting="t5-small with long explanations (87.8) to t5-3B (99.3); measured: "
+                      "each model's best style"),
     Published("No explanation, t5-small", "65.1", models=_SMALL, style="none", value=65.1),
     Published("Long explanations, t5-small", "87.8", models=_SMALL, style="long", value=87.8),
     Published("No explanation, t5-3B", "65.8", models=_3B, style="none", value=65.8,
@@ -66,16 +70,18 @@ PUBLISHED: tuple[Published, ...] = (
     Published("Length generalization, t5-large, medium", "91.2",
               condition="length_generalization", models=_LARGE, style="medium",
               split="longer", dataset="explistops30_len50_100",
-              setting="trained on lengths 50-100, tested on 100-200", value=91.2),
+              setting="trained on lengths 50-100, tested on 100-200", value=91.2,
+              main_split="len20_40"),
     Published("Data efficiency, t5-large, 2,000 explained examples", "66.1",
               condition="data_efficiency", models=_LARGE, style="medium",
               train_examples=2_000, setting="2,000 training examples", value=66.1),
     Published("Modular sum, t5-small, with explanations", "75.7", condition="modular_sum",
               models=_SMALL, style="explained", setting="SM-only task", value=75.7),
     Published("Larger numbers: gain from explanations (points)", "none (not quantified)",
-              condition="larger_numbers", style="margin",
+              condition="larger_numbers", style="margin", split="larger",
               dataset="explistops30_larger_numbers",
-              setting="trained on values 0-29, tested on larger values"),
+              setting="tested on numbers larger than any in training (the study gives no "
+                      "ranges; this project's: 0-29 then 30-99, at CPU scale 0-9 then 10-99)"),
 )
 """The study's figures (reference.md section 1), in report order."""
 
@@ -125,7 +131,15 @@ def published_rows(runs: Sequence[RunResult]) -> list[dict[str, str]]:
     rows = []
     for figure in PUBLISHED:
         selected = [run for run in runs if run.condition == figure.condition]
-        measured, where, notes = _measure(figure, selected)
+        if not selected and figure.main_split and any(
+                run.condition == "main" and _scored(run, figure.main_split) for run in runs):
+            measured, where, notes = _measure(
+                replace(figure, condition="main", split=figure.main_split),
+                [run for run in runs if run.condition == "main"])
+            notes.insert(0, f"the main runs scored on split {figure.main_split}, "
+                            f"not a {figure.condition} run")
+        else:
+            measured, where, notes = _measure(figure, selected)
         rows.append({"figure": figure.figure, "setting": figure.setting or "as published",
                      "published": figure.published, "measured": measured,
                      "measured_on": where,
@@ -145,7 +159,7 @@ def _measure(figure: Published, runs: Sequence[RunResult]) -> tuple[str, str, li
     if not figure.fallback and key[1].lower() not in {m.lower() for m in figure.models}:
         return MISSING, f"{figure.models[0]} not run", []
     by_style = groups[key]
-    split = longer_split(runs) if figure.split == "longer" else figure.split
+    split = _split(figure, runs)
     notes = _differences(figure, key, [r for rs in by_style.values() for r in rs])
     if split is None:
         return MISSING, f"{key[1]}: no longer-sequence split evaluated", notes
@@ -167,8 +181,10 @@ def _measure(figure: Published, runs: Sequence[RunResult]) -> tuple[str, str, li
 def _measure_range(figure: Published, runs: Sequence[RunResult],
                    groups: Mapping[GroupKey, Mapping[str, list[RunResult]]]
                    ) -> tuple[str, str, list[str]]:
+    split = _split(figure, runs)
     if figure.style == "margin":
-        found = [m for m in margins(runs, condition=figure.condition) if m.headline]
+        found = [m for m in margins(runs, condition=figure.condition, split=split)
+                 if m.headline]
         if not found:
             return MISSING, "needs none and an explained style", []
         labels = row_labels(list(groups))
@@ -176,15 +192,20 @@ def _measure_range(figure: Published, runs: Sequence[RunResult],
                          for m in found)
         notes = list(dict.fromkeys(n for m in found for n in _differences(
             figure, m.group, [r for rs in groups[m.group].values() for r in rs])))
-        return text, f"{len(found)} model(s)", notes
+        where = f"{len(found)} model(s)" + (f", split {split}" if split != TEST_SPLIT else "")
+        return text, where, notes
     means = []
     for key, by_style in groups.items():
+        cells = []
         for style, style_runs in by_style.items():
             explained = style not in ("none", "unknown")
             if (figure.style == "explained") == explained:
-                stat = metric_stat(style_runs, "accuracy")
+                stat = metric_stat(style_runs, "accuracy", split)
                 if stat is not None and not math.isnan(stat.mean):
-                    means.append((stat.mean, key, style))
+                    cells.append((stat.mean, key, style))
+        if figure.style == "explained" and cells:  # each model's best style
+            cells = [max(cells, key=lambda c: (c[0], -style_key(c[2])[0]))]
+        means.extend(cells)
     if not means:
         return MISSING, f"no {figure.style} run", []
     low, high = min(means), max(means)
@@ -194,6 +215,23 @@ def _measure_range(figure: Published, runs: Sequence[RunResult],
                                for n in _differences(
                                    figure, key, [r for rs in groups[key].values() for r in rs])))
     return text, f"{', '.join(models)} ({len(means)} cell(s))", notes
+
+
+def _split(figure: Published, runs: Sequence[RunResult]) -> str | None:
+    """The split a figure is measured on: ``"longer"`` is the runs' longer-sequence
+    split; ``"larger"`` the CPU study's ``larger_numbers`` split when scored, else the
+    test split (explistops30_larger_numbers tests values 30-99 there)."""
+    if figure.split == "longer":
+        return longer_split(runs)
+    if figure.split == "larger":
+        return ("larger_numbers" if any(_scored(r, "larger_numbers") for r in runs)
+                else TEST_SPLIT)
+    return figure.split
+
+
+def _scored(run: RunResult, split: str) -> bool:
+    accuracy = run.metric("accuracy", split)
+    return accuracy is not None and not math.isnan(accuracy)
 
 
 def published_value(model: str, style: str) -> float | None:
