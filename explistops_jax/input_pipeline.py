@@ -66,7 +66,6 @@ __all__ = [
     "DataConfig",
     "Position",
     "BatchStream",
-    "resolve_backend",
     "get_provider",
     "check_cached",
     "feature_converter",
@@ -145,9 +144,6 @@ class Position:
     @classmethod
     def from_json(cls, data: Mapping) -> "Position":
         return cls(int(data["epoch"]), int(data["batch"]))
-
-
-resolve_backend = backends.choose_backend  # the backend that reads a name (one rule)
 
 
 def get_provider(name: str):

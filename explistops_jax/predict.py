@@ -17,7 +17,7 @@ from explistops_jax.errors import UserError
 from explistops_jax.evaluator import Decoder, describe_prediction
 from explistops_jax.train_state import load_model_and_params
 
-__all__ = ["predict_expressions", "dataset_modulus", "task_for", "style_of"]
+__all__ = ["predict_expressions", "dataset_modulus", "task_for"]
 
 
 def predict_expressions(
@@ -105,9 +105,9 @@ def task_for(name: str | None, style: str | None, *,
     found = backends.get_input(name, data_backend, training=False)
     members = found.tasks
     if found.is_mixture:
-        chosen = [t for t in members if style and style_of(t.spec) == style]
+        chosen = [t for t in members if style and task_spec.style_of(t.spec) == style]
         if not chosen and style is None:
-            chosen = [t for t in members if style_of(t.spec) == "medium"] or list(members)
+            chosen = [t for t in members if task_spec.style_of(t.spec) == "medium"] or list(members)
         if not chosen:
             raise UserError(f"mixture {name!r} has no member of style {style!r}",
                             expected=", ".join(t.name for t in members))
@@ -118,4 +118,3 @@ def task_for(name: str | None, style: str | None, *,
     return task.with_style(style) or task
 
 
-style_of = task_spec.style_of  # the style of a task (its spec or name); None if not ours

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explistops_jax import data, input_pipeline, own_tasks
+from explistops_jax import backends, data, input_pipeline, own_tasks
 from explistops_jax.errors import ConfigError
 from explistops_jax.listops import SamplerConfig
 
@@ -248,7 +248,7 @@ def test_epochs_shuffle_with_their_own_seed_and_resume_exactly(pack):
 
 
 def test_other_tasks_fall_back_to_seqio():
-    resolve = input_pipeline.resolve_backend
+    resolve = backends.choose_backend
     assert resolve(f"{TINY.name}_medium") == "grain"
     assert resolve(f"{TINY.name}_medium", "seqio") == "seqio"
     assert resolve("explistops30_long_tagged_n2000") == "grain"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from explistops_jax import cli, report, rundir, scoring
+from explistops_jax import cli, report, rundir, scoring, task_spec
 from explistops_jax.explain import explain
 from explistops_jax.listops import parse
 from explistops_jax.report import markdown, published, statistics
@@ -338,9 +338,9 @@ def test_order_helpers_and_task_name_parsing():
     assert [report_runs.model_rank(m) for m in ("cpu_tiny", "t5-small", "t5_1_0_base",
                                                 "t5_1_1_large", "t5-3b", "t5_1_1_xxl", "x")] \
         == [0, 1, 2, 3, 4, 5, 0]
-    assert report_runs.style_of_task("explistops30_medium_sp") == "medium"
-    assert report_runs.style_of_task("explistops10_cpu_none_n500") == "none"
-    assert report_runs.style_of_task("glue_sst2") is None
+    assert task_spec.style_of("explistops30_medium_sp") == "medium"
+    assert task_spec.style_of("explistops10_cpu_none_n500") == "none"
+    assert task_spec.style_of("glue_sst2") is None
     assert report_runs.as_float(True) is None and report_runs.as_float("inf") is None
     assert report_runs.as_float("0.5") == 0.5
     splits = {"test": None, "validation": None, "zeta": None, "alpha": None}

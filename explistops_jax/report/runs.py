@@ -265,14 +265,8 @@ def _model_name(info: Mapping[str, Any]) -> str:
 def _style_name(info: Mapping[str, Any]) -> str:
     if info.get("style"):
         return str(info["style"])
-    return style_of_task(str(info.get("mixture_or_task_name") or "")) or "unknown"
-
-
-def style_of_task(task_name: str) -> str | None:
-    """The explanation style a task name carries (``explistops30_medium_sp`` ->
-    ``medium``), for runs whose run.json does not say; None for a mixture of
-    styles or a task that is not one of ours (``task_spec.style_of``)."""
-    return task_spec.style_of(task_name)
+    # A run whose run.json does not say: the style its task name carries.
+    return task_spec.style_of(str(info.get("mixture_or_task_name") or "")) or "unknown"
 
 
 def _as_int(value: Any) -> int | None:
