@@ -45,7 +45,8 @@ def summary(record: dict) -> str:
         count = f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]) if seeds else ""
         noun = "seed" if count == "1" else "seeds"
         seed_text = f"; {count} {noun} per arm" if seeds and "d" in effect else ""
-        lines.append(f"- **{finding['title']}**: {finding['verdict']} ({effect['label']}: "
+        verdict = finding["verdict"] + (f", {finding['scope']}" if finding.get("scope") else "")
+        lines.append(f"- **{finding['title']}**: {verdict} ({effect['label']}: "
                      f"{what}{seed_text}).")
     return "\n".join(lines)
 

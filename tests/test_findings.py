@@ -381,6 +381,15 @@ def test_plateau_rule_reads_the_last_third_of_the_validation_curve():
         [with_curve(s, 0, [0.2, 0.5]) for s in ("none", "short", "medium", "long")])
         if x.name == "ladder")
     assert sum("still rising" in note for note in ladder.notes) == 4
+    # most runs still learning at the equal budget: the verdict says it holds there only
+    assert ladder.scope.startswith(f"at the equal budget of {study_lib.CPU_EPOCHS} epochs")
+    assert "long 1 of 1" in ladder.scope and ladder.verdict_text.endswith(
+        "not compared at a plateau)")
+    assert ladder.to_json()["scope"] == ladder.scope
+    settled = next(x for x in f.evaluate_findings(
+        [with_curve(s, 0, [0.2, 0.5, 0.505]) for s in ("none", "short", "medium", "long")])
+        if x.name == "ladder")
+    assert settled.scope == "" and settled.verdict_text == settled.verdict
 
 
 def test_points_never_print_minus_zero():

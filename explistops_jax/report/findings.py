@@ -220,10 +220,18 @@ class Finding:
     extra: Mapping[str, Any] = field(default_factory=dict)
     summary_arms: tuple[str, ...] | None = None
     """Labels of the arms the summary table shows (default: all)."""
+    scope: str = ""
+    """What the verdict holds for when less than the claim (e.g. an equal training
+    budget at which the arms were still learning); empty: the claim as stated."""
+
+    @property
+    def verdict_text(self) -> str:
+        return f"{self.verdict} ({self.scope})" if self.scope else self.verdict
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "claim": self.claim,
                 "study": self.study, "setup": self.setup, "verdict": self.verdict,
+                "scope": self.scope,
                 "arms": [a.to_json() for a in self.arms],
                 "effects": [e.to_json() for e in self.effects],
                 "notes": list(self.notes), **dict(self.extra)}
@@ -297,20 +305,36 @@ def _headline(runs: Sequence[RunResult]) -> Finding:
         summary_arms=(none.label, medium.label))
 
 
+# The project's rule for "still learning": validation accuracy rose more than this
+# over the last third of the run's evaluations.
+PLATEAU_RISE = 0.02
+
+
+def _last_third(run: RunResult) -> list[Mapping[str, Any]]:
+    points = [p for p in run.eval_points if p.get("accuracy") is not None]
+    return points[-max(2, len(points) // 3):]
+
+
+def _still_rising(run: RunResult) -> bool:
+    third = _last_third(run)
+    return third[-1]["accuracy"] - third[0]["accuracy"] > PLATEAU_RISE
+
+
 def _plateau_note(run: RunResult) -> str:
     """Whether a run's validation accuracy had stopped rising over its last third."""
-    points = [p for p in run.eval_points if p.get("accuracy") is not None]
-    third = points[-max(2, len(points) // 3):]
-    rise = third[-1]["accuracy"] - third[0]["accuracy"]
-    state = "still rising" if rise > 0.02 else "at a plateau"
+    third = _last_third(run)
+    state = "still rising" if _still_rising(run) else "at a plateau"
     return (f"{run.name}: validation accuracy {100 * third[0]['accuracy']:.1f}% at step "
             f"{third[0]['step']}, {100 * third[-1]['accuracy']:.1f}% at step "
             f"{third[-1]['step']}: {state} (the project's rule: a rise over 2 points in the "
             f"last third of training is still rising).")
 
 
+LADDER_STYLES = ("none", "short", "medium", "long")
+
+
 def _ladder(runs: Sequence[RunResult]) -> Finding:
-    arms = tuple(main_arm(runs, s) for s in ("none", "short", "medium", "long"))
+    arms = tuple(main_arm(runs, s) for s in LADDER_STYLES)
     none, short, medium, long = arms
     gains = tuple(Effect(f"{a.label} − none", a, none, "helps") for a in (short, medium, long))
     # the smallest model gains most from the longest explanations: long is not
@@ -319,9 +343,9 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
                    for a in (short, medium))
     effects = gains + rivals
     # equal budget (3 epochs each); whether each arm had stopped learning there
-    notes = tuple(_plateau_note(run) for run in runs
-                  if run.condition == "main" and run.dataset == DATASET
-                  and len(run.eval_points) >= 2)
+    curves = [run for run in runs if run.condition == "main" and run.dataset == DATASET
+              and run.style in LADDER_STYLES and len(_last_third(run)) >= 2]
+    notes = tuple(_plateau_note(run) for run in curves)
     return Finding(
         "ladder", "Small models gain most from long explanations",
         "Every explanation style helps, and small models gain most from long "
@@ -337,7 +361,21 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
         "not tested (one size).",
         arms, effects, _combine(effects), notes + (
             "Not tested: the claim about how the best style changes with model size "
-            "needs a second size.",), extra={"size_claim": "not tested (one model size)"})
+            "needs a second size.",), extra={"size_claim": "not tested (one model size)"},
+        scope=_budget_scope(curves))
+
+
+def _budget_scope(curves: Sequence[RunResult]) -> str:
+    """The ladder compares styles at one training budget; when most runs of an arm
+    were still learning at its end, the verdict holds for that budget only."""
+    counts = {style: (sum(_still_rising(r) for r in curves if r.style == style),
+                      sum(r.style == style for r in curves)) for style in LADDER_STYLES}
+    if not any(2 * rising > total for rising, total in counts.values()):
+        return ""
+    shown = ", ".join(f"{style} {rising} of {total}" for style, (rising, total)
+                      in counts.items() if total)
+    return (f"at the equal budget of {study.CPU_EPOCHS} epochs; runs still rising at its end: "
+            f"{shown}; not compared at a plateau")
 
 
 def _data_efficiency(runs: Sequence[RunResult]) -> Finding:
@@ -585,7 +623,7 @@ def summary_table(findings: Sequence[Finding]) -> list[str]:
             e, interval = finding.effects[0], finding.effects[0].interval
             ours += (f"; {e.label} {points(interval.d)} [{points(interval.low)}, "
                      f"{points(interval.high)}]")
-        lines.append(f"| {finding.title} | {finding.study} | {ours} | {finding.verdict} |")
+        lines.append(f"| {finding.title} | {finding.study} | {ours} | {finding.verdict_text} |")
     return lines
 
 
@@ -609,7 +647,7 @@ def render_findings(findings: Sequence[Finding], plots: Mapping[str, str]) -> li
                   f"- **Claim**: {finding.claim}",
                   f"- **The study**: {finding.study}",
                   f"- **Here**: {finding.setup}",
-                  f"- **Verdict**: {finding.verdict}", ""]
+                  f"- **Verdict**: {finding.verdict_text}", ""]
         lines += ["| arm | per seed (%) | mean ± std (%) | seeds | test examples |",
                   "|---|---|---|---:|---:|"]
         for arm in finding.arms:
