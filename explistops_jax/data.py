@@ -110,6 +110,10 @@ _CPU_LARGER_NUMBERS = SamplerConfig(min_length=10, max_length=20, max_depth=4, m
 # 0-99 in training, scored on the same larger_numbers split (values 10-99).
 _CPU_WIDE = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                           min_value=0, max_value=99)
+# The length finding's positive control: lengths 10-40 (the training and the test
+# range) within the same caps, scored on explistops10_cpu's len20_40 split.
+_CPU_LEN_10_40 = SamplerConfig(min_length=10, max_length=40, max_depth=4, max_args=4,
+                               min_value=0, max_value=9)
 # The study's "modular sum" task at CPU scale: the CPU demo's trees with SM only.
 _CPU_SM = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                         min_value=0, max_value=9, operators=("SM",))
@@ -146,6 +150,13 @@ def _builtin() -> dict[str, DatasetConfig]:
                        "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
                       "positive control for larger numbers: the CPU demo's trees with "
                       "values 0-99; 'larger_numbers' is explistops10_cpu's split (the "
+                      "same items)"),
+        DatasetConfig("explistops10_cpu_len10_40", 10,
+                      {"train": SplitConfig(_CPU_LEN_10_40, 20_000, 73_001),
+                       "validation": SplitConfig(_CPU_LEN_10_40, 500, 73_002),
+                       "len20_40": SplitConfig(_CPU_LEN_20_40, 500, 70_005)},
+                      "positive control for length generalization: the CPU demo's caps "
+                      "with lengths 10-40; 'len20_40' is explistops10_cpu's split (the "
                       "same items)"),
         DatasetConfig("explistops10_cpu_sm", 10,
                       {"train": SplitConfig(_CPU_SM, 20_000, 71_001),

@@ -349,6 +349,11 @@ CPU_SM_DATASET = data.get_config("explistops10_cpu_sm")
 # (None trained on 0-99 was the first control and stayed near chance, 8.6%, at
 # this budget: a control that fails shows nothing.)
 CPU_WIDE_DATASET = data.get_config("explistops10_cpu_wide")
+# Length generalization: the headline runs (lengths 10-20) tested on lengths 20-40;
+# the positive control is medium trained on lengths 10-40 (explistops10_cpu_len10_40)
+# and scored on the same items: a "does not help" outcome counts only beside a
+# model that passes the test.
+CPU_LENGTH_DATASET = data.get_config("explistops10_cpu_len10_40")
 # Seeds of every arm, and of the headline's none and medium arms (five: the
 # finding every other one leans on).
 CPU_STUDY_SEEDS = (0, 1, 2)
@@ -418,6 +423,11 @@ def cpu_study_runs(findings: Sequence[str] = FINDINGS,
                 cpu_runs(["medium"], [seed], dataset=CPU_WIDE_DATASET, vocabulary="digits",
                          eval_splits=("larger_numbers",))[0],
                 name=f"cpu_wide_medium_seed{seed}", condition="larger_numbers_control"))
+        if "length" in wanted:
+            add(dataclasses.replace(
+                cpu_runs(["medium"], [seed], dataset=CPU_LENGTH_DATASET,
+                         eval_splits=("len20_40",))[0],
+                name=f"cpu_len10_40_medium_seed{seed}", condition="length_control"))
         if "modular_sum" in wanted:
             for style in ("none", "medium"):
                 add(dataclasses.replace(

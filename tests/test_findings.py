@@ -136,7 +136,8 @@ def test_modular_sum_chance_comes_from_the_training_split():
 # ----------------------------------------------------------------- the findings
 
 
-def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70):
+def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70,
+                longer_medium=0.60, length_control=0.85):
     runs = []
     for seed in (0, 1, 2):
         eps = 0.01 * seed
@@ -145,7 +146,7 @@ def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70):
                                 "larger_numbers": larger[0] + eps, "longer": 0.3},
                  length_buckets={"test": {"10_19": 0.55}, "len20_40": {"20_29": 0.35,
                                                                       "30_39": 0.25}}),
-            _run("medium", seed, {"test": 0.82 + eps, "len20_40": 0.60 + eps,
+            _run("medium", seed, {"test": 0.82 + eps, "len20_40": longer_medium + eps,
                                   "larger_numbers": larger[1] + eps, "longer": 0.2},
                  length_buckets={"test": {"10_19": 0.82}, "len20_40": {"20_29": 0.65,
                                                                        "30_39": 0.55}}),
@@ -163,6 +164,8 @@ def _study_runs(*, long=0.88, sm_none=0.11, larger=(0.20, 0.21), control=0.70):
                  condition="larger_numbers"),
             _run("medium", seed, {"larger_numbers": control}, condition="larger_numbers_control",
                  dataset="explistops10_cpu_wide"),
+            _run("medium", seed, {"len20_40": length_control}, condition="length_control",
+                 dataset="explistops10_cpu_len10_40"),
         ]
     runs += [_run("long", seed, {"test": long}) for seed in (0, 1, 2)]
     return runs
@@ -189,6 +192,23 @@ def test_does_not_help_needs_a_positive_control_that_passes():
     assert found["larger_numbers"].verdict == f.INCONCLUSIVE
     failing = {x.name: x for x in f.evaluate_findings(_study_runs(control=0.25))}
     assert failing["larger_numbers"].verdict == f.INCONCLUSIVE  # the test is not passable
+
+
+def test_length_does_not_help_only_beside_a_passing_control():
+    """Medium no better than none on longer inputs: "not reproduced" only when the
+    control (medium trained on lengths 10-40) passes the same items."""
+    flat = _study_runs(longer_medium=0.31)
+    assert {x.name: x for x in f.evaluate_findings(flat)}["length"].verdict \
+        == f.NOT_REPRODUCED
+    no_control = [r for r in flat if r.condition != "length_control"]
+    assert {x.name: x for x in f.evaluate_findings(no_control)}["length"].verdict \
+        == f.INCONCLUSIVE
+    failing = _study_runs(longer_medium=0.31, length_control=0.33)
+    assert {x.name: x for x in f.evaluate_findings(failing)}["length"].verdict \
+        == f.INCONCLUSIVE
+    # explanations that help need no control
+    helped = [r for r in _study_runs() if r.condition != "length_control"]
+    assert {x.name: x for x in f.evaluate_findings(helped)}["length"].verdict == f.REPRODUCED
 
 
 def test_findings_that_do_not_reproduce_say_so():
@@ -282,6 +302,12 @@ def test_cpu_study_runs_share_the_demo_runs_and_add_splits():
     compute = [r for r in runs if r.condition == "equal_compute"]
     assert {r.style for r in compute} == {"none"}
     assert {r.epochs for r in compute} == {study_lib.CPU_COMPUTE_EPOCHS}
+    # the length finding's positive control answers the headline runs' len20_40 items
+    control = [r for r in runs if r.condition == "length_control"]
+    assert {(r.style, r.dataset) for r in control} == {("medium", "explistops10_cpu_len10_40")}
+    assert {r.eval_splits for r in control} == {("len20_40",)}
+    assert (data.get_config("explistops10_cpu_len10_40").split("len20_40")
+            == data.get_config(f.DATASET).split("len20_40"))
     sm = [r for r in runs if r.condition == "modular_sum"]
     assert {r.dataset for r in sm} == {"explistops10_cpu_sm"}
     assert {r.style for r in sm} == {"none", "medium"}
@@ -304,7 +330,8 @@ def test_cpu_study_one_finding_and_errors():
     runs = study_lib.runs_for("cpu-study", seeds=(0,), findings=["modular_sum"])
     assert [r.name for r in runs] == ["cpu_sm_none_seed0", "cpu_sm_medium_seed0"]
     length = study_lib.runs_for("cpu-study", seeds=(0,), findings=["length"])
-    assert [r.name for r in length] == ["cpu_none_seed0", "cpu_medium_seed0"]
+    assert [r.name for r in length] == ["cpu_none_seed0", "cpu_medium_seed0",
+                                        "cpu_len10_40_medium_seed0"]
     assert all("len20_40" in r.eval_splits and "larger_numbers" not in r.eval_splits
                for r in length)
     with pytest.raises(UserError, match="unknown finding 'speed'"):

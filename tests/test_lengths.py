@@ -17,7 +17,8 @@ from explistops_jax.task_spec import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 GIN = ROOT / "gin_configs"
-CPU_DATASETS = ("explistops10_cpu", "explistops10_cpu_sm", "explistops10_cpu_wide")
+CPU_DATASETS = ("explistops10_cpu", "explistops10_cpu_sm", "explistops10_cpu_wide",
+                "explistops10_cpu_len10_40")
 
 
 # ----------------------------------------------------------------- the table

@@ -502,6 +502,11 @@ def _length(runs: Sequence[RunResult]) -> Finding:
     if probe.measured:
         notes = (f"Harder probe, outside the verdict: the `longer` split also adds a "
                  f"nesting level never seen in training (depth 4): {probe.text()}.",)
+    # the positive control: medium trained on lengths 10-40 answers the same items
+    control = _arm(runs, "control: medium trained on lengths 10-40, lengths 20-40",
+                   style="medium", condition="length_control",
+                   dataset=study.CPU_LENGTH_DATASET.name, split="len20_40")
+    passable = Effect("control − medium on lengths 20-40", control, medium, "helps")
     in_distribution = main_arm(runs, "medium")
     if medium.measured and in_distribution.measured:
         notes += (f"What the study reports (medium alone on the longer inputs): medium "
@@ -514,9 +519,12 @@ def _length(runs: Sequence[RunResult]) -> Finding:
         "argument caps, models trained with explanations generalize better.",
         "t5-large, medium explanations, trained on lengths 50-100, tested on 100-200: 91.2%.",
         "The headline runs (trained on lengths 10-20) tested on lengths 20-40 within the "
-        "training caps (depth <= 3, <= 4 arguments, values 0-9): split len20_40.",
-        (none, medium, *deeper), (effect,), effect.verdict, notes,
-        summary_arms=(none.label, medium.label))
+        "training caps (depth <= 3, <= 4 arguments, values 0-9): split len20_40. The "
+        "positive control, medium trained on lengths 10-40 (explistops10_cpu_len10_40), "
+        "answers the same items: a verdict that explanations do not help counts only if "
+        "it passes, i.e. beats the tested medium arm by more than 10 points.",
+        (none, medium, control, *deeper), (effect, passable), _with_control(effect, passable),
+        notes, summary_arms=(none.label, medium.label, control.label))
 
 
 def _larger_numbers(runs: Sequence[RunResult]) -> Finding:
@@ -548,9 +556,11 @@ def _larger_numbers(runs: Sequence[RunResult]) -> Finding:
 
 
 def _with_control(claim: Effect, control: Effect) -> str:
-    """A "does not help" verdict counts only when the positive control shows the
+    """A verdict that the effect is absent (a "does not help" claim reproduced, a
+    "helps" claim not reproduced) counts only when the positive control shows the
     test can be passed; without one it is inconclusive."""
-    if claim.verdict in (NOT_RUN, NOT_REPRODUCED):
+    absent = REPRODUCED if claim.kind == "does_not_help" else NOT_REPRODUCED
+    if claim.verdict != absent:
         return claim.verdict
     return claim.verdict if control.verdict == REPRODUCED else INCONCLUSIVE
 

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from explistops_jax import rundir
+from explistops_jax import rundir, study
 from explistops_jax.scoring import bucket_start
 from explistops_jax.report.findings import DATASET, Arm
 from explistops_jax.report.published import published_value
@@ -277,10 +277,15 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
 def _length_buckets(runs: Sequence[RunResult], dataset: str
                     ) -> dict[str, list[tuple[float, Any]]]:
     """Accuracy per 10-long length bucket of the test and len20_40 splits, per style
-    (the headline runs), as report.findings arms."""
+    (the headline runs), and of the positive control on len20_40, as
+    report.findings arms."""
     out: dict[str, list[tuple[float, Any]]] = {}
-    for style in ("none", "medium"):
-        chosen = [r for r in runs if (r.style, r.condition, r.dataset) == (style, "main", dataset)]
+    lines = [(style, style, "main", dataset) for style in ("none", "medium")]
+    lines.append(("control: medium trained on 10-40", "medium", "length_control",
+                  study.CPU_LENGTH_DATASET.name))
+    for label, style, condition, source in lines:
+        chosen = [r for r in runs if (r.style, r.condition, r.dataset) == (style, condition,
+                                                                            source)]
         values: dict[int, list[float]] = {}
         for run in chosen:
             for split in ("test", "len20_40"):
@@ -288,7 +293,7 @@ def _length_buckets(runs: Sequence[RunResult], dataset: str
                     start = bucket_start(bucket)
                     if start is not None and not math.isnan(accuracy):
                         values.setdefault(start, []).append(accuracy)
-        if len(values) > 1:  # a line needs the longer split's buckets too
-            out[style] = [(float(start), Arm(style, tuple(v), None, style))
+        if len(values) > 1:  # a line needs two buckets
+            out[label] = [(float(start), Arm(label, tuple(v), None, style))
                           for start, v in sorted(values.items())]
     return out
