@@ -19,10 +19,12 @@ reproduce the study's claim. One rule decides every verdict (:data:`VERDICT_RULE
 * a claim that something helps is *reproduced* when the interval lies above
   ``+delta``, *not reproduced* when it lies below ``+delta``, *inconclusive* when it
   straddles it; a claim that something does not help is the mirror image
-  (*reproduced* below ``+delta``, *not reproduced* above), and it needs a positive
-  control, an arm shown to pass the same test, or the test could not have shown
-  help; a claim of "at least as good" is *reproduced* above ``-delta`` and *not
-  reproduced* below. An interval wider than ±10 points is *inconclusive*.
+  (*reproduced* below ``+delta``, *not reproduced* above); on a test of
+  generalization, an outcome of no help (either kind) needs a positive control,
+  the explained arm trained on the test's range passing the same items, or the
+  test could not have shown help; a claim of "at least as good" is *reproduced*
+  above ``-delta`` and *not reproduced* below. An interval wider than ±10 points is
+  *inconclusive*.
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ VERDICT_RULE = (
     "helps is **reproduced** when the interval lies above +δ, **not reproduced** when "
     "it lies below +δ, and **inconclusive** when it straddles +δ; a claim that "
     "something does not help is the mirror image (reproduced below +δ, not reproduced "
-    "above) and counts only beside a positive control that passes the same test; a "
-    "claim of \"at least as good\" is reproduced when the interval lies above −δ and "
+    "above). On a test of generalization (longer inputs, larger numbers), an outcome "
+    "of no help, whether a \"does not help\" claim reproduced or a \"helps\" claim not "
+    "reproduced, counts only beside a positive control: the explained arm trained on "
+    "the test's range beats the tested explained arm on the same items by more than "
+    "δ; otherwise the test may not be passable at all, and the verdict is "
+    "inconclusive. A claim of \"at least as good\" is reproduced when the interval lies above −δ and "
     "not reproduced when it lies below. An interval wider than ±10 points is "
     "**inconclusive** whatever its side.")
 METHOD = ("paired bootstrap over seeds and test items, 95% percentile interval, "
