@@ -186,6 +186,29 @@ def test_every_finding_from_hand_written_runs():
     assert found["ladder"].extra["size_claim"] == "not tested (one model size)"
 
 
+def test_equal_compute_compares_with_nones_better_training_chosen_on_validation():
+    """At medium's compute none may train 3 epochs or 11: the one with the higher
+    final validation accuracy (never test) is the baseline."""
+    def with_validation(run, final):
+        run.eval_points = [{"step": 100, "accuracy": 0.1}, {"step": 200, "accuracy": final}]
+        return run
+
+    def runs(long_validation):
+        out = [r for r in _study_runs() if r.condition == "main"
+               and r.style in ("none", "medium")]
+        out = [with_validation(r, 0.4) if r.style == "none" else r for r in out]
+        out += [with_validation(_run("none", s, {"test": 0.20}, condition="equal_compute"),
+                                long_validation) for s in (0, 1, 2)]
+        return {x.name: x for x in f.evaluate_findings(out)}["headline"]
+
+    collapsed = runs(0.2).effects[1]  # 11 epochs worse on validation: 3 epochs chosen
+    assert "chosen on validation: 3 epochs" in collapsed.label
+    assert collapsed.d == pytest.approx(0.27)  # medium 82-84 against none 55-57
+    improved = runs(0.6).effects[1]
+    assert "chosen on validation: 11 epochs" in improved.label
+    assert improved.d == pytest.approx(0.82 + 0.01 - 0.20)
+
+
 def test_does_not_help_needs_a_positive_control_that_passes():
     no_control = [r for r in _study_runs() if r.condition != "larger_numbers_control"]
     found = {x.name: x for x in f.evaluate_findings(no_control)}
