@@ -397,7 +397,9 @@ def _ladder(runs: Sequence[RunResult]) -> Finding:
         "One size tests what one size can: each style against none, and whether long "
         "is this small model's best style (the verdict needs each style to beat none "
         "and no style to beat long). How the best style changes with model size is "
-        "not tested (one size).",
+        "not tested (one size). Learning rates: none's and medium's were chosen on "
+        "validation among 1e-3, 2e-3 and 3e-3; short and long take medium's, untuned "
+        "(this project's choice, for the budget).",
         arms, effects, _combine(effects), notes + (
             "Not tested: the claim about how the best style changes with model size "
             "needs a second size.",), extra={"size_claim": "not tested (one model size)"},
