@@ -254,7 +254,7 @@ def write_finding_plots(findings: Sequence[Any], runs: Sequence[RunResult],
         written["data_efficiency"] = rundir.finding_png("data_efficiency")
     buckets = _length_buckets(runs, DATASET)
     if _finding_lines(path("length"), buckets, "Accuracy by expression length "
-                      "(trained on 10-20)", "expression length",
+                      "(none, medium: trained on 10-20)", "expression length",
                       xticks=[(x, f"{int(x)}-{int(x) + 9}") for x in
                               sorted({x for pts in buckets.values() for x, _ in pts})]):
         written["length"] = rundir.finding_png("length")
