@@ -72,9 +72,9 @@ VERDICT_RULE = (
     "reproduced, counts only beside a positive control: the explained arm trained on "
     "the test's range beats the tested explained arm on the same items by more than "
     "δ; otherwise the test may not be passable at all, and the verdict is "
-    "inconclusive. A claim of \"at least as good\" is reproduced when the interval lies above −δ and "
-    "not reproduced when it lies below. An interval wider than ±10 points is "
-    "**inconclusive** whatever its side.")
+    "inconclusive. A claim of \"at least as good\" is reproduced when the interval lies "
+    "above −δ and not reproduced when it lies below. An interval wider than ±10 points "
+    "is **inconclusive** whatever its side.")
 METHOD = ("paired bootstrap over seeds and test items, 95% percentile interval, "
           f"{BOOTSTRAP_RESAMPLES} resamples")
 
@@ -304,9 +304,10 @@ def _headline(runs: Sequence[RunResult]) -> Finding:
             validation[study.CPU_EPOCHS] > validation[study.CPU_COMPUTE_EPOCHS]):
         chosen = none
     epochs = study.CPU_EPOCHS if chosen is none else study.CPU_COMPUTE_EPOCHS
-    at_compute = Effect(f"medium − none at equal compute (none's better training within "
-                        f"medium's compute, chosen on validation: {epochs} epochs)",
-                        medium, chosen, "helps")
+    how = (f"none's better training within medium's compute, chosen on validation: "
+           f"{epochs} epochs" if None not in validation.values()
+           else f"none trained {epochs} epochs")
+    at_compute = Effect(f"medium − none at equal compute ({how})", medium, chosen, "helps")
     notes = tuple(_plateau_note(run) for run in runs
                   if run.condition == "equal_compute" and len(run.eval_points) > 2)
     if None not in validation.values():
