@@ -119,10 +119,32 @@ _CPU_SM = SamplerConfig(min_length=10, max_length=20, max_depth=4, max_args=4,
                         min_value=0, max_value=9, operators=("SM",))
 
 
+def _cpu_control(cpu: DatasetConfig, name: str, sampler: SamplerConfig, seed: int,
+                 split: str, description: str) -> DatasetConfig:
+    """A positive control of the CPU study: its own training and validation splits
+    (seeds ``seed + 1``, ``seed + 2``), scored on ``cpu``'s ``split`` (the same items)."""
+    return DatasetConfig(name, cpu.modulus,
+                         {"train": SplitConfig(sampler, 20_000, seed + 1),
+                          "validation": SplitConfig(sampler, 500, seed + 2),
+                          split: cpu.split(split)},
+                         f"{description}; '{split}' is {cpu.name}'s split (the same items)")
+
+
 def _builtin() -> dict[str, DatasetConfig]:
     main = _standard_splits(_LEN_20_50, 30_000)
     longer = _standard_splits(_LEN_50_100, 50_000)
     longer["len100_200"] = SplitConfig(_LEN_100_200, 2_000, 50_004)
+    cpu = DatasetConfig("explistops10_cpu", 10,
+                        {"train": SplitConfig(_CPU, 20_000, 70_001),
+                         "validation": SplitConfig(_CPU, 500, 70_002),
+                         "test": SplitConfig(_CPU, 1_000, 70_003),
+                         "longer": SplitConfig(_CPU_LONGER, 500, 70_004),
+                         "len20_40": SplitConfig(_CPU_LEN_20_40, 500, 70_005),
+                         "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
+                        "CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
+                        "lengths 10-20; 'longer': lengths 20-40, depth <= 4; 'len20_40': "
+                        "lengths 20-40 within the training caps; 'larger_numbers': "
+                        "values 10-99")
     configs = [
         DatasetConfig("explistops30", 30, main,
                       "Explained-ListOps-30: values 0-29, SM mod 30, lengths 20-50"),
@@ -134,30 +156,13 @@ def _builtin() -> dict[str, DatasetConfig]:
                       "train as explistops30 (values 0-29); test values 30-99"),
         DatasetConfig("listops10", 10, _standard_splits(_LISTOPS10, 10_000),
                       "original ListOps numbers: values 0-9, SM mod 10, lengths 20-50"),
-        DatasetConfig("explistops10_cpu", 10,
-                      {"train": SplitConfig(_CPU, 20_000, 70_001),
-                       "validation": SplitConfig(_CPU, 500, 70_002),
-                       "test": SplitConfig(_CPU, 1_000, 70_003),
-                       "longer": SplitConfig(_CPU_LONGER, 500, 70_004),
-                       "len20_40": SplitConfig(_CPU_LEN_20_40, 500, 70_005),
-                       "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
-                      "CPU demo: values 0-9, SM mod 10, 2-4 arguments, depth <= 3, "
-                      "lengths 10-20; 'longer': lengths 20-40, depth <= 4; 'len20_40': "
-                      "lengths 20-40 within the training caps; 'larger_numbers': values 10-99"),
-        DatasetConfig("explistops10_cpu_wide", 10,
-                      {"train": SplitConfig(_CPU_WIDE, 20_000, 72_001),
-                       "validation": SplitConfig(_CPU_WIDE, 500, 72_002),
-                       "larger_numbers": SplitConfig(_CPU_LARGER_NUMBERS, 500, 70_006)},
-                      "positive control for larger numbers: the CPU demo's trees with "
-                      "values 0-99; 'larger_numbers' is explistops10_cpu's split (the "
-                      "same items)"),
-        DatasetConfig("explistops10_cpu_len10_40", 10,
-                      {"train": SplitConfig(_CPU_LEN_10_40, 20_000, 73_001),
-                       "validation": SplitConfig(_CPU_LEN_10_40, 500, 73_002),
-                       "len20_40": SplitConfig(_CPU_LEN_20_40, 500, 70_005)},
-                      "positive control for length generalization: the CPU demo's caps "
-                      "with lengths 10-40; 'len20_40' is explistops10_cpu's split (the "
-                      "same items)"),
+        cpu,
+        _cpu_control(cpu, "explistops10_cpu_wide", _CPU_WIDE, 72_000, "larger_numbers",
+                     "positive control for larger numbers: the CPU demo's trees with "
+                     "values 0-99"),
+        _cpu_control(cpu, "explistops10_cpu_len10_40", _CPU_LEN_10_40, 73_000, "len20_40",
+                     "positive control for length generalization: the CPU demo's caps "
+                     "with lengths 10-40"),
         DatasetConfig("explistops10_cpu_sm", 10,
                       {"train": SplitConfig(_CPU_SM, 20_000, 71_001),
                        "validation": SplitConfig(_CPU_SM, 500, 71_002),
