@@ -49,7 +49,11 @@ class Stat:
 def points(value: float, sign: bool = True) -> str:
     """A fraction in percentage points, one decimal (``+36.6``); a value that
     rounds to zero prints as ``+0.0``, never ``-0.0``."""
-    rounded = round(100 * value, 1) + 0.0  # -0.0 + 0.0 is 0.0
+    return _one_decimal(100 * value, sign)
+
+
+def _one_decimal(value: float, sign: bool) -> str:
+    rounded = round(value, 1) + 0.0  # -0.0 + 0.0 is 0.0
     return f"{rounded:{'+' if sign else ''}.1f}"
 
 
@@ -60,7 +64,7 @@ def format_stat(stat: Stat | None, *, scale: float = 100.0, sign: bool = False,
         return MISSING
     if math.isnan(stat.mean):
         return NOT_APPLICABLE
-    text = f"{round(scale * stat.mean, 1) + 0.0:{'+' if sign else ''}.1f}"
+    text = _one_decimal(scale * stat.mean, sign)
     if stat.std is not None:
         text += f" ± {scale * stat.std:.1f}"
     if seeds and stat.n > 1:
